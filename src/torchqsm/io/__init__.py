@@ -1,0 +1,29 @@
+"""Input and output: NIfTI images, validation, JSON provenance sidecars.
+
+The numpy edge of torchqsm. :func:`load_nifti` and :func:`load_mask` read and
+validate inputs (every problem is an :class:`~torchqsm.errors.InputError`
+naming the file); :func:`save_nifti` and :func:`write_sidecar` write outputs
+atomically and never replace a file unless asked to.
+"""
+
+from torchqsm.io.nifti import Volume, check_same_grid, load_mask, load_nifti, save_nifti
+from torchqsm.io.sidecar import (
+    json_safe,
+    read_sidecar,
+    sha256_of_file,
+    sidecar_path_for,
+    write_sidecar,
+)
+
+__all__ = [
+    "Volume",
+    "load_nifti",
+    "load_mask",
+    "check_same_grid",
+    "save_nifti",
+    "write_sidecar",
+    "read_sidecar",
+    "sidecar_path_for",
+    "json_safe",
+    "sha256_of_file",
+]

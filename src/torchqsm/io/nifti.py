@@ -1,0 +1,432 @@
+"""Read, validate and write NIfTI images.
+
+This is the numpy edge of the library: images come in as a :class:`Volume`
+(array, affine, header, file) and go out through :func:`save_nifti`, which
+keeps the reference image's geometry and header and writes atomically.
+Every problem with an input file is an :class:`~torchqsm.errors.InputError`
+whose message names the file and says what is wrong in one sentence.
+
+Arrays keep NIfTI voxel order ``(X, Y, Z[, ...])``; nothing is transposed or
+reoriented, so oblique and anisotropic data keep their affine, from which the
+B0 direction in voxel coordinates is derived
+(:func:`torchqsm.physics.geometry.b0_dir_from_affine`).
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+from nibabel.filebasedimages import ImageFileError
+from nibabel.spatialimages import HeaderDataError
+
+from torchqsm.errors import InputError, ParameterError
+from torchqsm.io._atomic import check_output_path, write_atomically
+from torchqsm.physics.geometry import b0_dir_from_affine, voxel_size_from_affine
+
+__all__ = ["Volume", "load_nifti", "load_mask", "check_same_grid", "save_nifti"]
+
+# What nibabel, gzip and zlib raise on a damaged, truncated or foreign file.
+_READ_ERRORS = (ImageFileError, HeaderDataError, OSError, EOFError, zlib.error, ValueError)
+
+# NIfTI codes for qform/sform: 1 = scanner anatomical coordinates.
+_SCANNER_CODE = 1
+
+
+def format_shape(shape: Sequence[int]) -> str:
+    """``(64, 64, 60)`` → ``"64×64×60"``, the way shapes appear in messages."""
+    return "×".join(str(int(n)) for n in shape)
+
+
+def _describe(volume: Volume) -> tuple[str, str]:
+    """``("the field's", " (field.nii.gz)")``; the second part is empty without a file."""
+    where = f" ({volume.path.name})" if volume.path is not None else ""
+    return f"the {volume.role}'s", where
+
+
+@dataclass(frozen=True, eq=False)
+class Volume:
+    """An image as loaded from (or destined for) a NIfTI file.
+
+    Parameters
+    ----------
+    data
+        Voxel values, shape ``(X, Y, Z[, ...])`` in NIfTI voxel order, already
+        scaled by the header's ``scl_slope``/``scl_inter`` (float32 unless
+        asked otherwise; boolean for masks).
+    affine
+        4×4 voxel-to-world matrix (mm), as nibabel's ``image.affine``.
+    header
+        A copy of the file's header; :func:`save_nifti` reuses it for outputs.
+    path
+        The file it was read from, or ``None``.
+    role
+        What the image is (``"field"``, ``"mask"``, ...), used in messages.
+
+    Notes
+    -----
+    Equality is identity (``eq=False``): comparing arrays elementwise is not
+    a yes/no question.
+    """
+
+    data: np.ndarray
+    affine: np.ndarray
+    header: nib.Nifti1Header
+    path: Path | None = None
+    role: str = "image"
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Shape of :attr:`data`."""
+        return tuple(int(n) for n in self.data.shape)
+
+    @property
+    def voxel_size_mm(self) -> tuple[float, float, float]:
+        """Voxel size (mm) along the first three axes, from the header's zooms.
+
+        The header stores float32; each value is returned as the shortest
+        decimal that round-trips it (``0.7``, not ``0.699999988``).
+        """
+        zooms = [float(str(np.float32(z))) for z in self.header.get_zooms()[:3]]
+        zooms += [1.0] * (3 - len(zooms))
+        return tuple(zooms)  # type: ignore[return-value]
+
+    @property
+    def b0_dir(self) -> tuple[float, float, float]:
+        """Unit B0 direction in voxel coordinates, from the affine (B0 along world z)."""
+        try:
+            return b0_dir_from_affine(self.affine)
+        except ValueError as error:
+            source = str(self.path) if self.path is not None else None
+            raise InputError(f"cannot derive the B0 direction: {error}", source=source) from None
+
+
+def _needed(allowed: tuple[int, ...]) -> str:
+    return " or ".join(f"{n}-D" for n in allowed)
+
+
+def _read_array(image: nib.Nifti1Image, dtype: np.dtype, *, role: str, source: str) -> np.ndarray:
+    """The scaled voxel values of ``image`` as ``dtype``."""
+    on_disk = image.get_data_dtype()
+    if on_disk.kind == "c" and dtype.kind != "c":
+        raise InputError(
+            f"the {role} image holds complex values; save magnitude and phase as "
+            "separate real images",
+            source=source,
+        )
+    try:
+        if on_disk.kind == "c":
+            return np.asarray(image.dataobj).astype(dtype, copy=False)
+        if dtype.kind == "f":
+            return image.get_fdata(dtype=dtype)
+        return image.get_fdata(dtype=np.float64)
+    except _READ_ERRORS as error:
+        raise InputError(
+            f"the {role} file is damaged or truncated: {error}", source=source
+        ) from error
+
+
+def load_nifti(
+    path: str | os.PathLike[str],
+    *,
+    role: str = "image",
+    ndim: int | tuple[int, ...] | None = 3,
+    dtype: np.dtype | type = np.float32,
+) -> Volume:
+    """Read a NIfTI file and check that it is usable.
+
+    Parameters
+    ----------
+    path
+        A ``.nii`` or ``.nii.gz`` file.
+    role
+        What the image is (``"field"``, ``"magnitude"``, ...); used in messages.
+    ndim
+        The allowed number(s) of dimensions, or ``None`` for any. Trailing
+        axes of length 1 are dropped until the count is allowed, so a
+        ``64×64×64×1`` file loads as a 3-D image.
+    dtype
+        Data type of :attr:`Volume.data`; values are scaled by the header's
+        ``scl_slope``/``scl_inter`` first.
+
+    Returns
+    -------
+    Volume
+        The data, affine (mm), a copy of the header (with the dimensions
+        matching the returned data), the path and the role.
+
+    Raises
+    ------
+    InputError
+        The file is missing, not NIfTI, damaged, has the wrong number of
+        dimensions, contains NaN or infinite values, or has an affine from
+        which no B0 direction follows (zero-length or degenerate axes).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> folder = tempfile.mkdtemp()
+    >>> written = save_nifti(f"{folder}/chi.nii.gz", np.zeros((4, 5, 6)),
+    ...                      affine=np.diag([0.5, 0.7, 1.2, 1.0]))
+    >>> volume = load_nifti(written, role="chi")
+    >>> volume.shape, volume.voxel_size_mm, volume.b0_dir
+    ((4, 5, 6), (0.5, 0.7, 1.2), (0.0, 0.0, 1.0))
+    """
+    path = Path(path)
+    source = str(path)
+    dtype = np.dtype(dtype)
+    if not path.exists():
+        raise InputError(f"the {role} file does not exist", source=source)
+    if path.is_dir():
+        raise InputError(f"the {role} path is a folder, not a NIfTI file", source=source)
+    try:
+        image = nib.load(path, mmap=False)
+    except _READ_ERRORS as error:
+        raise InputError(f"the {role} file cannot be read as NIfTI: {error}", source=source) from error
+    if not isinstance(image, nib.Nifti1Image):
+        raise InputError(
+            f"the {role} file is a {type(image).__name__}, not a NIfTI image", source=source
+        )
+
+    data = _read_array(image, dtype, role=role, source=source)
+    stored_shape = data.shape
+    if ndim is not None:
+        allowed = (ndim,) if isinstance(ndim, int) else tuple(ndim)
+        while data.ndim not in allowed and data.ndim > min(allowed) and data.shape[-1] == 1:
+            data = data[..., 0]
+        if data.ndim not in allowed:
+            raise InputError(
+                f"the {role} image is {len(stored_shape)}-D ({format_shape(stored_shape)}); "
+                f"a {_needed(allowed)} image is needed",
+                source=source,
+            )
+    if data.size == 0:
+        raise InputError(f"the {role} image is empty ({format_shape(stored_shape)})", source=source)
+
+    finite = np.isfinite(data)
+    if not finite.all():
+        nan_count = int(np.count_nonzero(np.isnan(data)))
+        inf_count = int(data.size - np.count_nonzero(finite)) - nan_count
+        raise InputError(
+            f"the {role} image has {nan_count + inf_count} voxels that are not finite "
+            f"({nan_count} NaN, {inf_count} infinite); replace them, e.g. with 0",
+            source=source,
+        )
+    if dtype.kind != "f" and dtype.kind != "c":
+        data = data.astype(dtype)
+
+    affine = np.array(image.affine, dtype=np.float64)
+    try:
+        b0_dir_from_affine(affine)
+    except ValueError as error:
+        raise InputError(f"the {role} image has an unusable affine: {error}", source=source) from None
+
+    header = image.header.copy()
+    if data.shape != stored_shape:
+        header.set_data_shape(data.shape)
+    return Volume(data=data, affine=affine, header=header, path=path, role=role)
+
+
+def check_same_grid(volume: Volume, reference: Volume, *, atol_mm: float = 1e-4) -> None:
+    """Check that two images share one voxel grid: same spatial shape and affine.
+
+    Parameters
+    ----------
+    volume
+        The image being checked; errors name its file.
+    reference
+        The image it must match (its role and file name appear in messages).
+    atol_mm
+        Largest allowed absolute difference between affine entries (mm).
+
+    Raises
+    ------
+    InputError
+        The first three dimensions differ, or some affine entry differs by
+        more than ``atol_mm`` (the message gives the largest difference).
+    """
+    source = str(volume.path) if volume.path is not None else None
+    theirs, where = _describe(reference)
+    if volume.shape[:3] != reference.shape[:3]:
+        raise InputError(
+            f"the {volume.role}'s shape {format_shape(volume.shape[:3])} does not match "
+            f"{theirs} {format_shape(reference.shape[:3])}{where}",
+            source=source,
+        )
+    difference = float(np.max(np.abs(np.asarray(volume.affine) - np.asarray(reference.affine))))
+    if not difference <= atol_mm:  # also catches NaN
+        raise InputError(
+            f"the {volume.role}'s affine differs from {theirs}{where} by up to "
+            f"{difference:.3g} mm (tolerance {atol_mm:g} mm); the images are not on one grid",
+            source=source,
+        )
+
+
+def load_mask(path: str | os.PathLike[str], *, like: Volume | None = None) -> Volume:
+    """Read a 3-D mask: every nonzero voxel is inside.
+
+    Parameters
+    ----------
+    path
+        A ``.nii`` or ``.nii.gz`` file.
+    like
+        The image the mask belongs to; its first three dimensions and its
+        affine must match (see :func:`check_same_grid`).
+
+    Returns
+    -------
+    Volume
+        With boolean :attr:`Volume.data` and role ``"mask"``.
+
+    Raises
+    ------
+    InputError
+        Everything :func:`load_nifti` raises, a grid that differs from
+        ``like``'s, or a mask with no nonzero voxel.
+    """
+    # float64 so that no small nonzero value rounds to zero.
+    volume = load_nifti(path, role="mask", ndim=3, dtype=np.float64)
+    if like is not None:
+        check_same_grid(volume, like)
+    mask = volume.data != 0
+    if not mask.any():
+        raise InputError("the mask is empty (it has no nonzero voxel)", source=str(volume.path))
+    return replace(volume, data=mask)
+
+
+def _to_numpy(data: np.ndarray | torch.Tensor) -> np.ndarray:
+    if isinstance(data, torch.Tensor):
+        data = data.detach()
+        if data.dtype == torch.bfloat16:  # numpy has no bfloat16
+            data = data.float()
+        return data.cpu().numpy()
+    return np.asarray(data)
+
+
+def _is_nifti_name(path: Path) -> bool:
+    name = path.name.lower()
+    return name.endswith(".nii") or name.endswith(".nii.gz")
+
+
+def _output_header(
+    shape: tuple[int, ...], dtype: np.dtype, *, like: Volume | None, affine: np.ndarray | None
+) -> tuple[nib.Nifti1Header, np.ndarray]:
+    """The header and affine of an output image: ``like``'s, updated for the new data."""
+    if like is None and affine is None:
+        raise ParameterError(
+            "save_nifti needs `like` (a loaded Volume) or `affine` (4×4, mm) to place the image"
+        )
+    explicit = affine is not None
+    affine = np.asarray(like.affine if affine is None else affine, dtype=np.float64)
+    try:
+        voxel_size_mm = voxel_size_from_affine(affine)
+        b0_dir_from_affine(affine)
+    except ValueError as error:
+        raise ParameterError(f"unusable affine for the output image: {error}") from None
+
+    if like is not None:
+        header = like.header.copy()
+        qform_code, sform_code = int(like.header["qform_code"]), int(like.header["sform_code"])
+    else:
+        header = nib.Nifti1Header()
+        header.set_xyzt_units("mm", "sec")
+        qform_code = sform_code = 0
+    if explicit and qform_code == 0 and sform_code == 0:
+        # A new affine with "unknown" codes would be ignored by readers.
+        qform_code = sform_code = _SCANNER_CODE
+
+    header.set_data_dtype(dtype)
+    header.set_data_shape(shape)
+    header.set_qform(affine, code=qform_code)
+    header.set_sform(affine, code=sform_code)
+    if len(shape) >= 3:
+        zooms = list(header.get_zooms())
+        zooms[:3] = voxel_size_mm
+        header.set_zooms(zooms)
+    header.set_slope_inter(1.0, 0.0)
+    # The display range belongs to the old data, not to the new.
+    header["cal_min"] = 0.0
+    header["cal_max"] = 0.0
+    return header, affine
+
+
+def save_nifti(
+    path: str | os.PathLike[str],
+    data: np.ndarray | torch.Tensor,
+    *,
+    like: Volume | None = None,
+    affine: np.ndarray | None = None,
+    overwrite: bool = False,
+    dtype: np.dtype | type = np.float32,
+) -> Path:
+    """Write an image as NIfTI, atomically, on the grid of a reference image.
+
+    Parameters
+    ----------
+    path
+        Output ``.nii`` or ``.nii.gz`` file; missing folders are created.
+    data
+        Voxel values, shape ``(X, Y, Z[, ...])``; a tensor is detached and
+        moved to the CPU.
+    like
+        Reference image whose header is copied: affine, qform/sform codes,
+        units, description, intent and the other fields. The data type and
+        dimensions are updated, scaling is reset (slope 1, intercept 0) and
+        the display range ``cal_min``/``cal_max`` is cleared.
+    affine
+        4×4 voxel-to-world matrix (mm); overrides ``like``'s. Needed when
+        ``like`` is not given, in which case the qform and sform codes are
+        1 (scanner coordinates) and units are mm and s.
+    overwrite
+        Replace ``path`` if it exists.
+    dtype
+        Data type on disk (numpy's ``astype`` casting); ``bool`` is stored
+        as ``uint8``.
+
+    Returns
+    -------
+    Path
+        ``path``.
+
+    Raises
+    ------
+    InputError
+        ``path`` exists and ``overwrite`` is false, is not a ``.nii``/``.nii.gz``
+        name, or cannot be written; complex data for a real ``dtype``.
+    ParameterError
+        Neither ``like`` nor ``affine`` is given, or ``affine`` is not 4×4.
+
+    Notes
+    -----
+    The file is written as ``.tmp-XXXXXXXX-<name>`` in the output folder and
+    moved into place when complete; on any error the temporary file is
+    removed and ``path`` is untouched.
+    """
+    path = Path(path)
+    if not _is_nifti_name(path):
+        raise InputError("the output file name must end in .nii or .nii.gz", source=str(path))
+    check_output_path(path, overwrite=overwrite)
+
+    array = _to_numpy(data)
+    dtype = np.dtype(dtype)
+    if dtype == np.bool_:
+        dtype = np.dtype(np.uint8)
+    if np.iscomplexobj(array) and dtype.kind != "c":
+        raise InputError(
+            f"cannot save complex data as {dtype}; save magnitude and phase separately",
+            source=str(path),
+        )
+    if not 1 <= array.ndim <= 7:
+        raise InputError(f"NIfTI holds 1 to 7 dimensions, the data has {array.ndim}", source=str(path))
+    array = array.astype(dtype, copy=False)
+
+    header, affine = _output_header(array.shape, dtype, like=like, affine=affine)
+    image_class = nib.Nifti2Image if isinstance(header, nib.Nifti2Header) else nib.Nifti1Image
+    image = image_class(array, affine, header=header)
+    return write_atomically(path, lambda temporary: nib.save(image, temporary), overwrite=overwrite)
