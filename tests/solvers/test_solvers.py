@@ -106,3 +106,14 @@ def test_gradient_descent_rejects_bad_step(bad):
 def test_cg_rejects_bad_limits():
     with pytest.raises(ValueError, match="max_iterations"):
         cg(lambda x: x, torch.ones(2), max_iterations=-1)
+
+
+def test_admm_does_not_stop_on_its_first_all_zero_iterate():
+    # The first x step from zero returns zero; that is no convergence (a regression: TV returned zeros).
+    iterations = []
+    target = torch.tensor([1.0, -2.0], dtype=torch.float64)
+    x = admm(x_step=lambda v: v, prox=lambda v: 0.5 * (v + target), split=lambda x: x,
+             initial=torch.zeros(2, dtype=torch.float64), max_iterations=200, tolerance=1e-9,
+             callback=lambda s: iterations.append(s.iteration))
+    assert len(iterations) >= 2
+    torch.testing.assert_close(x, target, atol=1e-6, rtol=0)

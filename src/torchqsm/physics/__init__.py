@@ -16,6 +16,7 @@ from .operators import (
     MaskOp,
     PadOp,
     WeightOp,
+    padding_for,
 )
 from .units import (
     GAMMA_BAR_MHZ_PER_T,
@@ -36,5 +37,5 @@ __all__ = [
     "dipole_kernel", "gradient_gram_symbol", "kspace_frequencies", "laplacian_symbol",
     "laplacian_of_wrapped_phase",
     "LinearOperator", "IdentityOp", "FourierMultiplierOp", "DipoleOp", "PadOp", "WeightOp", "MaskOp",
-    "GradientOp", "LaplacianOp",
+    "GradientOp", "LaplacianOp", "padding_for",
 ]

@@ -39,6 +39,7 @@ __all__ = [
     "FourierMultiplierOp",
     "DipoleOp",
     "PadOp",
+    "padding_for",
     "WeightOp",
     "MaskOp",
     "GradientOp",
@@ -255,6 +256,22 @@ def _pad_amounts(pad: int | Sequence[int]) -> tuple[int, int, int]:
     return pad  # type: ignore[return-value]
 
 
+def padding_for(shape: Sequence[int], pad: int | Sequence[int], *, fast_length: bool = True) -> PadOp:
+    """The :class:`PadOp` adding ``pad`` voxels on each side of each axis.
+
+    With ``fast_length`` (and any padding), every axis is then rounded up to a
+    length with small prime factors (``scipy.fft.next_fast_len``); the extra
+    voxels go at the end.
+    """
+    shape = tuple(int(n) for n in shape)
+    before = _pad_amounts(pad)
+    total = [n + 2 * p for n, p in zip(shape, before)]
+    if fast_length and any(p > 0 for p in before):
+        total = [scipy.fft.next_fast_len(t, real=True) for t in total]
+    after = tuple(t - n - b for t, n, b in zip(total, shape, before))
+    return PadOp(shape, before=before, after=after)
+
+
 class PadOp(LinearOperator):
     """Zero padding of the last three axes; the adjoint crops.
 
@@ -343,12 +360,7 @@ class DipoleOp(LinearOperator):
         self.shape = tuple(int(n) for n in shape)
         if len(self.shape) != 3:
             raise ValueError(f"shape must have 3 sizes, got {self.shape}")
-        before = _pad_amounts(pad)
-        total = [n + 2 * p for n, p in zip(self.shape, before)]
-        if fast_length and any(p > 0 for p in before):
-            total = [scipy.fft.next_fast_len(t, real=True) for t in total]
-        after = tuple(t - n - b for t, n, b in zip(total, self.shape, before))
-        self.pad = PadOp(self.shape, before=before, after=after)
+        self.pad = padding_for(self.shape, pad, fast_length=fast_length)
         self.voxel_size_mm = tuple(float(h) for h in voxel_size_mm)
         self.b0_dir = tuple(float(b) for b in b0_dir)
         self.form = form

@@ -14,6 +14,7 @@ Solves :math:`\min_x F(x) + G(Kx)` through the split :math:`z = Kx`:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -49,7 +50,8 @@ def admm(
         Iteration limit.
     tolerance
         Stop when :math:`\lVert x_{k+1}-x_k\rVert / \lVert x_{k+1}\rVert` ≤ ``tolerance``
-        (the stopping rule of FANSI, Milovic et al. 2018).
+        (the stopping rule of FANSI, Milovic et al. 2018); an all-zero iterate never
+        counts as converged.
     callback
         Called with a :class:`SolverStatus` (``residual`` = relative update);
         returning ``True`` stops.
@@ -73,7 +75,8 @@ def admm(
         z = prox(kx + u)
         u = u + kx - z
         norm = float(torch.linalg.vector_norm(x_new))
-        relative = float(torch.linalg.vector_norm(x_new - x)) / norm if norm > 0 else 0.0
+        # An all-zero iterate (ADMM's first step from zero often is one) has not converged.
+        relative = float(torch.linalg.vector_norm(x_new - x)) / norm if norm > 0 else math.inf
         x = x_new
         converged = relative <= tolerance
         if callback is not None and callback(SolverStatus(iteration, x, relative, converged)):

@@ -2,6 +2,7 @@ r"""Gradient descent with a fixed step and a relative-update stopping rule."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -53,7 +54,7 @@ def gradient_descent(
         update = gradient(x) * step_size
         x = x - update
         norm = float(torch.linalg.vector_norm(x))
-        relative = float(torch.linalg.vector_norm(update)) / norm if norm > 0 else 0.0
+        relative = float(torch.linalg.vector_norm(update)) / norm if norm > 0 else math.inf
         converged = relative <= tolerance
         if callback is not None and callback(SolverStatus(iteration, x, relative, converged)):
             break

@@ -1,0 +1,217 @@
+"""Bodies of the ``torchqsm`` sub-commands: load, call the library, save."""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import InputError, ParameterError
+from ..io import Volume, check_same_grid, load_mask, load_nifti, save_nifti, sidecar_path_for, write_sidecar
+from ..io._atomic import check_output_path
+from ..metrics import METRIC_DESCRIPTIONS, score
+from ..physics import normalize_b0_dir
+from ..pipeline.registry import IMAGE_PARAMETERS, METHODS, MethodSpec, coerce_parameter, get_method, invert
+from .progress import progress_callback
+
+__all__ = ["run_invert", "run_methods", "run_score"]
+
+
+def _parse_params(spec: MethodSpec, items: list[str]) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key:
+            raise ParameterError(f"--param takes KEY=VALUE, got '{item}'")
+        parameter = spec.parameter(key)
+        if key in IMAGE_PARAMETERS:
+            raise ParameterError(f"'{key}' is an image: pass it with --{key} FILE")
+        params[key] = coerce_parameter(parameter, value)
+    return params
+
+
+def _geometry(args: argparse.Namespace, field: Volume, spec: MethodSpec) -> tuple[tuple[float, ...], Any]:
+    voxel = tuple(args.voxel_size) if args.voxel_size else field.voxel_size_mm
+    if any(not (math.isfinite(v) and v > 0) for v in voxel):
+        raise ParameterError(f"--voxel-size must be three positive numbers, got {voxel}")
+    if spec.multi_orientation:
+        count = field.data.shape[-1] if field.data.ndim == 4 else 1
+        if not args.b0_dir or len(args.b0_dir) != 3 * count:
+            raise ParameterError(f"{spec.name} needs --b0-dir with 3 numbers per orientation "
+                                 f"({count} orientations: {3 * count} numbers)")
+        directions = [args.b0_dir[3 * i: 3 * i + 3] for i in range(count)]
+        try:
+            return voxel, [normalize_b0_dir(d) for d in directions]
+        except ValueError as error:
+            raise ParameterError(f"--b0-dir: {error}") from None
+    if args.b0_dir is None:
+        return voxel, field.b0_dir
+    if len(args.b0_dir) != 3:
+        raise ParameterError(f"--b0-dir takes 3 numbers, got {len(args.b0_dir)}")
+    try:
+        return voxel, normalize_b0_dir(args.b0_dir)
+    except ValueError as error:
+        raise ParameterError(f"--b0-dir: {error}") from None
+
+
+def _device(name: str) -> torch.device:
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ParameterError(f"--device must be cpu, cuda or cuda:N, got '{name}'") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ParameterError("--device cuda was asked for but no CUDA GPU is available")
+    if device.type not in ("cpu", "cuda"):
+        raise ParameterError(f"--device must be cpu or cuda, got '{name}'")
+    return device
+
+
+def run_invert(args: argparse.Namespace) -> int:
+    """``torchqsm invert``: read field and mask, invert, write χ and its JSON sidecar."""
+    started = time.perf_counter()
+    spec = get_method(args.method)
+    params = _parse_params(spec, args.param)
+    device = _device(args.device)
+    output = check_output_path(args.output, overwrite=args.overwrite)
+    if not (output.name.endswith(".nii") or output.name.endswith(".nii.gz")):
+        raise ParameterError("the output must be a .nii or .nii.gz file", source=str(output))
+    sidecar = check_output_path(sidecar_path_for(output), overwrite=args.overwrite)
+
+    field = load_nifti(args.field, role="field", ndim=(3, 4) if spec.multi_orientation else 3)
+    mask = load_mask(args.mask, like=field)
+    inputs: dict[str, str] = {"field": args.field, "mask": args.mask}
+    if args.magnitude:
+        magnitude = load_nifti(args.magnitude, role="magnitude", ndim=3)
+        check_same_grid(magnitude, mask)
+        if np.any(magnitude.data < 0):
+            raise InputError("the magnitude has negative values; pass a magnitude image, not phase or χ",
+                             source=args.magnitude)
+        params["magnitude"] = torch.from_numpy(magnitude.data)
+        inputs["magnitude"] = args.magnitude
+    elif spec.needs_magnitude:
+        raise ParameterError(f"method '{spec.name}' needs a magnitude image: pass --magnitude MAG.nii.gz")
+    voxel, b0_dir = _geometry(args, field, spec)
+
+    data = torch.from_numpy(field.data)
+    if spec.multi_orientation and data.ndim == 4:
+        data = data.permute(3, 0, 1, 2).contiguous()  # orientations first, as the library wants
+    callback = None
+    total = _iteration_limit(spec, params)
+    if total is not None and not args.quiet:
+        callback, bar = progress_callback(total=total, description=spec.name)
+    chi = None
+    try:
+        chi = invert(data, torch.from_numpy(mask.data), spec.name, voxel_size_mm=voxel, b0_dir=b0_dir,
+                     device=device, **params, **({"callback": callback} if callback else {}))
+    finally:
+        if callback is not None:
+            bar.close()
+    chi_np = chi.detach().cpu().numpy()
+    if not np.all(np.isfinite(chi_np)):
+        raise InputError(f"method '{spec.name}' produced non-finite values; check the field's units (ppm) "
+                         "and the parameters", source=args.field)
+    elapsed = time.perf_counter() - started
+    recorded = {p.name: params.get(p.name, p.default) for p in spec.parameters}
+    recorded["magnitude"] = args.magnitude if "magnitude" in recorded else None
+    if "magnitude" in recorded and recorded["magnitude"] is None:
+        del recorded["magnitude"]
+    save_nifti(output, chi_np, like=mask, overwrite=args.overwrite)
+    try:
+        write_sidecar(sidecar, method=spec.name, parameters=recorded, inputs=inputs,
+                      outputs={"chi": str(output), "unit": "ppm"},
+                      extra={"VoxelSizeMM": list(voxel), "B0Direction": b0_dir, "Device": str(device),
+                             "ElapsedSeconds": round(elapsed, 3), "Command": " ".join(sys.argv)},
+                      overwrite=args.overwrite)
+    except BaseException:
+        output.unlink(missing_ok=True)  # never leave χ without its provenance
+        raise
+    if not args.quiet:
+        print(f"wrote {output} ({spec.name}, {elapsed:.2f} s) and {sidecar.name}", file=sys.stderr)
+    return 0
+
+
+def _iteration_limit(spec: MethodSpec, params: dict[str, Any]) -> int | None:
+    if "callback" not in inspect.signature(spec.function).parameters:
+        return None
+    names = [p.name for p in spec.parameters]
+    if "max_iterations" not in names:
+        return None
+    return int(params.get("max_iterations", spec.parameter("max_iterations").default))
+
+
+def _format_default(value: Any) -> str:
+    if value is inspect.Parameter.empty:
+        return "required"
+    if value is None:
+        return "none"
+    if isinstance(value, tuple):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
+def run_methods(args: argparse.Namespace) -> int:
+    """``torchqsm methods``: every method with its parameters, defaults and reference."""
+    specs = [get_method(args.name)] if args.name else [METHODS[name] for name in sorted(METHODS)]
+    if args.json:
+        payload = [{
+            "name": s.name, "kind": s.kind, "summary": s.summary, "multi_orientation": s.multi_orientation,
+            "parameters": [{"name": p.name, "default": None if p.default is None else _format_default(p.default),
+                            "type": p.type_name, "description": p.description} for p in s.parameters],
+            "references": s.references,
+        } for s in specs]
+        print(json.dumps(payload, indent=2, ensure_ascii=False))
+        return 0
+    for s in specs:
+        print(f"{s.name}  ({s.kind}{', several orientations' if s.multi_orientation else ''})")
+        print(f"    {s.summary}")
+        for p in s.parameters:
+            print(f"    --param {p.name}={_format_default(p.default):<10} {p.type_name:<10} {p.description}")
+        if s.references:
+            print(f"    ref: {s.references[0]}")
+        print()
+    return 0
+
+
+def run_score(args: argparse.Namespace) -> int:
+    """``torchqsm score``: the metrics table of an estimate against a reference."""
+    estimate = load_nifti(args.estimate, role="estimate", ndim=3)
+    reference = load_nifti(args.reference, role="reference", ndim=3)
+    check_same_grid(reference, estimate)
+    mask = load_mask(args.mask, like=estimate)
+    labels = None
+    if args.labels:
+        label_volume = load_nifti(args.labels, role="labels", ndim=3, dtype=np.float64)
+        check_same_grid(label_volume, estimate)
+        if not np.all(label_volume.data == np.round(label_volume.data)):
+            raise InputError("labels must be integers", source=args.labels)
+        labels = label_volume.data.astype(np.int64)
+    try:
+        result = score(estimate.data, reference.data, mask.data, labels=labels)
+    except ValueError as error:
+        raise InputError(str(error), source=args.reference) from None
+    if args.json:
+        print(json.dumps(result, indent=2, default=float))
+        return 0
+    print(f"{'metric':<16}{'value':>12}  description")
+    for key, value in result.items():
+        if key == "roi":
+            continue
+        print(f"{key:<16}{value:>12.4f}  {METRIC_DESCRIPTIONS.get(key, '')}")
+    if "roi" in result:
+        roi = result["roi"]
+        print(f"\n{'label':>6}{'voxels':>9}{'estimate':>12}{'reference':>12}{'error':>10}   (ppm)")
+        for row in roi["rows"]:
+            print(f"{row['label']:>6}{row['voxel_count']:>9}{row['mean_estimate']:>12.4f}"
+                  f"{row['mean_reference']:>12.4f}{row['difference']:>10.4f}")
+        if roi.get("slope") is not None:
+            print(f"slope {roi['slope']:.4f}  intercept {roi['intercept']:.4f} ppm  R² {roi['r_squared']:.4f}")
+    return 0

@@ -1,0 +1,80 @@
+"""The ``torchqsm`` command: thin commands over the library.
+
+Each command loads, calls the library, and saves. A user's mistake (a bad
+file, an unknown method or parameter) prints one line and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from .. import __version__
+from ..errors import TorchQSMError
+from .commands import run_invert, run_methods, run_score
+
+__all__ = ["main", "build_parser"]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2, like every other user error
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``torchqsm`` (its sub-commands and options)."""
+    parser = _Parser(prog="torchqsm", description="Quantitative susceptibility mapping in PyTorch.")
+    parser.add_argument("--version", action="version", version=f"torchqsm {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    invert = commands.add_parser(
+        "invert", help="local field (ppm) → susceptibility χ (ppm) with a dipole inversion method",
+        description="Invert a local field map (ppm of B0) to a susceptibility map (ppm). B0 direction and voxel "
+                    "size come from the field's header unless given.")
+    invert.add_argument("field", metavar="FIELD_PPM", help="local field NIfTI, ppm (4-D, orientations last, for cosmos)")
+    invert.add_argument("mask", metavar="MASK", help="mask NIfTI on the field's grid")
+    invert.add_argument("-o", "--output", required=True, metavar="CHI", help="output χ NIfTI (.nii or .nii.gz)")
+    invert.add_argument("--method", default="tkd", help="method name (see `torchqsm methods`; default tkd)")
+    invert.add_argument("--b0-dir", type=float, nargs="+", metavar="X",
+                        help="B0 direction in voxel coordinates (3 numbers; 3 per orientation for cosmos)")
+    invert.add_argument("--voxel-size", type=float, nargs=3, metavar=("X", "Y", "Z"), help="voxel size in mm")
+    invert.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                        help="a method parameter (repeatable), e.g. --param threshold=0.15")
+    invert.add_argument("--magnitude", metavar="MAG", help="magnitude NIfTI for data weights (required by medi)")
+    invert.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    invert.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    invert.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    invert.set_defaults(handler=run_invert)
+
+    methods = commands.add_parser("methods", help="list the dipole inversion methods and their parameters")
+    methods.add_argument("name", nargs="?", help="show one method only")
+    methods.add_argument("--json", action="store_true", help="print JSON")
+    methods.set_defaults(handler=run_methods)
+
+    score = commands.add_parser("score", help="compare a χ map with a reference: NRMSE, HFEN, SSIM, ...")
+    score.add_argument("estimate", metavar="CHI", help="χ NIfTI (ppm)")
+    score.add_argument("reference", metavar="REFERENCE", help="reference χ NIfTI (ppm) on the same grid")
+    score.add_argument("--mask", required=True, metavar="MASK", help="mask NIfTI restricting the metrics")
+    score.add_argument("--labels", metavar="LABELS", help="integer label NIfTI for ROI statistics")
+    score.add_argument("--json", action="store_true", help="print JSON")
+    score.set_defaults(handler=run_score)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit status (0 ok, 2 user error)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args) or 0)
+    except TorchQSMError as error:
+        print(f"torchqsm {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("torchqsm: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

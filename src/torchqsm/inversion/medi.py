@@ -1,0 +1,144 @@
+r"""Morphology-enabled dipole inversion (MEDI): edge-weighted TV, nonlinear data term, Gauss–Newton."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from ..errors import ParameterError
+from ..physics import GradientOp, radians_per_ppm
+from ..solvers import StatusCallback, SolverStatus, cg
+from ._common import DEFAULT_PAD, check_positive, prepare, weights_from_magnitude
+
+__all__ = ["medi", "edge_mask"]
+
+
+def edge_mask(magnitude: torch.Tensor, mask: torch.Tensor, *, voxel_size_mm: Sequence[float],
+              edge_fraction: float = 0.1) -> torch.Tensor:
+    r"""MEDI's binary gradient weight :math:`M_G` (shape ``(3, X, Y, Z)``).
+
+    :math:`M_G = 1` where the magnitude's gradient component (mm⁻¹) is below a
+    threshold set so that ``edge_fraction`` of the mask's gradient components
+    lie above it (the edges, where χ may jump); 0 there. The MEDI toolbox
+    default keeps 90 % as non-edges (``percentage = 0.9``).
+    """
+    if not 0.0 <= edge_fraction < 1.0:
+        raise ParameterError(f"edge_fraction must be in [0, 1), got {edge_fraction}")
+    gradient = GradientOp(voxel_size_mm=voxel_size_mm, boundary="neumann")
+    grad = gradient(magnitude * mask).abs()
+    inside = mask.expand_as(grad) != 0
+    values = grad[inside]
+    if edge_fraction == 0.0 or values.numel() == 0:
+        return torch.ones_like(grad)
+    threshold = torch.quantile(values.double()[: 16_000_000], 1.0 - edge_fraction).to(grad.dtype)
+    return (grad <= threshold).to(grad.dtype)
+
+
+def medi(
+    local_field_ppm: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    voxel_size_mm: Sequence[float] = (1.0, 1.0, 1.0),
+    b0_dir: Sequence[float] = (0.0, 0.0, 1.0),
+    pad: int | Sequence[int] = DEFAULT_PAD,
+    magnitude: torch.Tensor | None = None,
+    regularization: float = 2e3,
+    edge_fraction: float = 0.1,
+    smoothing: float = 1e-6,
+    max_iterations: int = 10,
+    tolerance: float = 0.1,
+    cg_max_iterations: int = 100,
+    cg_tolerance: float = 0.01,
+    echo_time_s: float = 0.02,
+    b0_tesla: float = 3.0,
+    callback: StatusCallback | None = None,
+) -> torch.Tensor:
+    r"""MEDI: TV weighted by the magnitude's edges, nonlinear data term, Gauss–Newton with CG.
+
+    .. math::
+
+       \chi = \arg\min_\chi \lVert M_G\nabla\chi\rVert_1
+       + \frac{\lambda}{s^2}\sum W^2\big(1 - \cos(s(D\chi - f))\big)
+
+    with :math:`M_G` from :func:`edge_mask`, :math:`W` the mask times the
+    magnitude (scaled to mean 1), and :math:`s` the rad/ppm factor at
+    ``echo_time_s`` and ``b0_tesla`` (the exponential data term of MEDI
+    written in ppm). Each Gauss–Newton step solves, by CG,
+
+    .. math::
+
+       \big(\nabla^\top M_G P M_G\nabla + \lambda D W^2 D\big)\,\delta
+       = -\big(\nabla^\top M_G P M_G\nabla\chi + \lambda D W^2 \sin(s(D\chi-f))/s\big),
+
+    :math:`P = (|M_G\nabla\chi|^2 + \epsilon)^{-1/2}` (lagged diffusivity), and
+    stops when :math:`\lVert\delta\rVert/\lVert\chi\rVert` < ``tolerance``.
+
+    Parameters
+    ----------
+    local_field_ppm, mask, voxel_size_mm, b0_dir, pad
+        As :func:`~torchqsm.inversion.tkd`.
+    magnitude
+        Magnitude image ``(X, Y, Z)`` (required): edges and data weights.
+    regularization
+        :math:`\lambda` (data weight relative to the TV term; ppm⁻¹·mm⁻¹).
+    edge_fraction
+        Fraction of gradient components treated as edges.
+    smoothing
+        :math:`\epsilon` (ppm²/mm²) of the lagged-diffusivity weight.
+    max_iterations, tolerance
+        Gauss–Newton iterations and the relative-update stop (MEDI: 10, 0.1).
+    cg_max_iterations, cg_tolerance
+        Of each inner CG solve (MEDI: 100, 0.01).
+    echo_time_s, b0_tesla
+        Where the exponential is evaluated.
+    callback
+        Receives a :class:`~torchqsm.solvers.SolverStatus` per Gauss–Newton step.
+
+    References
+    ----------
+    Liu J, Liu T, de Rochefort L, et al. Morphology enabled dipole inversion for
+    quantitative susceptibility mapping using structural consistency between the
+    magnitude image and the susceptibility map. NeuroImage 2012;59:2560–2568.
+    doi:10.1016/j.neuroimage.2011.08.082
+
+    Liu T, Wisnieff C, Lou M, et al. Nonlinear formulation of the magnetic field
+    to source relationship for robust quantitative susceptibility mapping.
+    MRM 2013;69:467–476. doi:10.1002/mrm.24272
+    """
+    problem = prepare(local_field_ppm, mask, voxel_size_mm=voxel_size_mm, b0_dir=b0_dir, pad=pad)
+    if magnitude is None:
+        raise ParameterError("medi needs a magnitude image (parameter 'magnitude', CLI --magnitude)")
+    lam = check_positive("regularization", regularization)
+    eps = check_positive("smoothing", smoothing)
+    scale = radians_per_ppm(echo_time_s=check_positive("echo_time_s", echo_time_s),
+                            b0_tesla=check_positive("b0_tesla", b0_tesla))
+    weights = weights_from_magnitude(magnitude, problem)
+    weights2 = weights * weights
+    edges = edge_mask(weights, problem.mask, voxel_size_mm=problem.voxel_size_mm, edge_fraction=edge_fraction)
+    gradient = GradientOp(voxel_size_mm=problem.voxel_size_mm, boundary="neumann")
+    dipole = problem.dipole()
+    field = problem.field
+
+    chi = torch.zeros_like(field)
+    for iteration in range(1, int(max_iterations) + 1):
+        diffusivity = edges / torch.sqrt((edges * gradient(chi)) ** 2 + eps)
+
+        def regularizer(x: torch.Tensor) -> torch.Tensor:
+            return gradient.H(edges * diffusivity * gradient(x))
+
+        def hessian(x: torch.Tensor) -> torch.Tensor:
+            return regularizer(x) + lam * dipole(weights2 * dipole(x))
+
+        residual = torch.sin(scale * (dipole(chi) - field)) / scale
+        rhs = -(regularizer(chi) + lam * dipole(weights2 * residual))
+        step = cg(hessian, rhs, max_iterations=int(cg_max_iterations), tolerance=float(cg_tolerance))
+        chi = chi + step
+        norm = float(torch.linalg.vector_norm(chi))
+        relative = float(torch.linalg.vector_norm(step)) / norm if norm > 0 else 0.0
+        converged = relative < tolerance
+        if callback is not None and callback(SolverStatus(iteration, chi, relative, converged)):
+            break
+        if converged:
+            break
+    return problem.finish(chi)

@@ -1,0 +1,144 @@
+r"""Total-variation regularised inversion by ADMM (FANSI), linear or nonlinear data term."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from ..physics import GradientOp, gradient_gram_symbol, radians_per_ppm
+from ..solvers import StatusCallback, admm
+from ._common import DEFAULT_PAD, check_positive, prepare, weights_from_magnitude
+
+__all__ = ["tv"]
+
+_DIMS = (-3, -2, -1)
+
+
+def _shrink(values: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Isotropic soft-thresholding of the 3-vectors along axis -4."""
+    norm = torch.linalg.vector_norm(values, dim=-4, keepdim=True)
+    return values * torch.clamp(1.0 - threshold / torch.clamp(norm, min=1e-30), min=0.0)
+
+
+def tv(
+    local_field_ppm: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    voxel_size_mm: Sequence[float] = (1.0, 1.0, 1.0),
+    b0_dir: Sequence[float] = (0.0, 0.0, 1.0),
+    pad: int | Sequence[int] = DEFAULT_PAD,
+    regularization: float = 3e-4,
+    magnitude: torch.Tensor | None = None,
+    nonlinear: bool = False,
+    gradient_penalty: float | None = None,
+    data_penalty: float = 1.0,
+    max_iterations: int = 100,
+    tolerance: float = 1e-3,
+    echo_time_s: float = 0.02,
+    b0_tesla: float = 3.0,
+    callback: StatusCallback | None = None,
+) -> torch.Tensor:
+    r"""Weighted total-variation inversion (FANSI) by ADMM.
+
+    .. math::
+
+       \chi = \arg\min_\chi \tfrac12\lVert W(D\chi - f)\rVert_2^2 + \alpha\lVert\nabla\chi\rVert_{2,1}
+
+    (isotropic TV; gradients in mm⁻¹). ADMM splits :math:`z = \nabla\chi` and
+    :math:`v = D\chi` with penalties :math:`\mu_1` (``gradient_penalty``) and
+    :math:`\mu_2` (``data_penalty``), so every step is closed-form: the
+    :math:`\chi` step is one k-space division by
+    :math:`\mu_1|\nabla|^2 + \mu_2 D^2`, the :math:`z` step a soft threshold,
+    the :math:`v` step a voxel-wise weighted average.
+
+    With ``nonlinear=True`` the data term is FANSI's nonlinear one,
+    :math:`\frac{1}{s^2}\sum W^2(1-\cos(s(v-f)))` (the complex exponential written
+    in ppm; :math:`s` = rad/ppm at ``echo_time_s``, ``b0_tesla``), and the
+    :math:`v` step takes three Newton iterations per ADMM iteration.
+
+    Stopping rule: relative update of :math:`\chi` ≤ ``tolerance`` or ``max_iterations``.
+
+    Parameters
+    ----------
+    local_field_ppm, mask, voxel_size_mm, b0_dir, pad
+        As :func:`~torchqsm.inversion.tkd`.
+    regularization
+        :math:`\alpha` (ppm·mm).
+    magnitude
+        Optional magnitude for the weights :math:`W`.
+    nonlinear
+        Use the nonlinear data term.
+    gradient_penalty
+        :math:`\mu_1`; default :math:`100\alpha` (FANSI's choice).
+    data_penalty
+        :math:`\mu_2` (FANSI's default 1).
+    max_iterations, tolerance
+        The stopping rule.
+    echo_time_s, b0_tesla
+        For the nonlinear data term.
+    callback
+        Receives a :class:`~torchqsm.solvers.SolverStatus` per iteration.
+
+    References
+    ----------
+    Milovic C, Bilgic B, Zhao B, Acosta-Cabronero J, Tejos C. Fast nonlinear
+    susceptibility inversion with variational regularization. MRM
+    2018;80:814–821. doi:10.1002/mrm.27073
+
+    Bilgic B, Fan AP, Polimeni JR, et al. Fast quantitative susceptibility
+    mapping with L1-regularization and automatic parameter selection. MRM
+    2014;72:1444–1459. doi:10.1002/mrm.25029
+    """
+    problem = prepare(local_field_ppm, mask, voxel_size_mm=voxel_size_mm, b0_dir=b0_dir, pad=pad)
+    alpha = check_positive("regularization", regularization)
+    mu1 = 100.0 * alpha if gradient_penalty is None else check_positive("gradient_penalty", gradient_penalty)
+    mu2 = check_positive("data_penalty", data_penalty)
+    scale = radians_per_ppm(echo_time_s=check_positive("echo_time_s", echo_time_s),
+                            b0_tesla=check_positive("b0_tesla", b0_tesla))
+
+    # Everything lives on the padded periodic grid; the data weights are zero outside the mask.
+    shape = problem.padded_shape
+    field = problem.pad.forward(problem.field)
+    weights2 = problem.pad.forward(weights_from_magnitude(magnitude, problem)) ** 2
+    kernel = problem.kernel()
+    gradient = GradientOp(voxel_size_mm=problem.voxel_size_mm)
+    grad_symbol = gradient_gram_symbol(shape, voxel_size_mm=problem.voxel_size_mm, dtype=kernel.dtype,
+                                       device=kernel.device)
+    denominator = mu1 * grad_symbol + mu2 * kernel * kernel
+    denominator[0, 0, 0] = 1.0  # the DC of χ is unobservable and unpenalised: keep it at zero
+
+    def apply_dipole(chi: torch.Tensor) -> torch.Tensor:
+        return torch.fft.irfftn(torch.fft.rfftn(chi, dim=_DIMS) * kernel, s=shape, dim=_DIMS)
+
+    # The split variable stacks the gradient (3 channels) and the dipole field (1 channel).
+    def split(chi: torch.Tensor) -> torch.Tensor:
+        return torch.cat([gradient(chi), apply_dipole(chi).unsqueeze(-4)], dim=-4)
+
+    def x_step(target: torch.Tensor) -> torch.Tensor:
+        rhs = mu1 * torch.fft.rfftn(gradient.H(target[..., :3, :, :, :]), dim=_DIMS)
+        rhs = rhs + mu2 * kernel * torch.fft.rfftn(target[..., 3, :, :, :], dim=_DIMS)
+        spectrum = rhs / denominator
+        spectrum[0, 0, 0] = 0.0
+        return torch.fft.irfftn(spectrum, s=shape, dim=_DIMS)
+
+    def data_prox(y: torch.Tensor) -> torch.Tensor:
+        if not nonlinear:
+            return (weights2 * field + mu2 * y) / (weights2 + mu2)
+        v = y.clone()
+        for _ in range(3):
+            phase = scale * (v - field)
+            g = weights2 * torch.sin(phase) / scale + mu2 * (v - y)
+            h = weights2 * torch.clamp(torch.cos(phase), min=0.0) + mu2
+            v = v - g / h
+        return v
+
+    def prox(stacked: torch.Tensor) -> torch.Tensor:
+        return torch.cat([_shrink(stacked[..., :3, :, :, :], alpha / mu1),
+                          data_prox(stacked[..., 3, :, :, :]).unsqueeze(-4)], dim=-4)
+
+    # Each block has its own penalty (mu1, mu2); in scaled form the dual updates are the same
+    # for both, so the generic ADMM applies with the penalties inside x_step and prox.
+    chi = admm(x_step=x_step, prox=prox, split=split, initial=torch.zeros_like(field),
+               max_iterations=int(max_iterations), tolerance=float(tolerance), callback=callback)
+    return problem.finish(problem.pad.adjoint(chi))
