@@ -14,7 +14,10 @@ in k-space, :math:`\hat b` the unit B0 direction in voxel coordinates and
 its value there (``dc``) sets how the volume's mean susceptibility maps to
 the mean field. We default to ``dc = 0`` (a uniform χ produces no field, so
 the reconstructed χ has zero mean in the padded box and is referenced later);
-``qsm-forward`` uses 1/3.
+``qsm-forward`` uses 1/3. On an even grid axis the Nyquist bin stands for
+both :math:`\pm k_N`; there :math:`(\mathbf k\cdot\hat b)^2` is averaged over
+both signs, which keeps the sampled kernel even (so the real FFT applies
+exactly the stored kernel, and :math:`A^H A` is :math:`D^2`).
 
 The *image-space* (discretised) form integrates the dipole field over each
 voxel (a box of size :math:`h`) exactly,
@@ -106,12 +109,27 @@ def kspace_frequencies(
 
 
 def _kspace_dipole(shape, voxel, b, rfft, device) -> torch.Tensor:
-    kx, ky, kz = kspace_frequencies(shape, voxel_size_mm=voxel, rfft=rfft, device=device)
-    k2 = kx**2 + ky**2 + kz**2
-    kb = kx * b[0] + ky * b[1] + kz * b[2]
-    k2 = k2.clone()
+    k = kspace_frequencies(shape, voxel_size_mm=voxel, rfft=rfft, device=device)
+    k2 = (k[0] ** 2 + k[1] ** 2 + k[2] ** 2).clone()
     k2[0, 0, 0] = 1.0  # placeholder; the DC bin is set by the caller
-    return 1.0 / 3.0 - kb**2 / k2
+    # On an even axis the Nyquist bin stands for both +k_N and -k_N. Sampling (k·b)² at one sign
+    # makes D(m) != D(-m) for oblique b, so the kernel would not be even and the real FFT would
+    # apply a different kernel than the one stored. Average over both signs instead: the cross
+    # terms with a Nyquist component vanish, leaving (Σ_regular k_a b_a)² + Σ_Nyquist (k_a b_a)².
+    regular = 0.0
+    nyquist_part = 0.0
+    for axis in range(3):
+        n = shape[axis]
+        kb = k[axis] * b[axis]
+        if n % 2 == 0:
+            nyquist = torch.zeros_like(kb, dtype=torch.bool)
+            index = n // 2
+            nyquist.view(-1)[index] = True
+            regular = regular + torch.where(nyquist, 0.0, kb)
+            nyquist_part = nyquist_part + torch.where(nyquist, kb * kb, 0.0)
+        else:
+            regular = regular + kb
+    return 1.0 / 3.0 - (regular**2 + nyquist_part) / k2
 
 
 def _box_integrals(shape, voxel, b, device) -> torch.Tensor:
