@@ -17,7 +17,9 @@ _DIMS = (-3, -2, -1)
 
 def _shrink(values: torch.Tensor, threshold: float) -> torch.Tensor:
     """Isotropic soft-thresholding of the 3-vectors along axis -4."""
-    norm = torch.linalg.vector_norm(values, dim=-4, keepdim=True)
+    # Written out: torch.linalg.vector_norm over a strided axis is ~40x slower on the CPU.
+    norm = torch.sqrt(values.select(-4, 0) ** 2 + values.select(-4, 1) ** 2 + values.select(-4, 2) ** 2)
+    norm = norm.unsqueeze(-4)
     return values * torch.clamp(1.0 - threshold / torch.clamp(norm, min=1e-30), min=0.0)
 
 

@@ -1,4 +1,4 @@
-"""The forward-simulated analytic brain phantom used by the inversion tests and benchmarks."""
+"""The forward-simulated analytic brain phantom used by the inversion tests."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pytest
 import torch
 
 from torchqsm.physics import tilt_b0_dir
@@ -29,7 +30,7 @@ def synthetic_magnitude(chi: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def load_phantom_problem(data_dir: Path, *, tilt_deg: float, noise_fraction: float = 0.01,
-                         seed: int = 0) -> PhantomProblem:
+                         seed: int = 0, crop_margin: int | None = 8) -> PhantomProblem:
     """χ, mask and a noisy field (σ = ``noise_fraction`` × the field's std in the mask) at a tilt about axis 0."""
     chi_img = nib.load(data_dir / "brain-phantom-analytic" / "chi_ppm.nii.gz")
     mask_img = nib.load(data_dir / "brain-phantom-analytic" / "mask.nii.gz")
@@ -41,4 +42,21 @@ def load_phantom_problem(data_dir: Path, *, tilt_deg: float, noise_fraction: flo
     field = forward_field(chi.double(), voxel_size_mm=voxel, b0_dir=b0, pad=64).float()
     sigma = noise_fraction * float(field[mask].std())
     noisy = add_noise(field, sigma=sigma, mask=mask, generator=torch.Generator().manual_seed(seed))
+    # Reconstruct on the mask's bounding box plus a margin: the field is zero outside the mask
+    # anyway, and the smaller grid makes the iterative methods ~1.7x faster.
+    box = _bounding_box(mask, margin=crop_margin) if crop_margin is not None else (slice(None),) * 3
+    chi, mask, noisy = chi[box], mask[box], noisy[box]
     return PhantomProblem(chi * mask, mask, noisy * mask, synthetic_magnitude(chi, mask), voxel, b0)
+
+
+def _bounding_box(mask: torch.Tensor, *, margin: int) -> tuple[slice, ...]:
+    nonzero = torch.nonzero(mask)
+    low = (nonzero.min(dim=0).values - margin).clamp(min=0)
+    high = nonzero.max(dim=0).values + margin + 1
+    return tuple(slice(int(a), int(b)) for a, b in zip(low, high))
+
+
+@pytest.fixture(scope="module", params=[0.0, 30.0], ids=["axial", "tilt30"])
+def phantom(request, shared_data) -> PhantomProblem:
+    """The noisy phantom problem, B0 axial and tilted 30° about the first axis."""
+    return load_phantom_problem(shared_data, tilt_deg=request.param)
