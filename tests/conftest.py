@@ -28,7 +28,7 @@ def torch_rng() -> torch.Generator:
     return torch.Generator().manual_seed(1234)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def shared_data() -> Path:
     path = shared_data_dir()
     if not path.is_dir():

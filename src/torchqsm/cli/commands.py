@@ -6,6 +6,7 @@ import argparse
 import inspect
 import json
 import math
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -102,8 +103,9 @@ def run_invert(args: argparse.Namespace) -> int:
     voxel, b0_dir = _geometry(args, field, spec)
 
     data = torch.from_numpy(field.data)
-    if spec.multi_orientation and data.ndim == 4:
-        data = data.permute(3, 0, 1, 2).contiguous()  # orientations first, as the library wants
+    if spec.multi_orientation:
+        # Orientations first, as the library wants; a 3-D file is one orientation.
+        data = data.permute(3, 0, 1, 2).contiguous() if data.ndim == 4 else data.unsqueeze(0)
     callback = None
     total = _iteration_limit(spec, params)
     if total is not None and not args.quiet:
@@ -121,15 +123,15 @@ def run_invert(args: argparse.Namespace) -> int:
                          "and the parameters", source=args.field)
     elapsed = time.perf_counter() - started
     recorded = {p.name: params.get(p.name, p.default) for p in spec.parameters}
-    recorded["magnitude"] = args.magnitude if "magnitude" in recorded else None
-    if "magnitude" in recorded and recorded["magnitude"] is None:
-        del recorded["magnitude"]
+    if "magnitude" in recorded:
+        recorded["magnitude"] = args.magnitude  # the file (or None), not the array
+    command = shlex.join(["torchqsm", *getattr(args, "argv", sys.argv[1:])])
     save_nifti(output, chi_np, like=mask, overwrite=args.overwrite)
     try:
         write_sidecar(sidecar, method=spec.name, parameters=recorded, inputs=inputs,
                       outputs={"chi": str(output), "unit": "ppm"},
                       extra={"VoxelSizeMM": list(voxel), "B0Direction": b0_dir, "Device": str(device),
-                             "ElapsedSeconds": round(elapsed, 3), "Command": " ".join(sys.argv)},
+                             "ElapsedSeconds": round(elapsed, 3), "Command": command},
                       overwrite=args.overwrite)
     except BaseException:
         output.unlink(missing_ok=True)  # never leave χ without its provenance

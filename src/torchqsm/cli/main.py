@@ -65,7 +65,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status (0 ok, 2 user error)."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # --help, --version and usage errors: return the status, as documented
+        code = exit_.code
+        return code if isinstance(code, int) else (0 if code is None else 2)
+    args.argv = argv  # recorded in the sidecar as the command that made the output
     try:
         return int(args.handler(args) or 0)
     except TorchQSMError as error:
