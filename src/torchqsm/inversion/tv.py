@@ -3,11 +3,12 @@ r"""Total-variation regularised inversion by ADMM (FANSI), linear or nonlinear d
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 import torch
 
 from ..physics import GradientOp, gradient_gram_symbol, radians_per_ppm
-from ..solvers import StatusCallback, admm
+from ..solvers import SolverStatus, StatusCallback, admm
 from ._common import DEFAULT_PAD, check_positive, prepare, weights_from_magnitude
 
 __all__ = ["tv"]
@@ -141,6 +142,10 @@ def tv(
 
     # Each block has its own penalty (mu1, mu2); in scaled form the dual updates are the same
     # for both, so the generic ADMM applies with the penalties inside x_step and prox.
+    def report(status: SolverStatus) -> bool | None:  # callbacks see χ on the image grid
+        return callback(replace(status, solution=problem.pad.adjoint(status.solution)))
+
     chi = admm(x_step=x_step, prox=prox, split=split, initial=torch.zeros_like(field),
-               max_iterations=int(max_iterations), tolerance=float(tolerance), callback=callback)
+               max_iterations=int(max_iterations), tolerance=float(tolerance),
+               callback=None if callback is None else report)
     return problem.finish(problem.pad.adjoint(chi))
