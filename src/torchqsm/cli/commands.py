@@ -129,7 +129,7 @@ def run_invert(args: argparse.Namespace) -> int:
     save_nifti(output, chi_np, like=mask, overwrite=args.overwrite)
     try:
         write_sidecar(sidecar, method=spec.name, parameters=recorded, inputs=inputs,
-                      outputs={"chi": str(output), "unit": "ppm"},
+                      outputs={"chi": str(output.resolve()), "unit": "ppm"},
                       extra={"VoxelSizeMM": list(voxel), "B0Direction": b0_dir, "Device": str(device),
                              "ElapsedSeconds": round(elapsed, 3), "Command": command},
                       overwrite=args.overwrite)

@@ -8,7 +8,8 @@ import torch
 
 from ..errors import ParameterError
 from ..physics import GradientOp, radians_per_ppm
-from ..solvers import StatusCallback, SolverStatus, cg
+from ..solvers import SolverStatus, StatusCallback, cg
+from ..solvers.status import relative_update
 from ._common import DEFAULT_PAD, check_positive, prepare, weights_from_magnitude
 
 __all__ = ["medi", "edge_mask"]
@@ -134,8 +135,7 @@ def medi(
         rhs = -(regularizer(chi) + lam * dipole(weights2 * residual))
         step = cg(hessian, rhs, max_iterations=int(cg_max_iterations), tolerance=float(cg_tolerance))
         chi = chi + step
-        norm = float(torch.linalg.vector_norm(chi))
-        relative = float(torch.linalg.vector_norm(step)) / norm if norm > 0 else 0.0
+        relative = relative_update(step, chi)
         converged = relative < tolerance
         if callback is not None and callback(SolverStatus(iteration, chi, relative, converged)):
             break

@@ -4,6 +4,6 @@ from .admm import admm
 from .cg import cg
 from .gradient_descent import gradient_descent
 from .implicit import implicit_cg
-from .status import SolverStatus, StatusCallback
+from .status import SolverStatus, StatusCallback, relative_update
 
-__all__ = ["cg", "implicit_cg", "admm", "gradient_descent", "SolverStatus", "StatusCallback"]
+__all__ = ["cg", "implicit_cg", "admm", "gradient_descent", "SolverStatus", "StatusCallback", "relative_update"]

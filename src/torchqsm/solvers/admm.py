@@ -14,12 +14,11 @@ Solves :math:`\min_x F(x) + G(Kx)` through the split :math:`z = Kx`:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import torch
 
-from .status import SolverStatus, StatusCallback
+from .status import SolverStatus, StatusCallback, relative_update
 
 __all__ = ["admm"]
 
@@ -74,9 +73,7 @@ def admm(
         kx = split(x_new)
         z = prox(kx + u)
         u = u + kx - z
-        norm = float(torch.linalg.vector_norm(x_new))
-        # An all-zero iterate (ADMM's first step from zero often is one) has not converged.
-        relative = float(torch.linalg.vector_norm(x_new - x)) / norm if norm > 0 else math.inf
+        relative = relative_update(x_new - x, x_new)  # inf for ADMM's frequent all-zero first step
         x = x_new
         converged = relative <= tolerance
         if callback is not None and callback(SolverStatus(iteration, x, relative, converged)):

@@ -2,12 +2,11 @@ r"""Gradient descent with a fixed step and a relative-update stopping rule."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import torch
 
-from .status import SolverStatus, StatusCallback
+from .status import SolverStatus, StatusCallback, relative_update
 
 __all__ = ["gradient_descent"]
 
@@ -53,8 +52,7 @@ def gradient_descent(
     for iteration in range(1, max_iterations + 1):
         update = gradient(x) * step_size
         x = x - update
-        norm = float(torch.linalg.vector_norm(x))
-        relative = float(torch.linalg.vector_norm(update)) / norm if norm > 0 else math.inf
+        relative = relative_update(update, x)
         converged = relative <= tolerance
         if callback is not None and callback(SolverStatus(iteration, x, relative, converged)):
             break

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
-__all__ = ["SolverStatus", "StatusCallback"]
+__all__ = ["SolverStatus", "StatusCallback", "relative_update"]
 
 
 @dataclass(frozen=True)
@@ -34,3 +35,12 @@ class SolverStatus:
 
 #: A status callback; returning ``True`` stops the solver early.
 StatusCallback = Callable[[SolverStatus], "bool | None"]
+
+
+def relative_update(step: torch.Tensor, solution: torch.Tensor) -> float:
+    r""":math:`\lVert\delta\rVert / \lVert x\rVert`, the iterative methods' stopping measure.
+
+    An all-zero iterate gives ``inf``: starting from zero, it has not converged.
+    """
+    norm = float(torch.linalg.vector_norm(solution))
+    return float(torch.linalg.vector_norm(step)) / norm if norm > 0 else math.inf
