@@ -34,7 +34,7 @@ def test_one_method_as_text(cli) -> None:
     result = cli("methods", "tikhonov")
     assert result.code == 0
     assert result.out.startswith("tikhonov  (classical)")
-    assert "--param regularizer=gradient" in result.out and "identity|gradient" in result.out
+    assert "--param regularizer=identity" in result.out and "identity|gradient" in result.out
     assert "\n\n" not in result.out.strip()  # one block only
 
 

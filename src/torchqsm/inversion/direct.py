@@ -116,7 +116,7 @@ def tsvd(
     voxel_size_mm: Vector3 = (1.0, 1.0, 1.0),
     b0_dir: Vector3 = (0.0, 0.0, 1.0),
     pad: int | Sequence[int] = DEFAULT_PAD,
-    threshold: float = 0.15,
+    threshold: float = 0.05,
 ) -> torch.Tensor:
     r"""Truncated singular value decomposition of the dipole convolution.
 
@@ -134,7 +134,9 @@ def tsvd(
     local_field_ppm, mask, voxel_size_mm, b0_dir, pad
         As :func:`tkd`.
     threshold
-        :math:`t`, in (0, 2/3].
+        :math:`t`, in (0, 2/3]. The default 0.05 gave NRMSE 33.2 % on the analytic
+        phantom with 1 % noise (0.1: 42.3 %, 0.15: 51.1 %): zeroing discards more
+        signal than TKD's clipping, so TSVD wants a lower threshold.
 
     References
     ----------
@@ -165,8 +167,8 @@ def tikhonov(
     voxel_size_mm: Vector3 = (1.0, 1.0, 1.0),
     b0_dir: Vector3 = (0.0, 0.0, 1.0),
     pad: int | Sequence[int] = DEFAULT_PAD,
-    regularization: float = 0.05,
-    regularizer: Literal["identity", "gradient"] = "gradient",
+    regularization: float = 3e-3,
+    regularizer: Literal["identity", "gradient"] = "identity",
 ) -> torch.Tensor:
     r"""Closed-form Tikhonov-regularised inversion.
 
@@ -186,7 +188,12 @@ def tikhonov(
     local_field_ppm, mask, voxel_size_mm, b0_dir, pad
         As :func:`tkd`.
     regularization
-        :math:`\lambda` (dimensionless for ``"identity"``, mm² for ``"gradient"``).
+        :math:`\lambda` (dimensionless for ``"identity"``, mm² for ``"gradient"``). The
+        default (identity, 3e-3) gave NRMSE 33.4–35.5 % on the analytic phantom with 1 %
+        noise for every padding tried. The gradient regulariser vanishes at low
+        frequencies, so near the cone it amplifies low-frequency errors by up to
+        :math:`1/(2\sqrt\lambda\,|\nabla(\mathbf k)|)`; with small :math:`\lambda` its result
+        then depends on the grid size (41–95 % for λ = 1e-3 across paddings).
     regularizer
         ``"identity"`` or ``"gradient"``.
 
@@ -200,8 +207,8 @@ def tikhonov(
     >>> from torchqsm.simulate import sphere, forward_field
     >>> chi = 0.1 * sphere((32, 32, 32), radius=6)
     >>> out = tikhonov(forward_field(chi, pad=16), torch.ones_like(chi), regularization=0.001)
-    >>> round(float(out[16, 16, 16]), 2)
-    0.1
+    >>> round(float(out[16, 16, 16]), 3)
+    0.095
     """
     problem = prepare(local_field_ppm, mask, voxel_size_mm=voxel_size_mm, b0_dir=b0_dir, pad=pad)
     lam = check_positive("regularization", regularization)

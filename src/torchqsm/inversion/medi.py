@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 
 from ..errors import ParameterError
-from ..physics import GradientOp, radians_per_ppm
+from ..physics import GradientOp, MaskOp, radians_per_ppm
 from ..solvers import SolverStatus, StatusCallback, cg
 from ..solvers.status import relative_update
 from ._common import DEFAULT_PAD, check_positive, prepare, weights_from_magnitude
@@ -44,6 +44,7 @@ def medi(
     b0_dir: Sequence[float] = (0.0, 0.0, 1.0),
     pad: int | Sequence[int] = DEFAULT_PAD,
     magnitude: torch.Tensor | None = None,
+    support: bool = True,
     regularization: float = 2e3,
     edge_fraction: float = 0.1,
     smoothing: float = 1e-6,
@@ -81,6 +82,8 @@ def medi(
         As :func:`~torchqsm.inversion.tkd`.
     magnitude
         Magnitude image ``(X, Y, Z)`` (required): edges and data weights.
+    support
+        Constrain χ to the mask (the dipole acts on :math:`M\chi`; see :func:`~torchqsm.inversion.l2`).
     regularization
         :math:`\lambda` (data weight relative to the TV term; ppm⁻¹·mm⁻¹).
     edge_fraction
@@ -119,6 +122,8 @@ def medi(
     edges = edge_mask(weights, problem.mask, voxel_size_mm=problem.voxel_size_mm, edge_fraction=edge_fraction)
     gradient = GradientOp(voxel_size_mm=problem.voxel_size_mm, boundary="neumann")
     dipole = problem.dipole()
+    if support:
+        dipole = dipole @ MaskOp(problem.mask)
     field = problem.field
 
     chi = torch.zeros_like(field)
@@ -129,10 +134,10 @@ def medi(
             return gradient.H(edges * diffusivity * gradient(x))
 
         def hessian(x: torch.Tensor) -> torch.Tensor:
-            return regularizer(x) + lam * dipole(weights2 * dipole(x))
+            return regularizer(x) + lam * dipole.H(weights2 * dipole(x))
 
         residual = torch.sin(scale * (dipole(chi) - field)) / scale
-        rhs = -(regularizer(chi) + lam * dipole(weights2 * residual))
+        rhs = -(regularizer(chi) + lam * dipole.H(weights2 * residual))
         step = cg(hessian, rhs, max_iterations=int(cg_max_iterations), tolerance=float(cg_tolerance))
         chi = chi + step
         relative = relative_update(step, chi)

@@ -31,7 +31,7 @@ def tv(
     voxel_size_mm: Sequence[float] = (1.0, 1.0, 1.0),
     b0_dir: Sequence[float] = (0.0, 0.0, 1.0),
     pad: int | Sequence[int] = DEFAULT_PAD,
-    regularization: float = 3e-4,
+    regularization: float = 1e-4,
     magnitude: torch.Tensor | None = None,
     nonlinear: bool = False,
     gradient_penalty: float | None = None,
@@ -67,7 +67,8 @@ def tv(
     local_field_ppm, mask, voxel_size_mm, b0_dir, pad
         As :func:`~torchqsm.inversion.tkd`.
     regularization
-        :math:`\alpha` (ppm·mm).
+        :math:`\alpha` (ppm·mm). The default 1e-4 gave the lowest NRMSE of 1e-4, 3e-4
+        and 1e-3 on the analytic brain phantom with 1 % noise (15.8, 20.4, 37.3 %).
     magnitude
         Optional magnitude for the weights :math:`W`.
     nonlinear
