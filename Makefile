@@ -4,6 +4,11 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
+# glibc hands buffers over 32 MiB fresh pages from the OS on every allocation; keeping
+# freed memory (../shared/PERF-NOTES.md) makes large FFTs up to 1.9x faster here.
+export MALLOC_MMAP_MAX_ := 0
+export MALLOC_TRIM_THRESHOLD_ := 68719476736
+
 .PHONY: venv demo test test-all bench clean
 
 $(BIN)/torchqsm: pyproject.toml
