@@ -108,8 +108,8 @@ def kspace_frequencies(
     return kx[:, None, None], ky[None, :, None], kz[None, None, :]
 
 
-def _kspace_dipole(shape, voxel, b, rfft, device) -> torch.Tensor:
-    k = kspace_frequencies(shape, voxel_size_mm=voxel, rfft=rfft, device=device)
+def _kspace_dipole(shape, voxel, b, rfft, device, dtype=torch.float64) -> torch.Tensor:
+    k = kspace_frequencies(shape, voxel_size_mm=voxel, rfft=rfft, dtype=dtype, device=device)
     k2 = (k[0] ** 2 + k[1] ** 2 + k[2] ** 2).clone()
     k2[0, 0, 0] = 1.0  # placeholder; the DC bin is set by the caller
     # On an even axis the Nyquist bin stands for both +k_N and -k_N. Sampling (k·b)² at one sign
@@ -202,7 +202,8 @@ def dipole_kernel(
         Return the ``(X, Y, Z//2+1)`` half spectrum for ``torch.fft.rfftn`` (default),
         else the full ``(X, Y, Z)`` spectrum.
     dtype, device
-        Of the returned real tensor; it is computed in float64.
+        Of the returned real tensor. The k-space form is computed in ``dtype``
+        (float32 or float64), the image form in float64.
 
     Returns
     -------
@@ -218,7 +219,9 @@ def dipole_kernel(
     shape, voxel = _check_geometry(shape, voxel_size_mm)
     b = _unit(b0_dir)
     if form == "kspace":
-        kernel = _kspace_dipole(shape, voxel, b, rfft, device)
+        # Closed form, accurate to rounding in the output precision: no need for float64 work.
+        work = torch.float64 if dtype == torch.float64 else torch.float32
+        kernel = _kspace_dipole(shape, voxel, b, rfft, device, work)
         kernel[0, 0, 0] = 0.0 if dc is None else float(dc)
     elif form == "image":
         spatial = _box_integrals(shape, voxel, b, device)
