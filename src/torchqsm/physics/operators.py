@@ -231,7 +231,10 @@ class FourierMultiplierOp(LinearOperator):
         s = self._symbol.like(x)
         if x.is_complex():  # a real kernel acts on the real and imaginary parts separately
             return torch.complex(self.forward(x.real), self.forward(x.imag))
-        return torch.fft.irfftn(torch.fft.rfftn(x, dim=_DIMS) * s, s=self.shape, dim=_DIMS)
+        spectrum = torch.fft.rfftn(x, dim=_DIMS)
+        # In place when autograd does not need the spectrum: saves one large allocation.
+        spectrum = spectrum.mul_(s) if not torch.is_grad_enabled() or not spectrum.requires_grad else spectrum * s
+        return torch.fft.irfftn(spectrum, s=self.shape, dim=_DIMS)
 
     adjoint = forward
 
@@ -374,7 +377,19 @@ class DipoleOp(LinearOperator):
         return self.multiplier.symbol
 
     def forward(self, x):
-        return self.pad.adjoint(self.multiplier.forward(self.pad.forward(x)))
+        if self.pad.is_identity:
+            return self.multiplier.forward(x)
+        if x.is_complex():  # a real kernel acts on the real and imaginary parts separately
+            return torch.complex(self.forward(x.real), self.forward(x.imag))
+        # Zero padding at the end of each axis instead of around the image: a circular
+        # convolution commutes with shifts, so the cropped result is the same, and rfftn
+        # pads internally without a separate copy.
+        grid = self.pad.padded_shape
+        spectrum = torch.fft.rfftn(x, s=grid, dim=_DIMS)
+        kernel = self.multiplier._symbol.like(x)
+        spectrum = spectrum.mul_(kernel) if not spectrum.requires_grad else spectrum * kernel
+        out = torch.fft.irfftn(spectrum, s=grid, dim=_DIMS)
+        return out[..., : self.shape[0], : self.shape[1], : self.shape[2]]
 
     adjoint = forward
 
