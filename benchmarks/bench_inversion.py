@@ -531,7 +531,7 @@ def render_section(key: str, title: str, rows: list[dict], fft: dict, info: dict
 def _notes(rows: list[dict], fft: dict, args, kept: list[str], info: dict) -> list[str]:
     notes = []
     load = info.get("load_before")
-    if load is not None and load >= 0.5:
+    if load is not None and load >= 1.5:  # the 1-minute average lingers after earlier work; 2 cores
         notes.append(f"**The machine was busy** (1-minute load average {load:.2f} on {info['cores']} cores before "
                      "the run): other processes compete for the cores, and multi-threaded torch operations then "
                      "stall at their thread barriers, so these times overstate the methods' cost. Rerun on an "

@@ -23,7 +23,9 @@ class ProgressBar:
 
     def __call__(self, status: SolverStatus) -> None:
         if self._bar is None:
-            self._bar = tqdm(total=self.total, desc=self.description, unit="it", leave=False, dynamic_ncols=True)
+            # disable=None: no bar when stderr is not a terminal (logs, CI), so logs stay readable.
+            self._bar = tqdm(total=self.total, desc=self.description, unit="it", leave=False,
+                             dynamic_ncols=True, disable=None)
         self._bar.update(status.iteration - self._bar.n)
         self._bar.set_postfix_str(f"residual {status.residual:.2e}", refresh=False)
 
