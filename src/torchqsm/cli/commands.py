@@ -9,7 +9,6 @@ import math
 import shlex
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np

@@ -162,7 +162,6 @@ def _box_integrals(shape, voxel, b, device) -> torch.Tensor:
         corner_sum += 2 * b[0] * b[2] * log_plus(y.expand_as(r), x**2 + z**2)
     if b[1] * b[2] != 0.0:
         corner_sum += 2 * b[1] * b[2] * log_plus(x.expand_as(r), y**2 + z**2)
-    del r
     # Signed corner sum = successive differences along each axis (upper − lower).
     box = corner_sum.diff(dim=0).diff(dim=1).diff(dim=2) / (4.0 * math.pi)
     box = torch.fft.ifftshift(box, dim=(0, 1, 2))
