@@ -40,7 +40,8 @@ def admm(
     x_step
         Given :math:`v = z_k - u_k`, return :math:`\arg\min_x F(x) + \tfrac{\rho}{2}\lVert Kx - v\rVert^2`.
     prox
-        :math:`\operatorname{prox}_{G/\rho}`.
+        :math:`\operatorname{prox}_{G/\rho}`; it must return a new tensor and leave its
+        argument unchanged.
     split
         The linear map :math:`K`.
     initial
@@ -70,9 +71,10 @@ def admm(
     u = torch.zeros_like(z)
     for iteration in range(1, max_iterations + 1):
         x_new = x_step(z - u)
-        kx = split(x_new)
-        z = prox(kx + u)
-        u = u + kx - z
+        # u <- u + Kx; z = prox(u); u <- u - z: the textbook updates, with one buffer less.
+        u.add_(split(x_new))
+        z = prox(u)
+        u.sub_(z)
         relative = relative_update(x_new - x, x_new)  # inf for ADMM's frequent all-zero first step
         x = x_new
         converged = relative <= tolerance
