@@ -28,7 +28,7 @@ def check_output_path(path: str | os.PathLike[str], *, overwrite: bool) -> Path:
 
 
 def _temporary_path(path: Path) -> Path:
-    """Create an empty, new file beside ``path`` named ``.tmp-XXXXXXXX-<name>``.
+    """Create an empty, new file beside ``path`` named ``.tmp-<random>-<name>``.
 
     The same extension keeps format detection by name (``.nii.gz`` → gzip);
     the leading dot hides the file from most listings while it is written.

@@ -404,7 +404,7 @@ def save_nifti(
 
     Notes
     -----
-    The file is written as ``.tmp-XXXXXXXX-<name>`` in the output folder and
+    The file is written as ``.tmp-<random>-<name>`` in the output folder and
     moved into place when complete; on any error the temporary file is
     removed and ``path`` is untouched.
     """
