@@ -2,6 +2,7 @@ r"""Morphology-enabled dipole inversion (MEDI): edge-weighted TV, nonlinear data
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -32,7 +33,9 @@ def edge_mask(magnitude: torch.Tensor, mask: torch.Tensor, *, voxel_size_mm: Seq
     values = grad[inside]
     if edge_fraction == 0.0 or values.numel() == 0:
         return torch.ones_like(grad)
-    threshold = torch.quantile(values.double()[: 16_000_000], 1.0 - edge_fraction).to(grad.dtype)
+    # kthvalue, not quantile: torch.quantile refuses inputs over 16 M elements.
+    rank = max(1, min(values.numel(), math.ceil((1.0 - edge_fraction) * values.numel())))
+    threshold = torch.kthvalue(values.cpu(), rank).values.to(device=grad.device, dtype=grad.dtype)
     return (grad <= threshold).to(grad.dtype)
 
 
