@@ -6,7 +6,8 @@ naming the file); :func:`save_nifti` and :func:`write_sidecar` write outputs
 atomically and never replace a file unless asked to.
 """
 
-from torchqsm.io.nifti import Volume, check_same_grid, load_mask, load_nifti, save_nifti
+from torchqsm.io.nifti import Volume, check_same_grid, load_mask, load_nifti
+from torchqsm.io.save import save_nifti
 from torchqsm.io.sidecar import (
     json_safe,
     read_sidecar,
