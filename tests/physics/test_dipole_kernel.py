@@ -19,13 +19,7 @@ from torchqsm.physics.kernels import _box_integrals
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The grids here are small: one thread is faster than waking a pool for each FFT."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def kernel(shape, **options) -> torch.Tensor:

@@ -34,13 +34,7 @@ VOXEL_SIZE_MM = (1.0, 0.8, 1.5)
 BOUNDS = {"7": 0.03, "27": 0.05, "fft": 1e-10}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One thread is faster than waking a pool for each of these mid-sized FFTs under load."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def smooth_phase(scale: float = 1.0, dtype=torch.float64) -> torch.Tensor:

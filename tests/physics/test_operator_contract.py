@@ -176,13 +176,7 @@ def _crossed() -> list:
     return params
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The grids here are tiny: one thread is faster than waking a pool for each FFT."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 dtypes = pytest.mark.parametrize("dtype", list(DTYPES.values()), ids=list(DTYPES))
