@@ -167,6 +167,7 @@ def load_nifti(
     Examples
     --------
     >>> import tempfile
+    >>> from torchqsm.io.save import save_nifti
     >>> folder = tempfile.mkdtemp()
     >>> written = save_nifti(f"{folder}/chi.nii.gz", np.zeros((4, 5, 6)),
     ...                      affine=np.diag([0.5, 0.7, 1.2, 1.0]))
