@@ -1,0 +1,1 @@
+"""Pre-processing: masking, echo combination, phase unwrapping, background-field removal, referencing."""
