@@ -22,10 +22,10 @@ import torch
 from .. import inversion
 from ..errors import ParameterError
 
-__all__ = ["MethodSpec", "ParameterSpec", "METHODS", "register", "get_method", "invert", "coerce_parameter"]
+__all__ = ["MethodSpec", "ParameterSpec", "METHODS", "register", "get_method", "invert", "coerce_parameter", "describe"]
 
 #: Parameters every method shares; they are set by the caller, not listed per method.
-SHARED = ("local_field_ppm", "mask", "voxel_size_mm", "b0_dir", "callback")
+SHARED = ("local_field_ppm", "total_field_ppm", "mask", "voxel_size_mm", "b0_dir", "callback")
 #: Parameters that take an image rather than a number (the CLI passes files for them).
 IMAGE_PARAMETERS = ("magnitude",)
 
@@ -172,6 +172,11 @@ def register(name: str, function: Callable[..., torch.Tensor], *, kind: Literal[
     spec = MethodSpec(name, function, kind, multi_orientation, _parameters_of(function))
     METHODS[name] = spec
     return spec
+
+
+def describe(name: str, function: Callable[..., Any]) -> MethodSpec:
+    """A :class:`MethodSpec` for any step function (not registered), e.g. a background method."""
+    return MethodSpec(name, function, "classical", False, _parameters_of(function))
 
 
 def get_method(name: str) -> MethodSpec:

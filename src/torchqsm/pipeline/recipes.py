@@ -1,0 +1,151 @@
+"""Named recipes: one choice per pipeline step, with its parameters.
+
+A recipe says which method runs at each step (masking, unwrapping, echo
+combination, background removal, dipole inversion, referencing) and with what
+parameters. ``fast`` and ``accurate`` ship; every field can be overridden on
+its own (``torchqsm run --unwrap laplacian --inversion tv ...``), and any
+registered inversion method may be named. Later issues add learned recipes to
+:data:`RECIPES` by the same mechanism.
+
+>>> RECIPES["fast"].background
+'vsharp'
+>>> r = with_overrides(RECIPES["fast"], inversion="tv", inversion_params={"max_iterations": 20})
+>>> (r.name, r.inversion, r.inversion_params["max_iterations"])
+('fast+custom', 'tv', 20)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from types import MappingProxyType
+from typing import Any, Literal
+
+from ..errors import ParameterError
+
+__all__ = ["Recipe", "RECIPES", "get_recipe", "with_overrides", "MaskMethod", "UnwrapMethod", "CombineMethod",
+           "ReferenceMethod"]
+
+MaskMethod = Literal["otsu", "threshold", "quality"]
+UnwrapMethod = Literal["laplacian", "region_growing"]
+CombineMethod = Literal["weighted_fit", "per_echo"]
+ReferenceMethod = Literal["mean", "none"]
+
+
+def _frozen(mapping: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    return MappingProxyType(dict(mapping or {}))
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """The method and parameters of every pipeline step.
+
+    Attributes
+    ----------
+    name
+        Recipe name, recorded in the sidecar.
+    description
+        One line for ``torchqsm run --list-recipes``.
+    mask
+        ``otsu`` or ``threshold`` (magnitude-based) or ``quality`` (ROMEO phase quality);
+        a mask file given by the user replaces this step.
+    mask_erode_voxels
+        Voxels eroded from the brain mask after it is made (before background removal).
+    unwrap
+        ``laplacian`` (FFT, via LoT; smooth, not exact 2π multiples) or
+        ``region_growing`` (quality-guided, exact 2π multiples, temporal across echoes).
+    combine
+        ``weighted_fit`` (magnitude- and TE-weighted fit of phase against TE with the receive
+        offset removed) or ``per_echo`` (each echo's field through background removal, then a
+        TE-weighted average of the local fields).
+    background, background_params
+        A name in :data:`torchqsm.preprocess.background.BACKGROUND_METHODS` and its parameters.
+    inversion, inversion_params
+        A name in the method registry (``torchqsm methods``) and its parameters.
+    reference
+        ``mean``: subtract the mean χ over the final mask; ``none``.
+    """
+
+    name: str
+    description: str
+    mask: MaskMethod = "otsu"
+    mask_erode_voxels: int = 0
+    unwrap: UnwrapMethod = "laplacian"
+    combine: CombineMethod = "weighted_fit"
+    background: str = "vsharp"
+    background_params: Mapping[str, Any] = field(default_factory=dict)
+    inversion: str = "tikhonov"
+    inversion_params: Mapping[str, Any] = field(default_factory=dict)
+    reference: ReferenceMethod = "mean"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "background_params", _frozen(self.background_params))
+        object.__setattr__(self, "inversion_params", _frozen(self.inversion_params))
+        _check_choice("mask", self.mask, ("otsu", "threshold", "quality"))
+        _check_choice("unwrap", self.unwrap, ("laplacian", "region_growing"))
+        _check_choice("combine", self.combine, ("weighted_fit", "per_echo"))
+        _check_choice("reference", self.reference, ("mean", "none"))
+        if not isinstance(self.mask_erode_voxels, int) or self.mask_erode_voxels < 0:
+            raise ParameterError(f"mask erosion must be a non-negative number of voxels, got {self.mask_erode_voxels!r}")
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready dictionary (for the sidecar)."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = dict(value) if isinstance(value, Mapping) else value
+        return out
+
+
+def _check_choice(step: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ParameterError(f"unknown {step} method '{value}'; choose one of {', '.join(choices)}")
+
+
+RECIPES: Mapping[str, Recipe] = MappingProxyType({
+    "fast": Recipe(
+        name="fast",
+        description="Otsu mask, Laplacian unwrapping, weighted echo fit, V-SHARP, gradient Tikhonov",
+        mask="otsu", unwrap="laplacian", combine="weighted_fit",
+        background="vsharp", inversion="tikhonov", inversion_params={"regularizer": "gradient"},
+    ),
+    "accurate": Recipe(
+        name="accurate",
+        description="Otsu mask, quality-guided region growing (temporal across echoes), weighted echo fit, "
+                    "PDF, total variation (FANSI)",
+        mask="otsu", unwrap="region_growing", combine="weighted_fit",
+        background="pdf", inversion="tv",
+    ),
+})
+
+
+def get_recipe(name: str) -> Recipe:
+    """The recipe called ``name``; :class:`ParameterError` listing the names otherwise."""
+    try:
+        return RECIPES[name]
+    except KeyError:
+        raise ParameterError(f"unknown recipe '{name}'; choose one of {', '.join(sorted(RECIPES))}") from None
+
+
+def with_overrides(recipe: Recipe, **changes: Any) -> Recipe:
+    """``recipe`` with some fields replaced; the name gains ``+custom`` when anything changed.
+
+    Parameters given for the recipe's own background or inversion method are merged
+    with the recipe's; naming another method drops the old method's parameters.
+    """
+    changes = {k: v for k, v in changes.items() if v is not None}
+    unknown = set(changes) - {f.name for f in fields(Recipe)}
+    if unknown:
+        raise ParameterError(f"unknown recipe field(s): {', '.join(sorted(unknown))}")
+    for step in ("background", "inversion"):
+        key = f"{step}_params"
+        same_method = changes.get(step, getattr(recipe, step)) == getattr(recipe, step)
+        # Parameters of an unchanged method merge with the recipe's; a new method starts afresh.
+        base = dict(getattr(recipe, key)) if same_method else {}
+        base.update(changes.get(key) or {})
+        if key in changes or not same_method:
+            changes[key] = base
+    updated = replace(recipe, **changes)
+    if updated != recipe and not recipe.name.endswith("+custom"):
+        updated = replace(updated, name=f"{recipe.name}+custom")
+    return updated
