@@ -1,0 +1,406 @@
+"""Find GRE runs in a BIDS dataset and name the QSM derivatives that come out of them.
+
+Discovery (:func:`discover_gre`) scans ``sub-*/anat/`` and ``sub-*/ses-*/anat/``
+for gradient-echo images with the suffix ``MEGRE`` or ``T2starw``
+(``.nii`` or ``.nii.gz``), e.g.::
+
+    sub-01/ses-1/anat/sub-01_ses-1_acq-qsm_run-1_echo-2_part-phase_MEGRE.nii.gz
+
+Files that differ only in ``echo`` and ``part`` form one run; its echoes are
+sorted by echo number and magnitude (``part-mag``, or no ``part``) is paired
+with phase (``part-phase``). A run may also be one file per part holding
+every echo (4-D, no ``echo`` entity). Magnitude-only runs are skipped: QSM
+needs the phase.
+
+Derivatives (:func:`derivative_path`) follow the BIDS derivatives layout,
+``OUT_DIR/sub-<label>[/ses-<label>]/anat/<run key>_<suffix>.nii.gz``, where the
+run key keeps the source entities except ``echo`` and ``part``. The suffixes
+the pipeline writes (:data:`DERIVATIVE_SUFFIXES`) are
+
+=================  ==========================  ===================================
+output             suffix                      content
+=================  ==========================  ===================================
+χ map              ``Chimap``                  susceptibility, ppm (BIDS qMRI)
+brain mask         ``desc-brain_mask``         1 inside, 0 outside
+eroded mask        ``desc-eroded_mask``        mask after background removal
+total field        ``desc-total_fieldmap``     ppm of B0 (the JSON says ``ppm``)
+local field        ``desc-local_fieldmap``     ppm of B0, background removed
+QC figure          ``desc-qc_Chimap`` (.png)   slices of every map
+=================  ==========================  ===================================
+
+BIDS ``fieldmap`` images hold Hz; ours hold ppm, so each field's JSON sidecar
+records ``"Units": "ppm"``. :func:`write_dataset_description` writes the
+derivative dataset's ``dataset_description.json``.
+
+References
+----------
+Gorgolewski KJ et al. The brain imaging data structure, a format for
+organizing and describing outputs of neuroimaging experiments. Sci Data
+2016;3:160044. https://doi.org/10.1038/sdata.2016.44
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from torchqsm.errors import InputError, ParameterError
+from torchqsm.io._atomic import write_atomically
+
+__all__ = [
+    "GreRun",
+    "discover_gre",
+    "derivative_path",
+    "write_dataset_description",
+    "GRE_SUFFIXES",
+    "DERIVATIVE_SUFFIXES",
+    "BIDS_VERSION",
+]
+
+#: BIDS suffixes of gradient-echo images that can carry phase.
+GRE_SUFFIXES = ("MEGRE", "T2starw")
+#: Suffix (with ``desc`` entity) of each output the pipeline writes.
+DERIVATIVE_SUFFIXES = {
+    "chi": "Chimap",
+    "mask": "desc-brain_mask",
+    "eroded_mask": "desc-eroded_mask",
+    "total_field": "desc-total_fieldmap",
+    "local_field": "desc-local_fieldmap",
+    "qc": "desc-qc_Chimap",
+}
+#: BIDS version written into ``dataset_description.json``.
+BIDS_VERSION = "1.10.0"
+
+_ENTITY = re.compile(r"^([a-zA-Z0-9]+)-([a-zA-Z0-9]+)$")
+_SUFFIX = re.compile(r"^([a-zA-Z0-9]+-[a-zA-Z0-9]+_)*[a-zA-Z0-9]+$")
+_EXTENSION = re.compile(r"^(\.[a-zA-Z0-9]+)+$")
+_NIFTI_EXTENSIONS = (".nii.gz", ".nii")
+_MAGNITUDE_PARTS = ("mag", None)  # no part entity means magnitude in BIDS
+
+
+@dataclass(frozen=True)
+class GreRun:
+    """One GRE run: its echoes' magnitude and phase files, in echo order.
+
+    Attributes
+    ----------
+    subject
+        Participant label, without ``sub-``.
+    session
+        Session label without ``ses-``, or ``None``.
+    entities
+        The other entities of the file names (e.g. ``{"acq": "qsm", "run": "1"}``),
+        in file-name order; ``echo`` and ``part`` are not among them.
+    suffix
+        ``"MEGRE"`` or ``"T2starw"``.
+    magnitude_files, phase_files
+        One file per echo, sorted by echo number, or one file holding every echo.
+    key
+        ``sub-<label>[_ses-<label>][_<entity>-<value>...]``, the stem of every derivative.
+    """
+
+    subject: str
+    session: str | None
+    entities: dict[str, str]
+    suffix: str
+    magnitude_files: tuple[Path, ...]
+    phase_files: tuple[Path, ...]
+    key: str
+
+
+def _parse(name: str) -> tuple[dict[str, str], str] | None:
+    """``sub-1_echo-2_part-mag_MEGRE.nii.gz`` → ``({"sub": "1", "echo": "2", "part": "mag"}, "MEGRE")``."""
+    extension = next((ext for ext in _NIFTI_EXTENSIONS if name.endswith(ext)), None)
+    if extension is None or name.startswith("."):
+        return None
+    *pairs, suffix = name[: -len(extension)].split("_")
+    entities = {}
+    for pair in pairs:
+        match = _ENTITY.match(pair)
+        if match is None or match[1] in entities:
+            return None
+        entities[match[1]] = match[2]
+    return (entities, suffix) if pairs and suffix in GRE_SUFFIXES else None
+
+
+def _labels(given: str | Sequence[str] | None, prefix: str) -> list[str] | None:
+    if given is None:
+        return None
+    values = [given] if isinstance(given, str) else list(given)
+    return [str(value).removeprefix(prefix) for value in values]
+
+
+def _anat_folders(bids_dir: Path, subjects: list[str] | None, sessions: list[str] | None):
+    """``(subject, session, anat folder)`` for every selected subject and session."""
+    subject_dirs = {p.name.removeprefix("sub-"): p for p in sorted(bids_dir.glob("sub-*")) if p.is_dir()}
+    if not subject_dirs:
+        raise InputError("no sub-* folders: this is not a BIDS dataset", source=str(bids_dir))
+    for label in subjects or []:
+        if label not in subject_dirs:
+            raise InputError(
+                f"participant sub-{label} not found; the dataset has {', '.join('sub-' + s for s in subject_dirs)}",
+                source=str(bids_dir),
+            )
+    chosen = [(label, subject_dirs[label]) for label in (subjects or subject_dirs)]
+    folders, sessions_seen = [], set()
+    for subject, subject_dir in chosen:
+        if sessions is None:
+            folders.append((subject, None, subject_dir / "anat"))
+        for session_dir in sorted(subject_dir.glob("ses-*")):
+            session = session_dir.name.removeprefix("ses-")
+            sessions_seen.add(session)
+            if sessions is None or session in sessions:
+                folders.append((subject, session, session_dir / "anat"))
+    missing = sorted(set(sessions or []) - sessions_seen)
+    if missing:
+        raise InputError(
+            f"session ses-{missing[0]} not found for the chosen participants", source=str(bids_dir)
+        )
+    return [(subject, session, anat) for subject, session, anat in folders if anat.is_dir()]
+
+
+def _echo_number(value: str | None, path: Path) -> int | None:
+    if value is None:
+        return None
+    if not value.isdigit():
+        raise InputError(f"the echo entity must be a number, got echo-{value}", source=str(path))
+    return int(value)
+
+
+def _files_in_echo_order(files: dict[int | None, list[Path]], key: str, part: str) -> tuple[Path, ...]:
+    for echo, paths in files.items():
+        if len(paths) > 1:
+            names = " and ".join(p.name for p in paths)
+            raise InputError(f"two {part} files for echo {echo} of run {key}: {names}", source=str(paths[0].parent))
+    if None in files and len(files) > 1:
+        raise InputError(
+            f"run {key} mixes {part} files with and without an echo entity", source=str(files[None][0].parent)
+        )
+    return tuple(files[echo][0] for echo in sorted(files, key=lambda echo: echo or 0))
+
+
+def _runs_in(subject: str, session: str | None, anat: Path) -> tuple[list[GreRun], int]:
+    """The runs in one anat folder, and how many magnitude-only runs were skipped."""
+    groups: dict[tuple, dict[str, dict[int | None, list[Path]]]] = {}
+    for path in sorted(anat.iterdir()):
+        parsed = _parse(path.name)
+        if parsed is None or parsed[0].get("sub") != subject or parsed[0].get("ses") != session:
+            continue
+        entities, suffix = parsed
+        part = entities.pop("part", None)
+        kind = "magnitude" if part in _MAGNITUDE_PARTS else "phase" if part == "phase" else None
+        if kind is None:  # real/imaginary parts are not used
+            continue
+        echo = _echo_number(entities.pop("echo", None), path)
+        group = groups.setdefault((tuple(entities.items()), suffix), {"magnitude": {}, "phase": {}})
+        group[kind].setdefault(echo, []).append(path)
+
+    runs, magnitude_only, keys = [], 0, {}
+    for (entity_items, suffix), parts in groups.items():
+        key = "_".join(f"{name}-{value}" for name, value in entity_items)
+        if not parts["phase"]:
+            magnitude_only += 1
+            continue
+        if not parts["magnitude"]:
+            raise InputError(f"run {key} ({suffix}) has phase but no magnitude files", source=str(anat))
+        if set(parts["magnitude"]) != set(parts["phase"]):
+            magnitude_echoes = sorted(e or 0 for e in parts["magnitude"])
+            phase_echoes = sorted(e or 0 for e in parts["phase"])
+            raise InputError(
+                f"run {key} ({suffix}) has magnitude echoes {magnitude_echoes} but phase echoes {phase_echoes}",
+                source=str(anat),
+            )
+        if key in keys:
+            raise InputError(f"runs {keys[key]} and {suffix} share the name {key}", source=str(anat))
+        keys[key] = suffix
+        runs.append(
+            GreRun(
+                subject=subject,
+                session=session,
+                entities={name: value for name, value in entity_items if name not in ("sub", "ses")},
+                suffix=suffix,
+                magnitude_files=_files_in_echo_order(parts["magnitude"], key, "magnitude"),
+                phase_files=_files_in_echo_order(parts["phase"], key, "phase"),
+                key=key,
+            )
+        )
+    return runs, magnitude_only
+
+
+def discover_gre(
+    bids_dir: str | os.PathLike[str],
+    *,
+    participant_labels: str | Sequence[str] | None = None,
+    sessions: str | Sequence[str] | None = None,
+) -> list[GreRun]:
+    """Find every GRE run with magnitude and phase in a BIDS dataset.
+
+    Parameters
+    ----------
+    bids_dir
+        The dataset's root folder (holding ``sub-*`` folders).
+    participant_labels
+        Only these participants (``"01"`` or ``"sub-01"``); default all.
+    sessions
+        Only these sessions (``"1"`` or ``"ses-1"``); default all, including
+        data outside any session folder.
+
+    Returns
+    -------
+    list of GreRun
+        Sorted by subject, session and run key.
+
+    Raises
+    ------
+    InputError
+        ``bids_dir`` is missing or has no ``sub-*`` folders; a participant or
+        session is not found; no GRE run with phase is found; a run's
+        magnitude and phase echoes do not pair up, or an echo has two files.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> root = Path(tempfile.mkdtemp())
+    >>> anat = root / "sub-01" / "anat"
+    >>> anat.mkdir(parents=True)
+    >>> for name in ("sub-01_echo-1_part-mag_MEGRE.nii", "sub-01_echo-1_part-phase_MEGRE.nii"):
+    ...     _ = (anat / name).write_bytes(b"")
+    >>> [(run.key, run.phase_files[0].name) for run in discover_gre(root)]
+    [('sub-01', 'sub-01_echo-1_part-phase_MEGRE.nii')]
+    """
+    bids_dir = Path(bids_dir)
+    if not bids_dir.is_dir():
+        problem = "is a file, not a folder" if bids_dir.exists() else "does not exist"
+        raise InputError(f"the BIDS folder {problem}", source=str(bids_dir))
+    subjects, session_labels = _labels(participant_labels, "sub-"), _labels(sessions, "ses-")
+    runs, magnitude_only = [], 0
+    for subject, session, anat in _anat_folders(bids_dir, subjects, session_labels):
+        found, skipped = _runs_in(subject, session, anat)
+        runs += found
+        magnitude_only += skipped
+    if not runs:
+        hint = f" ({magnitude_only} magnitude-only run(s) without part-phase files)" if magnitude_only else ""
+        raise InputError(
+            f"no GRE run with phase found in sub-*/[ses-*/]anat/ (*_part-phase_MEGRE or "
+            f"*_part-phase_T2starw .nii[.gz]){hint}",
+            source=str(bids_dir),
+        )
+    return sorted(runs, key=lambda run: (run.subject, run.session or "", run.key))
+
+
+def derivative_path(
+    out_dir: str | os.PathLike[str], run: GreRun, suffix: str, ext: str = ".nii.gz"
+) -> Path:
+    """Where a run's derivative goes: ``OUT_DIR/sub-X[/ses-Y]/anat/<key>_<suffix><ext>``.
+
+    Parameters
+    ----------
+    out_dir
+        The derivatives dataset's root folder.
+    run
+        The source run (its :attr:`GreRun.key` keeps ``acq``, ``run``, ...).
+    suffix
+        A BIDS suffix, optionally after entities: ``"Chimap"``,
+        ``"desc-brain_mask"`` (see :data:`DERIVATIVE_SUFFIXES`).
+    ext
+        File extension with its leading dot (``".nii.gz"``, ``".json"``, ``".png"``).
+
+    Raises
+    ------
+    ParameterError
+        ``suffix`` or ``ext`` is not of that form.
+
+    Examples
+    --------
+    >>> run = GreRun("1", "2", {"acq": "x", "run": "1"}, "MEGRE", (), (), "sub-1_ses-2_acq-x_run-1")
+    >>> derivative_path("out", run, DERIVATIVE_SUFFIXES["chi"]).as_posix()
+    'out/sub-1/ses-2/anat/sub-1_ses-2_acq-x_run-1_Chimap.nii.gz'
+    """
+    if not _SUFFIX.match(suffix):
+        raise ParameterError(f"not a BIDS suffix (e.g. 'Chimap' or 'desc-brain_mask'): {suffix!r}")
+    if not _EXTENSION.match(ext):
+        raise ParameterError(f"not a file extension (e.g. '.nii.gz'): {ext!r}")
+    folder = Path(out_dir) / f"sub-{run.subject}"
+    if run.session is not None:
+        folder = folder / f"ses-{run.session}"
+    return folder / "anat" / f"{run.key}_{suffix}{ext}"
+
+
+def _made_by_torchqsm(path: Path) -> bool:
+    """Whether ``path`` is a derivative dataset description written by torchqsm."""
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        made_by = [entry.get("Name") for entry in record.get("GeneratedBy", [])]
+        return "torchqsm" in made_by and record.get("DatasetType") == "derivative"
+    except (OSError, ValueError, AttributeError, TypeError):  # unreadable or not shaped like BIDS
+        return False
+
+
+def write_dataset_description(
+    out_dir: str | os.PathLike[str],
+    *,
+    version: str,
+    name: str = "torchqsm QSM derivatives",
+    code_url: str | None = None,
+    source_datasets: Sequence[str] = (),
+    overwrite: bool = False,
+) -> Path:
+    """Write the derivatives' ``dataset_description.json``, atomically.
+
+    Parameters
+    ----------
+    out_dir
+        The derivatives dataset's root folder (created if missing).
+    version
+        torchqsm's version, recorded in ``GeneratedBy``.
+    name
+        The dataset's ``Name``.
+    code_url
+        ``GeneratedBy[0].CodeURL``, if any.
+    source_datasets
+        URLs or paths of the raw datasets (``SourceDatasets``).
+    overwrite
+        Replace an existing file. Without it, an existing description made
+        by torchqsm is kept (several runs share one derivatives folder) and
+        any other one is an error.
+
+    Returns
+    -------
+    Path
+        ``out_dir/dataset_description.json``.
+
+    Raises
+    ------
+    InputError
+        A description not made by torchqsm exists and ``overwrite`` is false,
+        or the file cannot be written.
+    ParameterError
+        ``version`` is empty.
+    """
+    if not str(version).strip():
+        raise ParameterError("version must not be empty")
+    path = Path(out_dir) / "dataset_description.json"
+    if path.is_file() and not overwrite:
+        if _made_by_torchqsm(path):
+            return path
+        raise InputError(
+            "a dataset_description.json not made by torchqsm exists; pass --overwrite to replace it",
+            source=str(path),
+        )
+    generated_by = {"Name": "torchqsm", "Version": str(version)}
+    if code_url:
+        generated_by["CodeURL"] = code_url
+    record = {
+        "Name": name,
+        "BIDSVersion": BIDS_VERSION,
+        "DatasetType": "derivative",
+        "GeneratedBy": [generated_by],
+    }
+    if source_datasets:
+        record["SourceDatasets"] = [{"URL": str(source)} for source in source_datasets]
+    text = json.dumps(record, indent=2) + "\n"
+    return write_atomically(path, lambda temporary: temporary.write_text(text, encoding="utf-8"), overwrite=overwrite)
