@@ -1,0 +1,190 @@
+r"""Validation, the result record and spherical-mean-value (SMV) helpers shared by the methods.
+
+The SMV kernel of radius :math:`r` (mm) is the normalised indicator of the
+voxels whose centres lie in the ball :math:`\sum_a (n_a h_a)^2 \le r^2`
+(an ellipsoid in voxel units when the voxels are anisotropic). Convolutions
+with it run by real FFT on the image grid. Such a convolution is periodic,
+but every method only trusts it on the *eroded* mask (voxels whose whole ball
+lies inside the mask and inside the grid), where periodic and linear
+convolution agree.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from ...errors import InputError, ParameterError
+from ...physics import normalize_b0_dir
+
+__all__ = ["BackgroundResult", "Field", "prepare", "check_positive", "check_iterations", "SMV"]
+
+_DIMS = (-3, -2, -1)
+Vector3 = Sequence[float]
+
+
+@dataclass(frozen=True)
+class BackgroundResult:
+    """What every background-removal method returns.
+
+    Attributes
+    ----------
+    local_field_ppm
+        Local field (ppm of B0), shape ``(X, Y, Z)``, zero outside ``mask``.
+    mask
+        Boolean ``(X, Y, Z)``: the voxels where ``local_field_ppm`` is defined
+        (the input mask, eroded by methods that need a margin).
+    """
+
+    local_field_ppm: torch.Tensor
+    mask: torch.Tensor
+
+
+@dataclass(frozen=True)
+class Field:
+    """A validated total field on its grid: the field (float), the mask (bool) and the geometry."""
+
+    field: torch.Tensor
+    mask: torch.Tensor
+    voxel_size_mm: tuple[float, float, float]
+    b0_dir: tuple[float, float, float]
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.field.shape)  # type: ignore[return-value]
+
+    def result(self, local: torch.Tensor, mask: torch.Tensor) -> BackgroundResult:
+        """The record of ``local`` (zeroed outside ``mask``), in the input's dtype."""
+        mask = mask.to(torch.bool)
+        if not bool(mask.any()):
+            raise InputError("the mask is empty after background removal")
+        return BackgroundResult((local * mask).to(self.field.dtype), mask)
+
+
+def check_positive(name: str, value: float, *, allow_zero: bool = False) -> float:
+    """A finite positive (or non-negative) number, else :class:`ParameterError`."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ParameterError(f"{name} must be a number, got {value!r}") from None
+    if not math.isfinite(number) or number < 0 or (number == 0 and not allow_zero):
+        raise ParameterError(f"{name} must be {'non-negative' if allow_zero else 'positive'}, got {value!r}")
+    return number
+
+
+def check_iterations(max_iterations: int, tolerance: float) -> tuple[int, float]:
+    """A positive integer iteration limit and a non-negative tolerance, else :class:`ParameterError`."""
+    if isinstance(max_iterations, bool) or not isinstance(max_iterations, int) or max_iterations < 1:
+        raise ParameterError(f"max_iterations must be a positive integer, got {max_iterations!r}")
+    return max_iterations, check_positive("tolerance", tolerance, allow_zero=True)
+
+
+def prepare(total_field_ppm, mask, *, voxel_size_mm: Vector3, b0_dir: Vector3) -> Field:
+    """Validate a total field and its mask; the field becomes floating point, the mask boolean."""
+    field = total_field_ppm if isinstance(total_field_ppm, torch.Tensor) else _tensor(total_field_ppm,
+                                                                                       "total_field_ppm")
+    mask_t = mask if isinstance(mask, torch.Tensor) else _tensor(mask, "mask")
+    if field.is_complex():
+        raise InputError("total_field_ppm must be real (ppm), got a complex array")
+    if not field.is_floating_point():
+        field = field.to(torch.float32)
+    if field.ndim != 3:
+        raise InputError(f"total_field_ppm is {field.ndim}-D {tuple(field.shape)}; a 3-D field is needed")
+    if tuple(mask_t.shape) != tuple(field.shape):
+        raise InputError(f"mask shape {tuple(mask_t.shape)} does not match the field's grid {tuple(field.shape)}")
+    mask_b = (mask_t != 0).to(field.device)
+    if not bool(mask_b.any()):
+        raise InputError("mask is empty (no non-zero voxel)")
+    bad = int((~torch.isfinite(field[mask_b])).sum())
+    if bad:
+        raise InputError(f"total_field_ppm has {bad} NaN or infinite voxels in the mask")
+    try:
+        voxel = tuple(float(h) for h in voxel_size_mm)
+    except (TypeError, ValueError):
+        raise ParameterError(f"voxel_size_mm must be three numbers, got {voxel_size_mm!r}") from None
+    if len(voxel) != 3 or any(not (math.isfinite(h) and h > 0) for h in voxel):
+        raise ParameterError(f"voxel_size_mm must be three positive numbers, got {voxel_size_mm!r}")
+    try:
+        b0 = normalize_b0_dir(b0_dir)
+    except ValueError as error:
+        raise ParameterError(str(error)) from None
+    # Values outside the mask are ignored: zero them so NaN there cannot leak through an FFT.
+    return Field(torch.where(mask_b, field, 0.0), mask_b, voxel, b0)  # type: ignore[arg-type]
+
+
+def _tensor(value, name: str) -> torch.Tensor:
+    try:
+        return torch.as_tensor(value)
+    except (TypeError, ValueError, RuntimeError) as error:
+        raise InputError(f"{name} is not an array: {error}") from None
+
+
+class SMV:
+    """Spherical-mean-value convolution of one radius on one grid.
+
+    Parameters
+    ----------
+    shape
+        Image grid ``(X, Y, Z)``.
+    radius_mm
+        Ball radius (mm); it must hold more than the centre voxel and fit in half the grid.
+    voxel_size_mm
+        Voxel size (mm).
+    dtype, device
+        Of the kernel spectrum.
+    """
+
+    def __init__(self, shape: Sequence[int], radius_mm: float, *, voxel_size_mm: Vector3,
+                 dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> None:
+        self.shape = tuple(int(n) for n in shape)
+        self.radius_mm = check_positive("radius_mm", radius_mm)
+        reach = [int(math.floor(self.radius_mm / h + 1e-9)) for h in voxel_size_mm]
+        if all(r == 0 for r in reach):
+            raise ParameterError(f"radius_mm={radius_mm} is smaller than every voxel dimension "
+                                 f"{tuple(voxel_size_mm)}: the sphere holds only its centre voxel")
+        if any(2 * r + 1 > n for r, n in zip(reach, self.shape)):
+            raise ParameterError(f"radius_mm={radius_mm} gives a sphere of {[2 * r + 1 for r in reach]} voxels, "
+                                 f"larger than the grid {self.shape}")
+        #: Half-widths (voxels) of the ball's bounding box along each axis.
+        self.reach = tuple(reach)
+        # Signed voxel offsets in FFT order (0, 1, ..., -1), scaled to mm.
+        coords = [torch.fft.fftfreq(n, d=1.0 / n, dtype=torch.float64, device=device) * h
+                  for n, h in zip(self.shape, voxel_size_mm)]
+        inside = ((coords[0][:, None, None] ** 2 + coords[1][None, :, None] ** 2 + coords[2][None, None, :] ** 2)
+                  <= self.radius_mm**2 * (1 + 1e-9))
+        #: Number of voxels in the ball.
+        self.count = int(inside.sum())
+        kernel = inside.to(dtype) / self.count
+        # The ball is even (n -> -n), so its spectrum is real.
+        self.symbol = torch.fft.rfftn(kernel, dim=_DIMS).real.contiguous()
+
+    def spectrum(self, image: torch.Tensor) -> torch.Tensor:
+        """Real FFT of an image on this grid (to reuse over several radii)."""
+        return torch.fft.rfftn(image, dim=_DIMS)
+
+    def apply_spectrum(self, spectrum: torch.Tensor, multiplier: torch.Tensor | None = None) -> torch.Tensor:
+        """Inverse FFT of ``spectrum · multiplier`` (default the SMV symbol)."""
+        symbol = self.symbol if multiplier is None else multiplier
+        return torch.fft.irfftn(spectrum * symbol.to(spectrum.real.dtype), s=self.shape, dim=_DIMS)
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        """The spherical mean :math:`s * x`."""
+        return self.apply_spectrum(self.spectrum(image))
+
+    def erode_spectrum(self, mask_spectrum: torch.Tensor) -> torch.Tensor:
+        """The voxels whose whole ball lies in the mask and in the grid, from the mask's spectrum."""
+        mean = self.apply_spectrum(mask_spectrum)
+        # A ball with one voxel outside has mean <= 1 - 1/count; half that gap absorbs FFT rounding.
+        eroded = mean > 1.0 - 0.5 / self.count
+        # Balls that cross the grid edge would wrap around in the periodic convolution.
+        border = torch.zeros(self.shape, dtype=torch.bool, device=eroded.device)
+        border[self.reach[0]: self.shape[0] - self.reach[0], self.reach[1]: self.shape[1] - self.reach[1],
+               self.reach[2]: self.shape[2] - self.reach[2]] = True
+        return eroded & border
+
+    def erode(self, mask: torch.Tensor) -> torch.Tensor:
+        """:meth:`erode_spectrum` of a boolean mask."""
+        return self.erode_spectrum(self.spectrum(mask.to(self.symbol.dtype)))
