@@ -135,7 +135,7 @@ def region_growing_unwrap(
     magnitude: torch.Tensor | None = None,
     mask: torch.Tensor | None = None,
     seed: Sequence[int] | None = None,
-    low_quality_threshold: float = 0.1,
+    low_quality_threshold: float = 0.2,
 ) -> UnwrapResult:
     r"""Quality-guided region-growing unwrapping (maximum-quality spanning tree).
 
