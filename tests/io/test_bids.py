@@ -20,7 +20,15 @@ from torchqsm.io.bids import (
 from torchqsm.io.gre import load_gre
 
 
-def _write(root: Path, relative: str, *, echoes: int = 0, echo_time_s=None, b0_tesla: float = 3.0, write_nifti) -> Path:
+def _write(
+    root: Path,
+    relative: str,
+    *,
+    echoes: int = 0,
+    echo_time_s=None,
+    b0_tesla: float = 3.0,
+    write_nifti,
+) -> Path:
     """A tiny 4³ (or 4³×echoes) image at ``root/relative`` with a BIDS JSON beside it."""
     path = root / relative
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -56,7 +64,8 @@ def dataset(tmp_path: Path, write_nifti) -> Path:
             for echo in (1, 2):
                 for part in ("mag", "phase"):
                     write(
-                        f"sub-02/ses-{session}/anat/sub-02_ses-{session}_acq-qsm_run-{run}_echo-{echo}_part-{part}_MEGRE.nii",
+                        f"sub-02/ses-{session}/anat/sub-02_ses-{session}_acq-qsm_run-{run}"
+                        f"_echo-{echo}_part-{part}_MEGRE.nii",
                         echo_time_s=0.004 * echo,
                         b0_tesla=7.0,
                     )
@@ -81,7 +90,9 @@ def test_discovers_every_run(dataset: Path) -> None:
         "sub-01_echo-2_part-phase_MEGRE.nii.gz",
         "sub-01_echo-10_part-phase_MEGRE.nii.gz",
     ]
-    assert [p.name for p in megre.magnitude_files] == [p.name.replace("part-phase", "part-mag") for p in megre.phase_files]
+    assert [p.name for p in megre.magnitude_files] == [
+        p.name.replace("part-phase", "part-mag") for p in megre.phase_files
+    ]
     assert t2starw.suffix == "T2starw" and t2starw.entities == {"acq": "fast"}
     assert [p.name for p in t2starw.phase_files] == ["sub-01_acq-fast_part-phase_T2starw.nii"]
     assert (session_run.subject, session_run.session) == ("02", "2")
@@ -105,7 +116,10 @@ def test_participant_labels_with_and_without_prefix(dataset: Path, labels) -> No
 def test_session_filter(dataset: Path) -> None:
     for sessions in ("ses-1", ["1"]):
         runs = discover_gre(dataset, sessions=sessions)
-        assert [run.key for run in runs] == ["sub-02_ses-1_acq-qsm_run-1", "sub-02_ses-1_acq-qsm_run-2"]
+        assert [run.key for run in runs] == [
+            "sub-02_ses-1_acq-qsm_run-1",
+            "sub-02_ses-1_acq-qsm_run-2",
+        ]
 
 
 def _fails(match: str, bids_dir: Path, **kwargs) -> str:
@@ -157,7 +171,10 @@ def test_derivative_paths(dataset: Path, tmp_path: Path) -> None:
     assert derivative_path(out, runs[2], DERIVATIVE_SUFFIXES["mask"]) == (
         out / "sub-02/ses-1/anat/sub-02_ses-1_acq-qsm_run-1_desc-brain_mask.nii.gz"
     )
-    assert derivative_path(out, runs[1], "desc-local_fieldmap", ext=".json").name == "sub-01_acq-fast_desc-local_fieldmap.json"
+    assert (
+        derivative_path(out, runs[1], "desc-local_fieldmap", ext=".json").name
+        == "sub-01_acq-fast_desc-local_fieldmap.json"
+    )
     assert derivative_path(out, runs[5], DERIVATIVE_SUFFIXES["qc"], ext=".png").name == (
         "sub-02_ses-2_acq-qsm_run-2_desc-qc_Chimap.png"
     )
@@ -170,18 +187,25 @@ def test_derivative_paths(dataset: Path, tmp_path: Path) -> None:
 
 def test_dataset_description(tmp_path: Path) -> None:
     out = tmp_path / "derivatives" / "torchqsm"
-    path = write_dataset_description(out, version="0.1.0", code_url="https://example.org/torchqsm", source_datasets=["../.."])
+    path = write_dataset_description(
+        out, version="0.1.0", code_url="https://example.org/torchqsm", source_datasets=["../.."]
+    )
     record = json.loads(path.read_text())
     assert record == {
         "Name": "torchqsm QSM derivatives",
         "BIDSVersion": BIDS_VERSION,
         "DatasetType": "derivative",
-        "GeneratedBy": [{"Name": "torchqsm", "Version": "0.1.0", "CodeURL": "https://example.org/torchqsm"}],
+        "GeneratedBy": [
+            {"Name": "torchqsm", "Version": "0.1.0", "CodeURL": "https://example.org/torchqsm"}
+        ],
         "SourceDatasets": [{"URL": "../.."}],
     }
     assert [p.name for p in out.iterdir()] == ["dataset_description.json"]  # no temporary file left
     # A later run into the same folder keeps ours; --overwrite replaces it; a foreign one is refused.
-    assert write_dataset_description(out, version="9.9") == path and json.loads(path.read_text()) == record
+    assert (
+        write_dataset_description(out, version="9.9") == path
+        and json.loads(path.read_text()) == record
+    )
     write_dataset_description(out, version="0.2.0", overwrite=True)
     assert json.loads(path.read_text())["GeneratedBy"] == [{"Name": "torchqsm", "Version": "0.2.0"}]
     path.write_text(json.dumps({"Name": "raw", "BIDSVersion": "1.9.0"}))
@@ -195,20 +219,37 @@ def test_qsm_forward_dataset(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     """A dataset written by qsm-forward (simple phantom, 2 echoes at 3 T) is found and loads."""
     qsm_forward = pytest.importorskip("qsm_forward")
     chi = qsm_forward.generate_susceptibility_phantom(
-        resolution=[16, 16, 16], background=0, large_cylinder_val=0.005,
-        small_cylinder_radii=[2, 2, 2, 3], small_cylinder_vals=[0.05, 0.1, 0.2, 0.5],
+        resolution=[16, 16, 16],
+        background=0,
+        large_cylinder_val=0.005,
+        small_cylinder_radii=[2, 2, 2, 3],
+        small_cylinder_vals=[0.05, 0.1, 0.2, 0.5],
     )
     recon = qsm_forward.ReconParams(
-        subject="1", session="2", acq="x", run=1, TEs=np.array([0.004, 0.012]), B0=3,
-        voxel_size=np.array([1.0, 1.0, 1.0]), generate_shim_field=False, peak_snr=100, random_seed=42,
+        subject="1",
+        session="2",
+        acq="x",
+        run=1,
+        TEs=np.array([0.004, 0.012]),
+        B0=3,
+        voxel_size=np.array([1.0, 1.0, 1.0]),
+        generate_shim_field=False,
+        peak_snr=100,
+        random_seed=42,
     )
-    qsm_forward.generate_bids(qsm_forward.TissueParams(chi=chi), recon, str(tmp_path / "bids"), save_segmentation=False)
+    qsm_forward.generate_bids(
+        qsm_forward.TissueParams(chi=chi), recon, str(tmp_path / "bids"), save_segmentation=False
+    )
     capsys.readouterr()  # qsm-forward prints its progress
 
     (run,) = discover_gre(tmp_path / "bids")
     assert isinstance(run, GreRun)
     assert (run.key, run.subject, run.session, run.entities, run.suffix) == (
-        "sub-1_ses-2_acq-x_run-1", "1", "2", {"acq": "x", "run": "1"}, "MEGRE",
+        "sub-1_ses-2_acq-x_run-1",
+        "1",
+        "2",
+        {"acq": "x", "run": "1"},
+        "MEGRE",
     )
     gre = load_gre(run.magnitude_files, run.phase_files)
     assert gre.echo_times_s == (0.004, 0.012) and gre.b0_tesla == 3.0

@@ -24,7 +24,9 @@ def _json(nifti: Path, **entries) -> Path:
     return path
 
 
-def _echoes(rng: np.random.Generator, count: int = len(ECHO_TIMES_S), *, offset: float = 0.0) -> np.ndarray:
+def _echoes(
+    rng: np.random.Generator, count: int = len(ECHO_TIMES_S), *, offset: float = 0.0
+) -> np.ndarray:
     """(X, Y, Z, E) values whose echo e is recognisable: offset + e + 1 + small noise."""
     values = rng.uniform(0.0, 0.1, SHAPE + (count,)) + offset
     return (values + np.arange(1, count + 1)).astype(np.float32)
@@ -41,13 +43,17 @@ def four_d(tmp_path: Path, rng: np.random.Generator, write_nifti) -> tuple[Path,
 
 
 @pytest.fixture
-def per_echo(tmp_path: Path, rng: np.random.Generator, write_nifti) -> tuple[list[Path], list[Path]]:
+def per_echo(
+    tmp_path: Path, rng: np.random.Generator, write_nifti
+) -> tuple[list[Path], list[Path]]:
     """One 3-D file per echo and part, BIDS style, each with its own EchoTime."""
     magnitudes, phases = [], []
     for part, files, offset in (("mag", magnitudes, 10.0), ("phase", phases, 0.0)):
         data = _echoes(rng, offset=offset)
         for echo, echo_time in enumerate(ECHO_TIMES_S):
-            path = write_nifti(tmp_path / f"sub-1_echo-{echo + 1}_part-{part}_MEGRE.nii", data[..., echo])
+            path = write_nifti(
+                tmp_path / f"sub-1_echo-{echo + 1}_part-{part}_MEGRE.nii", data[..., echo]
+            )
             _json(path, EchoTime=echo_time, MagneticFieldStrength=7.0)
             files.append(path)
     return magnitudes, phases
@@ -59,8 +65,13 @@ def test_four_dimensional_files_put_echoes_first(four_d, oblique: np.ndarray) ->
     assert gre.magnitude.dtype == gre.phase.dtype == torch.float32
     # Echo e holds the values e + 1 + [0, 0.1): the echo axis moved to the front intact.
     for echo in range(3):
-        assert echo + 1 <= float(gre.phase[echo].min()) and float(gre.phase[echo].max()) < echo + 1.1
-        assert echo + 11 <= float(gre.magnitude[echo].min()) and float(gre.magnitude[echo].max()) < echo + 11.1
+        assert (
+            echo + 1 <= float(gre.phase[echo].min()) and float(gre.phase[echo].max()) < echo + 1.1
+        )
+        assert (
+            echo + 11 <= float(gre.magnitude[echo].min())
+            and float(gre.magnitude[echo].max()) < echo + 11.1
+        )
     stored = load_nifti(four_d[1], ndim=4).data
     np.testing.assert_array_equal(gre.phase.numpy(), np.moveaxis(stored, -1, 0))
     assert gre.echo_times_s == ECHO_TIMES_S and gre.echo_count == 3
@@ -95,7 +106,9 @@ def test_one_file_per_echo(per_echo) -> None:
     assert gre.sidecar["EchoTime"] == ECHO_TIMES_S[0]
 
 
-def test_single_three_dimensional_echo(tmp_path: Path, rng: np.random.Generator, write_nifti) -> None:
+def test_single_three_dimensional_echo(
+    tmp_path: Path, rng: np.random.Generator, write_nifti
+) -> None:
     magnitude = write_nifti(tmp_path / "mag.nii", _echoes(rng, 1)[..., 0])
     phase = write_nifti(tmp_path / "phase.nii", _echoes(rng, 1)[..., 0])
     gre = load_gre(magnitude, [phase], echo_times_s=[0.02], b0_tesla=1.5)
@@ -135,13 +148,20 @@ def _raises(error: type[Exception], *fragments: str, **kwargs):
 
 
 def test_shape_mismatch(tmp_path: Path, four_d, rng: np.random.Generator, write_nifti) -> None:
-    phase = write_nifti(tmp_path / "short_phase.nii.gz", rng.uniform(1, 2, (5, 6, 6, 3)).astype(np.float32))
-    _raises(InputError, "short_phase.nii.gz", "shape 5×6×6 does not match", "sub-1_part-mag_MEGRE.nii.gz")(
-        four_d[0], phase
+    phase = write_nifti(
+        tmp_path / "short_phase.nii.gz", rng.uniform(1, 2, (5, 6, 6, 3)).astype(np.float32)
     )
+    _raises(
+        InputError,
+        "short_phase.nii.gz",
+        "shape 5×6×6 does not match",
+        "sub-1_part-mag_MEGRE.nii.gz",
+    )(four_d[0], phase)
 
 
-def test_affine_mismatch(tmp_path: Path, four_d, rng: np.random.Generator, oblique: np.ndarray, write_nifti) -> None:
+def test_affine_mismatch(
+    tmp_path: Path, four_d, rng: np.random.Generator, oblique: np.ndarray, write_nifti
+) -> None:
     moved = oblique.copy()
     moved[0, 3] += 1.0
     phase = write_nifti(tmp_path / "moved_phase.nii.gz", _echoes(rng), moved)
@@ -150,53 +170,87 @@ def test_affine_mismatch(tmp_path: Path, four_d, rng: np.random.Generator, obliq
 
 def test_echo_count_mismatch(tmp_path: Path, four_d, rng: np.random.Generator, write_nifti) -> None:
     phase = write_nifti(tmp_path / "two_echo_phase.nii.gz", _echoes(rng, 2))
-    _raises(InputError, "two_echo_phase.nii.gz", "phase has 2 echoes", "magnitude (sub-1_part-mag_MEGRE.nii.gz) 3")(
-        four_d[0], phase
-    )
+    _raises(
+        InputError,
+        "two_echo_phase.nii.gz",
+        "phase has 2 echoes",
+        "magnitude (sub-1_part-mag_MEGRE.nii.gz) 3",
+    )(four_d[0], phase)
 
 
 def test_missing_echo_times(four_d) -> None:
     for path in four_d:
         _json(path, MagneticFieldStrength=3)
     _raises(
-        InputError, "sub-1_part-phase_MEGRE.nii.gz", "no echo times: give --echo-times or EchoTime in sub-1_part-phase_MEGRE.json"
+        InputError,
+        "sub-1_part-phase_MEGRE.nii.gz",
+        "no echo times: give --echo-times or EchoTime in sub-1_part-phase_MEGRE.json",
     )(*four_d)
 
 
 def test_echo_time_count_mismatch(four_d) -> None:
     _raises(InputError, "2 echo times (given) for 3 echoes", echo_times_s=[0.004, 0.008])(*four_d)
     _json(four_d[1], EchoTime=[0.004, 0.008], MagneticFieldStrength=3)
-    _raises(InputError, "sub-1_part-phase_MEGRE.nii.gz", "2 echo times (EchoTime in sub-1_part-phase_MEGRE.json)")(*four_d)
+    _raises(
+        InputError,
+        "sub-1_part-phase_MEGRE.nii.gz",
+        "2 echo times (EchoTime in sub-1_part-phase_MEGRE.json)",
+    )(*four_d)
 
 
 def test_missing_field_strength(four_d) -> None:
     for path in four_d:
         _json(path, EchoTime=list(ECHO_TIMES_S))
-    _raises(InputError, "sub-1_part-phase_MEGRE.nii.gz", "no field strength: give --b0 or MagneticFieldStrength")(*four_d)
+    _raises(
+        InputError,
+        "sub-1_part-phase_MEGRE.nii.gz",
+        "no field strength: give --b0 or MagneticFieldStrength",
+    )(*four_d)
     assert load_gre(*four_d, b0_tesla=3.0).b0_tesla == 3.0
 
 
 def test_sidecars_that_disagree(per_echo) -> None:
     magnitudes, phases = per_echo
     _json(phases[2], EchoTime=ECHO_TIMES_S[2], MagneticFieldStrength=3.0)
-    _raises(InputError, "sub-1_echo-3_part-phase_MEGRE.json", "3 T disagrees with 7 T")(magnitudes, phases)
+    _raises(InputError, "sub-1_echo-3_part-phase_MEGRE.json", "3 T disagrees with 7 T")(
+        magnitudes, phases
+    )
     phases[1].with_name("sub-1_echo-2_part-phase_MEGRE.json").unlink()
-    _raises(InputError, "sub-1_echo-2_part-phase_MEGRE.json", "no EchoTime for this echo")(magnitudes, phases)
+    _raises(InputError, "sub-1_echo-2_part-phase_MEGRE.json", "no EchoTime for this echo")(
+        magnitudes, phases
+    )
+    # Arguments win over broken sidecars, which leave a note.
+    gre = load_gre(magnitudes, phases, echo_times_s=ECHO_TIMES_S, b0_tesla=7.0)
+    assert gre.echo_times_s == ECHO_TIMES_S and gre.b0_tesla == 7.0
+    assert (
+        "sidecar EchoTime ignored" in gre.notes[0] and "no EchoTime for this echo" in gre.notes[0]
+    )
+    assert "sidecar MagneticFieldStrength ignored" in gre.notes[1] and "disagrees" in gre.notes[1]
 
 
-def test_nan_and_infinite_phase(tmp_path: Path, four_d, rng: np.random.Generator, write_nifti) -> None:
+def test_nan_and_infinite_phase(
+    tmp_path: Path, four_d, rng: np.random.Generator, write_nifti
+) -> None:
     values = _echoes(rng)
     values[1, 1, 1, 0], values[2, 2, 2, 1] = np.nan, np.inf
     phase = write_nifti(tmp_path / "nan_phase.nii.gz", values)
-    _raises(InputError, "nan_phase.nii.gz", "2 voxels that are not finite (1 NaN, 1 infinite)")(four_d[0], phase)
+    _raises(InputError, "nan_phase.nii.gz", "2 voxels that are not finite (1 NaN, 1 infinite)")(
+        four_d[0], phase
+    )
 
 
-def test_all_zero_phase(tmp_path: Path, four_d, per_echo, rng: np.random.Generator, write_nifti) -> None:
+def test_all_zero_phase(
+    tmp_path: Path, four_d, per_echo, rng: np.random.Generator, write_nifti
+) -> None:
     phase = write_nifti(tmp_path / "zero_phase.nii.gz", np.zeros(SHAPE + (3,), np.float32))
-    _raises(InputError, "zero_phase.nii.gz", "echo 1 of the phase image is all zero")(four_d[0], phase)
+    _raises(InputError, "zero_phase.nii.gz", "echo 1 of the phase image is all zero")(
+        four_d[0], phase
+    )
     magnitudes, phases = per_echo
     write_nifti(phases[1], np.zeros(SHAPE, np.float32))
-    _raises(InputError, "sub-1_echo-2_part-phase_MEGRE.nii", "image is all zero")(magnitudes, phases)
+    _raises(InputError, "sub-1_echo-2_part-phase_MEGRE.nii", "image is all zero")(
+        magnitudes, phases
+    )
 
 
 def test_corrupt_and_missing_files(tmp_path: Path, four_d) -> None:
@@ -212,14 +266,18 @@ def test_corrupt_and_missing_files(tmp_path: Path, four_d) -> None:
     _raises(InputError, "sub-1_part-phase_MEGRE.json", "not valid JSON")(*four_d)
 
 
-def test_per_echo_files_on_different_grids(per_echo, rng: np.random.Generator, oblique: np.ndarray, write_nifti) -> None:
+def test_per_echo_files_on_different_grids(
+    per_echo, rng: np.random.Generator, oblique: np.ndarray, write_nifti
+) -> None:
     magnitudes, phases = per_echo
     moved = oblique.copy()
     moved[2, 3] += 2.0
     write_nifti(phases[2], _echoes(rng, 1)[..., 0], moved)
     _raises(InputError, "sub-1_echo-3_part-phase_MEGRE.nii", "affine differs")(magnitudes, phases)
     write_nifti(magnitudes[1], np.ones((5, 6, 8), np.float32))
-    _raises(InputError, "sub-1_echo-2_part-mag_MEGRE.nii", "shape 5×6×8 does not match")(magnitudes, phases)
+    _raises(InputError, "sub-1_echo-2_part-mag_MEGRE.nii", "shape 5×6×8 does not match")(
+        magnitudes, phases
+    )
 
 
 def test_per_echo_files_must_be_three_dimensional(per_echo, four_d) -> None:

@@ -113,7 +113,7 @@ class GreRun:
 
 
 def _parse(name: str) -> tuple[dict[str, str], str] | None:
-    """``sub-1_echo-2_part-mag_MEGRE.nii.gz`` → ``({"sub": "1", "echo": "2", "part": "mag"}, "MEGRE")``."""
+    """``sub-1_echo-2_MEGRE.nii.gz`` → ``({"sub": "1", "echo": "2"}, "MEGRE")``; None if not GRE."""
     extension = next((ext for ext in _NIFTI_EXTENSIONS if name.endswith(ext)), None)
     if extension is None or name.startswith("."):
         return None
@@ -136,13 +136,16 @@ def _labels(given: str | Sequence[str] | None, prefix: str) -> list[str] | None:
 
 def _anat_folders(bids_dir: Path, subjects: list[str] | None, sessions: list[str] | None):
     """``(subject, session, anat folder)`` for every selected subject and session."""
-    subject_dirs = {p.name.removeprefix("sub-"): p for p in sorted(bids_dir.glob("sub-*")) if p.is_dir()}
+    subject_dirs = {
+        p.name.removeprefix("sub-"): p for p in sorted(bids_dir.glob("sub-*")) if p.is_dir()
+    }
     if not subject_dirs:
         raise InputError("no sub-* folders: this is not a BIDS dataset", source=str(bids_dir))
     for label in subjects or []:
         if label not in subject_dirs:
             raise InputError(
-                f"participant sub-{label} not found; the dataset has {', '.join('sub-' + s for s in subject_dirs)}",
+                f"participant sub-{label} not found; the dataset has "
+                + ", ".join(f"sub-{s}" for s in subject_dirs),
                 source=str(bids_dir),
             )
     chosen = [(label, subject_dirs[label]) for label in (subjects or subject_dirs)]
@@ -171,14 +174,20 @@ def _echo_number(value: str | None, path: Path) -> int | None:
     return int(value)
 
 
-def _files_in_echo_order(files: dict[int | None, list[Path]], key: str, part: str) -> tuple[Path, ...]:
+def _files_in_echo_order(
+    files: dict[int | None, list[Path]], key: str, part: str
+) -> tuple[Path, ...]:
     for echo, paths in files.items():
         if len(paths) > 1:
             names = " and ".join(p.name for p in paths)
-            raise InputError(f"two {part} files for echo {echo} of run {key}: {names}", source=str(paths[0].parent))
+            raise InputError(
+                f"two {part} files for echo {echo} of run {key}: {names}",
+                source=str(paths[0].parent),
+            )
     if None in files and len(files) > 1:
         raise InputError(
-            f"run {key} mixes {part} files with and without an echo entity", source=str(files[None][0].parent)
+            f"run {key} mixes {part} files with and without an echo entity",
+            source=str(files[None][0].parent),
         )
     return tuple(files[echo][0] for echo in sorted(files, key=lambda echo: echo or 0))
 
@@ -206,22 +215,29 @@ def _runs_in(subject: str, session: str | None, anat: Path) -> tuple[list[GreRun
             magnitude_only += 1
             continue
         if not parts["magnitude"]:
-            raise InputError(f"run {key} ({suffix}) has phase but no magnitude files", source=str(anat))
+            raise InputError(
+                f"run {key} ({suffix}) has phase but no magnitude files", source=str(anat)
+            )
         if set(parts["magnitude"]) != set(parts["phase"]):
             magnitude_echoes = sorted(e or 0 for e in parts["magnitude"])
             phase_echoes = sorted(e or 0 for e in parts["phase"])
             raise InputError(
-                f"run {key} ({suffix}) has magnitude echoes {magnitude_echoes} but phase echoes {phase_echoes}",
+                f"run {key} ({suffix}) has magnitude echoes {magnitude_echoes} "
+                f"but phase echoes {phase_echoes}",
                 source=str(anat),
             )
         if key in keys:
-            raise InputError(f"runs {keys[key]} and {suffix} share the name {key}", source=str(anat))
+            raise InputError(
+                f"runs {keys[key]} and {suffix} share the name {key}", source=str(anat)
+            )
         keys[key] = suffix
         runs.append(
             GreRun(
                 subject=subject,
                 session=session,
-                entities={name: value for name, value in entity_items if name not in ("sub", "ses")},
+                entities={
+                    name: value for name, value in entity_items if name not in ("sub", "ses")
+                },
                 suffix=suffix,
                 magnitude_files=_files_in_echo_order(parts["magnitude"], key, "magnitude"),
                 phase_files=_files_in_echo_order(parts["phase"], key, "phase"),
@@ -283,7 +299,11 @@ def discover_gre(
         runs += found
         magnitude_only += skipped
     if not runs:
-        hint = f" ({magnitude_only} magnitude-only run(s) without part-phase files)" if magnitude_only else ""
+        hint = (
+            f" ({magnitude_only} magnitude-only run(s) without part-phase files)"
+            if magnitude_only
+            else ""
+        )
         raise InputError(
             f"no GRE run with phase found in sub-*/[ses-*/]anat/ (*_part-phase_MEGRE or "
             f"*_part-phase_T2starw .nii[.gz]){hint}",
@@ -403,4 +423,6 @@ def write_dataset_description(
     if source_datasets:
         record["SourceDatasets"] = [{"URL": str(source)} for source in source_datasets]
     text = json.dumps(record, indent=2) + "\n"
-    return write_atomically(path, lambda temporary: temporary.write_text(text, encoding="utf-8"), overwrite=overwrite)
+    return write_atomically(
+        path, lambda temporary: temporary.write_text(text, encoding="utf-8"), overwrite=overwrite
+    )

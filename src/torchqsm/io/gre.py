@@ -31,6 +31,8 @@ from torchqsm.io.sidecar import read_sidecar, sidecar_path_for
 __all__ = ["GreData", "load_gre"]
 
 PathLike = str | os.PathLike[str]
+# Each file's JSON sidecar path and its entries (None where there is no sidecar).
+Sidecars = list[tuple[Path, dict[str, Any] | None]]
 
 # Echo times above this are almost surely milliseconds given as seconds.
 _MAX_ECHO_TIME_S = 1.0
@@ -119,7 +121,7 @@ def _load_part(paths: list[Path], role: str) -> tuple[np.ndarray, list[Volume]]:
     return np.stack([volume.data for volume in volumes]), volumes
 
 
-def _sidecars(volumes: list[Volume]) -> list[tuple[Path, dict[str, Any] | None]]:
+def _sidecars(volumes: list[Volume]) -> Sidecars:
     """The BIDS JSON beside each file, and its entries (``None`` where there is no such file)."""
     found = []
     for volume in volumes:
@@ -133,13 +135,15 @@ def _positive_numbers(value: Any, *, key: str, source: Path) -> list[float]:
     try:
         numbers = [float(item) for item in values]
     except (TypeError, ValueError):
-        raise InputError(f"{key} must be a number or a list of numbers, got {value!r}", source=str(source)) from None
+        raise InputError(
+            f"{key} must be a number or a list of numbers, got {value!r}", source=str(source)
+        ) from None
     if not numbers or not all(math.isfinite(n) and n > 0 for n in numbers):
         raise InputError(f"{key} must be positive and finite, got {value!r}", source=str(source))
     return numbers
 
 
-def _echo_times_from(sidecars: list[tuple[Path, dict[str, Any] | None]]) -> tuple[list[float], str] | None:
+def _echo_times_from(sidecars: Sidecars) -> tuple[list[float], str] | None:
     """Echo times from one part's sidecars: one listing every echo, or one per echo file."""
     if not any(record is not None and "EchoTime" in record for _, record in sidecars):
         return None
@@ -154,31 +158,44 @@ def _echo_times_from(sidecars: list[tuple[Path, dict[str, Any] | None]]) -> tupl
             )
         value = _positive_numbers(record["EchoTime"], key="EchoTime", source=path)
         if len(value) != 1:
-            raise InputError(f"EchoTime lists {len(value)} values for a one-echo file", source=str(path))
+            raise InputError(
+                f"EchoTime lists {len(value)} values for a one-echo file", source=str(path)
+            )
         times += value
     return times, f"{sidecars[0][0].name} … {sidecars[-1][0].name}"
 
 
 def _differ(a: Sequence[float], b: Sequence[float]) -> bool:
-    return len(a) != len(b) or any(abs(x - y) > _RELATIVE_TOLERANCE * max(abs(x), abs(y)) for x, y in zip(a, b))
+    return len(a) != len(b) or any(
+        abs(x - y) > _RELATIVE_TOLERANCE * max(abs(x), abs(y)) for x, y in zip(a, b)
+    )
 
 
-def _check_echo_times(times: Sequence[float], *, echo_count: int, where: str, source: str | None) -> tuple[float, ...]:
+def _check_echo_times(
+    times: Sequence[float], *, echo_count: int, where: str, source: str | None
+) -> tuple[float, ...]:
     times = tuple(float(t) for t in times)
     if len(times) != echo_count:
-        raise InputError(f"{len(times)} echo times ({where}) for {echo_count} echoes", source=source)
+        raise InputError(
+            f"{len(times)} echo times ({where}) for {echo_count} echoes", source=source
+        )
     if not all(math.isfinite(t) and t > 0 for t in times):
-        raise ParameterError(f"echo times must be positive and finite seconds, got {times}", source=source)
+        raise ParameterError(
+            f"echo times must be positive and finite seconds, got {times}", source=source
+        )
     if max(times) > _MAX_ECHO_TIME_S:
         raise ParameterError(
-            f"echo times are in seconds; {max(times):g} s looks like milliseconds (e.g. 0.004, not 4)", source=source
+            f"echo times are in seconds; {max(times):g} s looks like milliseconds (e.g. 0.004, not 4)",
+            source=source,
         )
     if any(later <= earlier for earlier, later in zip(times, times[1:])):
-        raise ParameterError(f"echo times must increase from echo to echo, got {times}", source=source)
+        raise ParameterError(
+            f"echo times must increase from echo to echo, got {times}", source=source
+        )
     return times
 
 
-def _field_strength_from(sidecars: list[tuple[Path, dict[str, Any] | None]]) -> tuple[float, Path] | None:
+def _field_strength_from(sidecars: Sidecars) -> tuple[float, Path] | None:
     found = [
         (path, record["MagneticFieldStrength"])
         for path, record in sidecars
@@ -186,12 +203,16 @@ def _field_strength_from(sidecars: list[tuple[Path, dict[str, Any] | None]]) -> 
     ]
     if not found:
         return None
-    values = [(path, _positive_numbers(value, key="MagneticFieldStrength", source=path)) for path, value in found]
+    values = [
+        (path, _positive_numbers(value, key="MagneticFieldStrength", source=path))
+        for path, value in found
+    ]
     first_path, first = values[0]
     for path, value in values[1:]:
         if _differ(value, first):
             raise InputError(
-                f"MagneticFieldStrength {value[0]:g} T disagrees with {first[0]:g} T in {first_path.name}",
+                f"MagneticFieldStrength {value[0]:g} T disagrees with {first[0]:g} T "
+                f"in {first_path.name}",
                 source=str(path),
             )
     return first[0], first_path
@@ -199,44 +220,61 @@ def _field_strength_from(sidecars: list[tuple[Path, dict[str, Any] | None]]) -> 
 
 def _resolve_echo_times(
     given: Sequence[float] | None,
-    phase_sidecars: list[tuple[Path, dict[str, Any] | None]],
-    magnitude_sidecars: list[tuple[Path, dict[str, Any] | None]],
+    phase_sidecars: Sidecars,
+    magnitude_sidecars: Sidecars,
     *,
     echo_count: int,
     source: str,
     notes: list[str],
 ) -> tuple[float, ...]:
-    """The argument if given (noting a differing sidecar), else the phase's, else the magnitude's sidecars."""
-    from_files = _echo_times_from(phase_sidecars) or _echo_times_from(magnitude_sidecars)
+    """The argument if given (noting a differing sidecar), else the phase's or magnitude's sidecars."""
     if given is not None:
         times = _check_echo_times(given, echo_count=echo_count, where="given", source=None)
+        try:
+            from_files = _echo_times_from(phase_sidecars) or _echo_times_from(magnitude_sidecars)
+        except InputError as error:  # the argument wins: a broken sidecar only earns a note
+            notes.append(f"echo times given; sidecar EchoTime ignored ({error})")
+            return times
         if from_files is not None and _differ(times, from_files[0]):
-            notes.append(f"echo times {list(times)} s given override EchoTime {from_files[0]} s in {from_files[1]}")
+            notes.append(
+                f"echo times {list(times)} s given override EchoTime {from_files[0]} s "
+                f"in {from_files[1]}"
+            )
         return times
+    from_files = _echo_times_from(phase_sidecars) or _echo_times_from(magnitude_sidecars)
     json_path = phase_sidecars[0][0]
     if from_files is None:
-        raise InputError(f"no echo times: give --echo-times or EchoTime in {json_path.name}", source=source)
-    return _check_echo_times(from_files[0], echo_count=echo_count, where=f"EchoTime in {from_files[1]}", source=source)
+        raise InputError(
+            f"no echo times: give --echo-times or EchoTime in {json_path.name}", source=source
+        )
+    return _check_echo_times(
+        from_files[0], echo_count=echo_count, where=f"EchoTime in {from_files[1]}", source=source
+    )
 
 
-def _resolve_b0(
-    given: float | None, sidecars: list[tuple[Path, dict[str, Any] | None]], *, source: str, notes: list[str]
-) -> float:
+def _resolve_b0(given: float | None, sidecars: Sidecars, *, source: str, notes: list[str]) -> float:
     """The argument if given (noting a differing sidecar), else ``MagneticFieldStrength``."""
-    from_files = _field_strength_from(sidecars)
     if given is not None:
         b0 = float(given)
         if not (math.isfinite(b0) and b0 > 0):
             raise ParameterError(f"b0_tesla must be positive and finite, got {given!r}")
+        try:
+            from_files = _field_strength_from(sidecars)
+        except InputError as error:
+            notes.append(f"b0_tesla given; sidecar MagneticFieldStrength ignored ({error})")
+            return b0
         if from_files is not None and _differ([b0], [from_files[0]]):
             notes.append(
-                f"b0_tesla {b0:g} T given overrides MagneticFieldStrength {from_files[0]:g} T in {from_files[1].name}"
+                f"b0_tesla {b0:g} T given overrides MagneticFieldStrength {from_files[0]:g} T "
+                f"in {from_files[1].name}"
             )
         return b0
+    from_files = _field_strength_from(sidecars)
     if from_files is None:
         json_path = sidecars[0][0]
         raise InputError(
-            f"no field strength: give --b0 or MagneticFieldStrength in {json_path.name}", source=source
+            f"no field strength: give --b0 or MagneticFieldStrength in {json_path.name}",
+            source=source,
         )
     return from_files[0]
 
@@ -309,14 +347,23 @@ def load_gre(
             if not np.any(data[echo]):
                 volume = volumes[echo] if len(volumes) > 1 else volumes[0]
                 which = f"echo {echo + 1} of " if echo_count > 1 and len(volumes) == 1 else ""
-                raise InputError(f"{which}the {volume.role} image is all zero", source=str(volume.path))
+                raise InputError(
+                    f"{which}the {volume.role} image is all zero", source=str(volume.path)
+                )
 
     phase_sidecars, magnitude_sidecars = _sidecars(phase_volumes), _sidecars(magnitude_volumes)
     notes: list[str] = []
     times = _resolve_echo_times(
-        echo_times_s, phase_sidecars, magnitude_sidecars, echo_count=echo_count, source=phase_source, notes=notes
+        echo_times_s,
+        phase_sidecars,
+        magnitude_sidecars,
+        echo_count=echo_count,
+        source=phase_source,
+        notes=notes,
     )
-    b0 = _resolve_b0(b0_tesla, phase_sidecars + magnitude_sidecars, source=phase_source, notes=notes)
+    b0 = _resolve_b0(
+        b0_tesla, phase_sidecars + magnitude_sidecars, source=phase_source, notes=notes
+    )
     sources: dict[str, str] = {}
     for role, volumes, sidecars in (
         ("magnitude", magnitude_volumes, magnitude_sidecars),
@@ -344,4 +391,3 @@ def load_gre(
         sidecar=phase_sidecars[0][1] or magnitude_sidecars[0][1] or {},
         notes=tuple(notes),
     )
-

@@ -48,12 +48,18 @@ _ROWS = (
 
 def _as_array(value: np.ndarray | torch.Tensor, name: str) -> np.ndarray:
     if isinstance(value, torch.Tensor):
-        value = value.detach().to("cpu", torch.float32 if value.dtype != torch.bool else torch.bool).numpy()
+        value = (
+            value.detach()
+            .to("cpu", torch.float32 if value.dtype != torch.bool else torch.bool)
+            .numpy()
+        )
     array = np.asarray(value)
     if name == "magnitude" and array.ndim == 4:  # (E, X, Y, Z): the first echo has the most signal
         array = array[0]
     if array.ndim != 3:
-        raise InputError(f"the {name} must be a 3-D volume (X, Y, Z), got shape {format_shape(array.shape)}")
+        raise InputError(
+            f"the {name} must be a 3-D volume (X, Y, Z), got shape {format_shape(array.shape)}"
+        )
     return array
 
 
@@ -161,24 +167,39 @@ def qc_figure(
     check_output_path(path, overwrite=overwrite)
     voxel = tuple(float(v) for v in voxel_size_mm)
     if len(voxel) != 3 or not all(math.isfinite(v) and v > 0 for v in voxel):
-        raise ParameterError(f"voxel_size_mm must be three positive numbers (mm), got {tuple(voxel_size_mm)}")
+        raise ParameterError(
+            f"voxel_size_mm must be three positive numbers (mm), got {tuple(voxel_size_mm)}"
+        )
     if int(dpi) <= 0:
         raise ParameterError(f"dpi must be positive, got {dpi}")
-    given = {"magnitude": magnitude, "total_field_ppm": total_field_ppm, "local_field_ppm": local_field_ppm, "chi_ppm": chi_ppm}
-    maps = [(name, label, symmetric, _as_array(given[name], name)) for name, label, symmetric in _ROWS if given[name] is not None]
+    given = {
+        "magnitude": magnitude,
+        "total_field_ppm": total_field_ppm,
+        "local_field_ppm": local_field_ppm,
+        "chi_ppm": chi_ppm,
+    }
+    maps = [
+        (name, label, symmetric, _as_array(given[name], name))
+        for name, label, symmetric in _ROWS
+        if given[name] is not None
+    ]
     if not maps:
         raise ParameterError("qc_figure needs at least one map")
     shape = maps[0][3].shape
     for name, _, _, array in maps[1:]:
         if array.shape != shape:
             raise InputError(
-                f"the {name} shape {format_shape(array.shape)} does not match the {maps[0][0]} shape {format_shape(shape)}"
+                f"the {name} shape {format_shape(array.shape)} does not match "
+                f"the {maps[0][0]} shape {format_shape(shape)}"
             )
     inside = None
     if mask is not None:
         inside = _as_array(mask, "mask") != 0
         if inside.shape != shape:
-            raise InputError(f"the mask shape {format_shape(inside.shape)} does not match the maps' {format_shape(shape)}")
+            raise InputError(
+                f"the mask shape {format_shape(inside.shape)} does not match "
+                f"the maps' {format_shape(shape)}"
+            )
         if not inside.any():
             raise InputError("the mask is empty (it has no nonzero voxel)")
     centre = _centre(inside, shape)
@@ -198,7 +219,15 @@ def qc_figure(
         outline = _views(inside.astype(np.float32), centre, voxel) if inside is not None else None
         for column, (view, image, aspect) in enumerate(_views(volume, centre, voxel)):
             ax = axes[row, column]
-            shown = ax.imshow(image, cmap="gray", vmin=low, vmax=high, origin="lower", aspect=aspect, interpolation="nearest")
+            shown = ax.imshow(
+                image,
+                cmap="gray",
+                vmin=low,
+                vmax=high,
+                origin="lower",
+                aspect=aspect,
+                interpolation="nearest",
+            )
             if name == "magnitude" and outline is not None and 0 < outline[column][1].mean() < 1:
                 ax.contour(outline[column][1], levels=[0.5], colors="tab:red", linewidths=1.0)
             ax.set_xticks([])
@@ -207,4 +236,6 @@ def qc_figure(
                 ax.set_title(view, fontsize="small")
         figure.colorbar(shown, ax=list(axes[row]), label=label, shrink=0.9)
 
-    return write_atomically(path, lambda temporary: figure.savefig(temporary, format="png"), overwrite=overwrite)
+    return write_atomically(
+        path, lambda temporary: figure.savefig(temporary, format="png"), overwrite=overwrite
+    )
