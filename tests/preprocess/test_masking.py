@@ -60,7 +60,7 @@ def test_threshold_method_and_echoes(head):
 def test_quality_mask(head, torch_rng):
     _, truth = head
     quality = torch.where(truth, 0.6 + 0.4 * torch.rand(SHAPE, generator=torch_rng),
-                          0.25 * torch.rand(SHAPE, generator=torch_rng))
+                          0.15 * torch.rand(SHAPE, generator=torch_rng))  # ROMEO noise: < 0.13 in 99 %
     quality[SPECK] = 0.95  # a single lucky noise voxel
     quality[HOLE] = 0.1  # one poor voxel inside
     mask = quality_mask(quality)
