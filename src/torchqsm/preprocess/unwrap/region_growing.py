@@ -188,12 +188,13 @@ def region_growing_unwrap(
         quality_t = _check_quality(quality, phase) * edge_mask(mask_b)
     shape = tuple(phase.shape)
     mask_np = mask_b.cpu().numpy()
-    quality_np = quality_t.detach().cpu().numpy().astype(np.float64)
+    quality_np = quality_t.detach().cpu().numpy()
     wrapped = phase.detach().cpu().numpy().reshape(-1).astype(np.float64)
     voxels = np.flatnonzero(mask_np)  # node -> flat voxel index
     n = voxels.size
-    node_of = np.full(mask_np.size, -1, dtype=np.int64)
-    node_of[voxels] = np.arange(n)
+    index_type = np.int32 if n < 2**31 - 1 else np.int64  # int32 halves the sparse-graph build time
+    node_of = np.full(mask_np.size, -1, dtype=index_type)
+    node_of[voxels] = np.arange(n, dtype=index_type)
     forest = _spanning_forest(edge_mask(mask_b).cpu().numpy(), quality_np, node_of, shape)
     n_components, labels = connected_components(forest, directed=False)
     # One seed per component: its best voxel (or the user's seed), joined to a virtual root (node n).
@@ -201,8 +202,11 @@ def region_growing_unwrap(
     if seed is not None:
         score = score.copy()
         score[node_of[_check_seed(seed, mask_np)]] = np.inf
-    order = np.lexsort((-score, labels))
-    seeds = order[np.flatnonzero(np.diff(labels[order], prepend=-1))]
+    if n_components == 1:
+        seeds = np.array([np.argmax(score)])
+    else:
+        order = np.lexsort((-score, labels))
+        seeds = order[np.flatnonzero(np.diff(labels[order], prepend=-1))]
     root_edges = sparse.csr_matrix((np.ones(n_components), (np.full(n_components, n), seeds)), shape=(n + 1, n + 1))
     tree = sparse.block_diag((forest, sparse.csr_matrix((1, 1))), format="csr") + root_edges
     _, predecessors = breadth_first_order(tree + tree.T, n, directed=False, return_predecessors=True)
@@ -211,7 +215,7 @@ def region_growing_unwrap(
     # Integer jump to each parent, and the quality of that tree edge (1 for seeds: no edge).
     parent_voxel = voxels[np.where(is_seed, np.arange(n), parent)]
     jump = np.round((wrapped[parent_voxel] - wrapped[voxels]) / (2 * math.pi)).astype(np.int64)
-    edge_quality = np.where(is_seed, 1.0, _tree_edge_quality(voxels, parent_voxel, quality_np, shape))
+    edge_quality = np.where(is_seed, 1.0, _tree_edge_quality(voxels, parent_voxel, quality_np, shape).astype(np.float64))
     # Pointer doubling over the tree: offset = sum of jumps, worst = lowest quality on the path to the root.
     ancestor = np.append(parent, n)
     offset = np.append(jump, 0)
