@@ -253,14 +253,19 @@ def smooth_phase_offset(
     if int(order) < 1:
         raise ParameterError(f"order must be at least 1, got {order}")
     shape = tuple(int(n) for n in shape)
-    coords = [torch.linspace(-1.0, 1.0, n, dtype=torch.float64) if n > 1 else torch.zeros(1, dtype=torch.float64)
-              for n in shape]
-    u, v, w = torch.meshgrid(*coords, indexing="ij")
+    u, v, w = (torch.linspace(-1.0, 1.0, n, dtype=torch.float64) if n > 1 else torch.zeros(1, dtype=torch.float64)
+               for n in shape)
     powers = [(a, b, c) for a in range(order + 1) for b in range(order + 1 - a) for c in range(order + 1 - a - b)
               if a + b + c >= 1]
     weights = torch.randn(len(powers), dtype=torch.float64, generator=generator)
     constant = (2.0 * torch.rand(1, dtype=torch.float64, generator=generator) - 1.0) * math.pi
-    poly = sum(wt * u**a * v**b * w**c for wt, (a, b, c) in zip(weights, powers))
+    # Separable evaluation: sum over c first (1-D), then one broadcast product per (a, b).
+    along_z: dict[tuple[int, int], torch.Tensor] = {}
+    for weight, (a, b, c) in zip(weights, powers):
+        along_z[a, b] = along_z.get((a, b), torch.zeros_like(w)) + weight * w**c
+    poly = torch.zeros(shape, dtype=torch.float64)
+    for (a, b), q in along_z.items():
+        poly += (u[:, None] ** a * v[None, :] ** b)[:, :, None] * q
     peak = float(poly.abs().max())
     poly = poly * (amplitude_rad / peak) if peak > 0 else poly
     return (poly + constant).to(dtype=dtype, device=device)

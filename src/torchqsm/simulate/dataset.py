@@ -1,0 +1,393 @@
+r"""Training pairs simulated on the fly: a PyTorch ``IterableDataset`` for three learning tasks.
+
+Each *volume* is one simulated subject: a hybrid head (labels warped by a random deformation,
+χ drawn per tissue with texture, optional lesions) or a box of random shapes, a random B0
+direction, its local field :math:`f_L = D(\chi\,m)`, a background field from the head outside
+the brain, random external sources and a shim residual, and, for the phase task, the multi-echo
+GRE signal (``simulate.signal``). Several *patches* are cut from each volume (the expensive
+part, the dipole convolution, is then shared).
+
+Tasks (``SimulationConfig.task``) and the tensors of one sample (channels first):
+
+=================  ======================================  ============================
+task               ``input``                               ``target``
+=================  ======================================  ============================
+``local_to_chi``   local field (1, X, Y, Z), ppm           χ (1, X, Y, Z), ppm
+``total_to_local`` total field (1, X, Y, Z), ppm           local field (1, X, Y, Z), ppm
+``phase_to_chi``   wrapped phase (E, X, Y, Z), rad         χ (1, X, Y, Z), ppm
+=================  ======================================  ============================
+
+Every sample also holds ``mask`` (1, X, Y, Z) float 0/1 (the brain), ``b0_dir`` (3,),
+``voxel_size_mm`` (3,) and ``seed`` (the volume's seed); ``phase_to_chi`` adds ``magnitude``
+(E, X, Y, Z), ``echo_times_s`` (E,) and ``b0_tesla`` ().
+
+Seeds
+-----
+Volume :math:`i` of epoch :math:`e` is simulated from the seed
+``derive_seed("train", seed, e, i)`` (BLAKE2b of the salt and the integers). Worker :math:`w`
+of :math:`W` (``torch.utils.data.get_worker_info``) simulates volumes
+:math:`i \equiv w \pmod W`, so workers never repeat each other and the whole stream is the same
+for any number of workers. The evaluation suite (``torchqsm.bench.suite``) uses the salt
+``"eval"``: its subjects are never training draws.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from ..errors import ParameterError
+from ..physics import DipoleOp
+from .anatomy import TISSUES, HeadModel, load_head_model, sample_tissue_chi, tissue, tissue_parameters
+from .background import external_sources, shim_field
+from .hybrid import hybrid_chi, random_deformation
+from .lesions import add_lesions
+from .orientation import random_b0_dir
+from .phantoms import ellipsoid
+from .shapes import random_shapes
+from .signal import add_complex_noise, complex_gre_signal, smooth_phase_offset
+
+__all__ = ["SimulationConfig", "SimulatedQSMDataset", "SimulatedVolume", "simulate_volume", "derive_seed"]
+
+Task = Literal["local_to_chi", "total_to_local", "phase_to_chi"]
+Source = Literal["head", "shapes"]
+LesionKind = Literal["haemorrhage", "calcification", "microbleed", "ms"]
+LESION_KINDS: tuple[str, ...] = ("haemorrhage", "calcification", "microbleed", "ms")
+
+
+def derive_seed(salt: str, *parts: int) -> int:
+    """A 63-bit seed from a salt and integers (BLAKE2b): independent streams for every tuple.
+
+    >>> derive_seed("train", 0, 0, 1) == derive_seed("train", 0, 0, 1) != derive_seed("eval", 0, 0, 1)
+    True
+    """
+    text = ":".join([salt, *(str(int(p)) for p in parts)]).encode()
+    return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "little") & (2**63 - 1)
+
+
+@dataclass(frozen=True)
+class SimulationConfig:
+    """What a :class:`SimulatedQSMDataset` draws. Ranges are drawn uniformly unless stated.
+
+    Attributes
+    ----------
+    task
+        ``"local_to_chi"``, ``"total_to_local"`` or ``"phase_to_chi"`` (see the module).
+    source
+        ``"head"``: the hybrid head model; ``"shapes"``: random shapes in an ellipsoidal mask.
+    patch_size
+        Patch grid ``(X, Y, Z)``; ``None`` for whole volumes (one sample per volume).
+    patches_per_volume
+        Patches cut from each simulated volume.
+    min_mask_fraction
+        A patch holds at least this fraction of brain voxels (best of 20 tries otherwise).
+    region_size
+        ``"head"`` source: each volume is a box of this many voxels centred on a random brain
+        voxel, warped and simulated on its own (its field ignores brain outside the box);
+        ``None`` for the whole head (slower: 185×231×207 voxels at 1 mm).
+    shapes_volume
+        Grid of the ``"shapes"`` source (voxels).
+    voxel_size_mm
+        Voxel size (mm); the head model is resampled to it.
+    max_tilt_deg
+        B0 tilt cap (degrees, uniform on the cap); ``None`` for the whole sphere.
+    b0_tesla
+        Field strengths (T), one picked per volume.
+    echo_times_s
+        Echo times (s) of the phase task.
+    snr_range
+        SNR of the phase task, log-uniform: complex noise σ = (largest M0 of the volume) / SNR
+        per channel; ``None`` for noise-free signal.
+    local_noise_ppm
+        Range of the standard deviation (ppm) of Gaussian noise added to the input field of
+        the field tasks.
+    deform, texture
+        Random deformation of the labels; χ texture (``hybrid_chi``) instead of one value
+        per tissue (``sample_tissue_chi``).
+    lesion_probability, lesion_count
+        Chance that a volume gets lesions (kind uniform over haemorrhage, calcification,
+        microbleed, MS) and how many (inclusive range).
+    external_sources, shim_amplitude_ppm
+        Number of random χ sources outside the brain and the peak of the polynomial shim residual.
+    phase_offset_rad
+        Peak of the polynomial receive-phase offset (rad).
+    pad
+        Zero padding (voxels per side) of the dipole convolution.
+    """
+
+    task: Task = "local_to_chi"
+    source: Source = "head"
+    patch_size: tuple[int, int, int] | None = (64, 64, 64)
+    patches_per_volume: int = 16
+    min_mask_fraction: float = 0.3
+    region_size: tuple[int, int, int] | None = (128, 128, 128)
+    shapes_volume: tuple[int, int, int] = (96, 96, 96)
+    voxel_size_mm: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    max_tilt_deg: float | None = 30.0
+    b0_tesla: tuple[float, ...] = (3.0,)
+    echo_times_s: tuple[float, ...] = (0.004, 0.012, 0.020, 0.028)
+    snr_range: tuple[float, float] | None = (40.0, 200.0)
+    local_noise_ppm: tuple[float, float] = (0.0, 0.002)
+    deform: bool = True
+    texture: bool = True
+    lesion_probability: float = 0.3
+    lesion_count: tuple[int, int] = (1, 3)
+    external_sources: int = 40
+    shim_amplitude_ppm: float = 1.0
+    phase_offset_rad: float = math.pi
+    pad: int = 32
+
+    def __post_init__(self) -> None:
+        if self.task not in ("local_to_chi", "total_to_local", "phase_to_chi"):
+            raise ParameterError(f"unknown task '{self.task}': local_to_chi, total_to_local or phase_to_chi")
+        if self.source not in ("head", "shapes"):
+            raise ParameterError(f"unknown source '{self.source}': head or shapes")
+        if self.patch_size is not None and (len(self.patch_size) != 3 or min(self.patch_size) < 1):
+            raise ParameterError(f"patch_size must be 3 positive integers or None, got {self.patch_size}")
+        if self.region_size is not None and (len(self.region_size) != 3 or min(self.region_size) < 1):
+            raise ParameterError(f"region_size must be 3 positive integers or None, got {self.region_size}")
+        if self.patches_per_volume < 1:
+            raise ParameterError("patches_per_volume must be at least 1")
+        if not 0.0 <= self.min_mask_fraction <= 1.0 or not 0.0 <= self.lesion_probability <= 1.0:
+            raise ParameterError("min_mask_fraction and lesion_probability are fractions in [0, 1]")
+        if not self.b0_tesla or min(self.b0_tesla) <= 0:
+            raise ParameterError(f"b0_tesla needs at least one positive field strength (T), got {self.b0_tesla}")
+        if not self.echo_times_s or min(self.echo_times_s) <= 0:
+            raise ParameterError(f"echo_times_s needs at least one positive echo time (s), got {self.echo_times_s}")
+        if self.snr_range is not None and not 0 < self.snr_range[0] <= self.snr_range[1]:
+            raise ParameterError(f"snr_range must be two positive numbers, low ≤ high, got {self.snr_range}")
+        if not 0 <= self.local_noise_ppm[0] <= self.local_noise_ppm[1]:
+            raise ParameterError(f"local_noise_ppm must be 0 ≤ low ≤ high, got {self.local_noise_ppm}")
+        if not 0 <= self.lesion_count[0] <= self.lesion_count[1]:
+            raise ParameterError(f"lesion_count must be 0 ≤ low ≤ high, got {self.lesion_count}")
+        if min(self.voxel_size_mm) <= 0 or self.pad < 0:
+            raise ParameterError("voxel_size_mm must be positive and pad non-negative")
+
+
+@dataclass(frozen=True)
+class SimulatedVolume:
+    """One simulated subject on its grid (X, Y, Z): ground truth, fields and signal parameters.
+
+    ``chi_ppm`` is the brain's χ (relative to CSF, zero outside ``mask``);
+    ``local_field_ppm`` its field; ``total_field_ppm`` adds the head outside the brain
+    (referenced to air), external sources and the shim residual; ``m0``, ``r2star_hz`` and
+    ``phase_offset_rad`` feed :func:`~torchqsm.simulate.signal.complex_gre_signal`. Fields and
+    signal maps not needed by the task are ``None``.
+    """
+
+    chi_ppm: torch.Tensor
+    mask: torch.Tensor
+    local_field_ppm: torch.Tensor
+    total_field_ppm: torch.Tensor | None
+    m0: torch.Tensor | None
+    r2star_hz: torch.Tensor | None
+    phase_offset_rad: torch.Tensor | None
+    b0_dir: tuple[float, float, float]
+    b0_tesla: float
+    snr: float | None
+    voxel_size_mm: tuple[float, float, float]
+
+
+@functools.lru_cache(maxsize=4)
+def _head_model(voxel_size_mm: tuple[float, float, float]) -> tuple[HeadModel, torch.Tensor]:
+    """The head model and a lookup table label → is brain (computed once per process)."""
+    model = load_head_model(voxel_size_mm=voxel_size_mm)
+    is_brain = torch.zeros(256, dtype=torch.bool)
+    is_brain[torch.unique(model.labels[model.brain_mask]).long()] = True
+    return model, is_brain
+
+
+def _uniform(generator: torch.Generator, low: float, high: float) -> float:
+    return low + (high - low) * float(torch.rand((), dtype=torch.float64, generator=generator))
+
+
+def _region(model: HeadModel, size: tuple[int, ...] | None, is_brain: torch.Tensor,
+            generator: torch.Generator) -> torch.Tensor:
+    """The labels of a box of ``size`` centred on a random brain voxel (the whole head for ``None``)."""
+    if size is None:
+        return model.labels
+    brain = torch.nonzero(is_brain[model.labels.long()])
+    centre = brain[int(torch.randint(len(brain), (), generator=generator))].tolist()
+    corner = [min(max(c - s // 2, 0), max(n - s, 0)) for c, s, n in zip(centre, size, model.labels.shape)]
+    return model.labels[tuple(slice(c, c + s) for c, s in zip(corner, size))].contiguous()
+
+
+def _head_chi(config: SimulationConfig, generator: torch.Generator):
+    """Labels, χ (ppm, relative to CSF), χ relative to the air outside, and brain mask of one random subject."""
+    model, is_brain = _head_model(tuple(config.voxel_size_mm))
+    labels = _region(model, config.region_size, is_brain, generator)
+    if config.deform:
+        labels = random_deformation(labels, generator=generator, voxel_size_mm=config.voxel_size_mm)
+    mask = is_brain[labels.long()]
+    if config.texture:
+        ranges = {t.label: t.chi_range_ppm for t in TISSUES}
+        chi = hybrid_chi(labels, chi_ranges_ppm=ranges, generator=generator, voxel_size_mm=config.voxel_size_mm)
+    else:
+        chi = sample_tissue_chi(labels, generator=generator)
+    outside = labels == tissue("air").label
+    air = chi[outside].mean() if bool(outside.any()) else chi.new_tensor(tissue("air").chi_range_ppm).mean()
+    return labels, chi.float(), torch.where(outside, 0.0, chi - air).float(), mask
+
+
+def _shapes_chi(config: SimulationConfig, generator: torch.Generator):
+    shape = config.shapes_volume
+    radii = [n * _uniform(generator, 0.32, 0.45) for n in shape]
+    mask = ellipsoid(shape, radii=radii, supersample=1, dtype=torch.float64) > 0.5
+    chi = random_shapes(shape, generator=generator, mask=mask).float()
+    return None, chi, chi, mask
+
+
+def simulate_volume(config: SimulationConfig, generator: torch.Generator) -> SimulatedVolume:
+    """Simulate one random subject as ``config`` asks: ground truth, fields and signal maps.
+
+    The draws come from ``generator`` in a fixed order, so one seed gives one subject. The
+    background (head outside the brain referenced to air, external sources, shim residual) is
+    made only for ``total_to_local`` and ``phase_to_chi``; M0, R2* and the receive-phase offset
+    only for ``phase_to_chi``.
+    """
+    labels, chi, chi_in_air, mask = (_head_chi if config.source == "head" else _shapes_chi)(config, generator)
+    b0_dir = random_b0_dir(generator=generator, max_tilt_deg=config.max_tilt_deg)
+    b0_tesla = float(config.b0_tesla[int(torch.randint(len(config.b0_tesla), (), generator=generator))])
+    if float(torch.rand((), generator=generator)) < config.lesion_probability and config.lesion_count[1] > 0:
+        kind = LESION_KINDS[int(torch.randint(len(LESION_KINDS), (), generator=generator))]
+        count = int(torch.randint(config.lesion_count[0], config.lesion_count[1] + 1, (), generator=generator))
+        lesioned, _ = add_lesions(chi, mask, kind=kind, count=count, generator=generator,
+                                  voxel_size_mm=config.voxel_size_mm)
+        chi_in_air = chi_in_air + (lesioned.float() - chi)
+        chi = lesioned.float()
+    shape = tuple(chi.shape)
+    needs_background = config.task != "local_to_chi"
+    sources = [chi * mask]
+    if needs_background:
+        sources.append(chi_in_air + external_sources(shape, mask, generator=generator, count=config.external_sources,
+                                                     voxel_size_mm=config.voxel_size_mm).float())
+    dipole = DipoleOp(shape, voxel_size_mm=config.voxel_size_mm, b0_dir=b0_dir, pad=config.pad)
+    fields = dipole(torch.stack(sources))  # one batched FFT for the brain and the whole scene
+    total = m0 = r2star = offset = snr = None
+    if needs_background:
+        total = fields[1] + shim_field(shape, generator=generator, amplitude_ppm=config.shim_amplitude_ppm).float()
+    if config.task == "phase_to_chi":
+        if labels is not None:
+            m0, r2star = tissue_parameters(labels, b0_tesla=b0_tesla, generator=generator)
+        else:
+            m0, r2star = mask.float(), (20.0 * b0_tesla / 3.0) * mask.float()
+        offset = smooth_phase_offset(shape, generator=generator, amplitude_rad=config.phase_offset_rad)
+        if config.snr_range is not None:
+            low, high = (math.log(v) for v in config.snr_range)
+            snr = math.exp(_uniform(generator, low, high))
+    return SimulatedVolume(chi_ppm=chi * mask, mask=mask, local_field_ppm=fields[0], total_field_ppm=total, m0=m0,
+                           r2star_hz=r2star, phase_offset_rad=offset, b0_dir=b0_dir, b0_tesla=b0_tesla, snr=snr,
+                           voxel_size_mm=tuple(float(h) for h in config.voxel_size_mm))
+
+
+def _patch_corners(mask: torch.Tensor, size: tuple[int, ...], *, fraction: float,
+                   generator: torch.Generator) -> tuple[int, ...]:
+    """A random corner whose patch holds ≥ ``fraction`` mask voxels (best of 20 tries)."""
+    best, best_fraction = (0, 0, 0), -1.0
+    for _ in range(20):
+        corner = tuple(int(torch.randint(0, max(n - s, 0) + 1, (), generator=generator))
+                       for n, s in zip(mask.shape, size))
+        covered = float(mask[tuple(slice(c, c + s) for c, s in zip(corner, size))].float().mean())
+        if covered > best_fraction:
+            best, best_fraction = corner, covered
+        if covered >= fraction:
+            break
+    return best
+
+
+def _crop(volume: torch.Tensor, corner: tuple[int, ...], size: tuple[int, ...]) -> torch.Tensor:
+    """The patch at ``corner`` (last three axes), zero-filled where the volume is smaller than the patch."""
+    window = volume[(..., *(slice(c, c + s) for c, s in zip(corner, size)))]
+    missing = [s - n for s, n in zip(size, window.shape[-3:])]
+    if any(missing):
+        window = torch.nn.functional.pad(window, [0, missing[2], 0, missing[1], 0, missing[0]])
+    return window.contiguous()
+
+
+def _sample(config: SimulationConfig, volume: SimulatedVolume, corner, size, seed: int,
+            generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """Cut one sample; the signal and the input noise are made on the patch only (they are voxel-wise)."""
+    mask = _crop(volume.mask[None].float(), corner, size)
+    sample = {"mask": mask, "b0_dir": torch.tensor(volume.b0_dir), "voxel_size_mm": torch.tensor(volume.voxel_size_mm),
+              "seed": torch.tensor(seed, dtype=torch.int64)}
+    if config.task == "phase_to_chi":
+        signal = complex_gre_signal(_crop(volume.total_field_ppm, corner, size), echo_times_s=config.echo_times_s,
+                                    b0_tesla=volume.b0_tesla, m0=_crop(volume.m0, corner, size),
+                                    r2star_hz=_crop(volume.r2star_hz, corner, size),
+                                    phase_offset_rad=_crop(volume.phase_offset_rad, corner, size))
+        if volume.snr is not None:  # σ from the volume's peak M0, the same for every patch of it
+            signal = add_complex_noise(signal, snr=volume.snr, generator=generator, reference=float(volume.m0.max()))
+        sample.update(input=signal.angle(), magnitude=signal.abs(), target=_crop(volume.chi_ppm[None], corner, size),
+                      echo_times_s=torch.tensor(config.echo_times_s), b0_tesla=torch.tensor(volume.b0_tesla))
+        return sample
+    source, target = ((volume.local_field_ppm, volume.chi_ppm) if config.task == "local_to_chi"
+                      else (volume.total_field_ppm, volume.local_field_ppm * volume.mask))
+    field = _crop(source[None], corner, size)
+    sigma = _uniform(generator, *config.local_noise_ppm)
+    if sigma > 0:
+        field = field + sigma * torch.randn(field.shape, generator=generator)
+    sample.update(input=field, target=_crop(target[None], corner, size))
+    return sample
+
+
+class SimulatedQSMDataset(IterableDataset):
+    """Training pairs simulated on the fly (see the module for tasks, tensors and seeds).
+
+    Parameters
+    ----------
+    config
+        What to simulate (:class:`SimulationConfig`).
+    seed
+        Base seed: the same seed gives the same samples, whatever the number of workers.
+    volumes
+        Volumes per epoch (each gives ``patches_per_volume`` samples); ``None`` for an endless stream.
+    epoch
+        Epoch number mixed into the seeds; change it (:meth:`set_epoch`) for new draws.
+
+    Examples
+    --------
+    >>> config = SimulationConfig(source="shapes", shapes_volume=(24, 24, 24), patch_size=(16, 16, 16),
+    ...                           patches_per_volume=2, pad=8)
+    >>> samples = list(SimulatedQSMDataset(config, seed=0, volumes=1))
+    >>> len(samples), tuple(samples[0]["input"].shape), tuple(samples[0]["target"].shape)
+    (2, (1, 16, 16, 16), (1, 16, 16, 16))
+    """
+
+    def __init__(self, config: SimulationConfig, *, seed: int = 0, volumes: int | None = None, epoch: int = 0) -> None:
+        super().__init__()
+        if volumes is not None and volumes < 0:
+            raise ParameterError(f"volumes must be non-negative or None, got {volumes}")
+        self.config, self.seed, self.volumes, self.epoch = config, int(seed), volumes, int(epoch)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw a new stream of volumes for ``epoch``."""
+        self.epoch = int(epoch)
+
+    def volume_seed(self, index: int) -> int:
+        """The seed of volume ``index`` of the current epoch (salt ``"train"``)."""
+        return derive_seed("train", self.seed, self.epoch, index)
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        info = get_worker_info()
+        worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
+        index = worker
+        while self.volumes is None or index < self.volumes:
+            seed = self.volume_seed(index)
+            generator = torch.Generator().manual_seed(seed)
+            volume = simulate_volume(self.config, generator)
+            if self.config.patch_size is None:
+                yield _sample(self.config, volume, (0, 0, 0), tuple(volume.mask.shape), seed, generator)
+            else:
+                size = tuple(int(s) for s in self.config.patch_size)
+                for _ in range(self.config.patches_per_volume):
+                    corner = _patch_corners(volume.mask, size, fraction=self.config.min_mask_fraction,
+                                            generator=generator)
+                    yield _sample(self.config, volume, corner, size, seed, generator)
+            index += workers

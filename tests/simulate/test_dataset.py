@@ -1,0 +1,131 @@
+"""The on-the-fly training dataset: reproducibility, worker sharding, physical consistency, bad configs."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from torchqsm.errors import ParameterError
+from torchqsm.physics import DipoleOp
+from torchqsm.simulate.dataset import SimulatedQSMDataset, SimulationConfig, derive_seed, simulate_volume
+from torchqsm.simulate.signal import complex_gre_signal
+
+SMALL = dict(source="shapes", shapes_volume=(32, 32, 32), patch_size=(16, 16, 16), patches_per_volume=2, pad=8)
+
+
+def _stream(config: SimulationConfig, **kwargs) -> list[dict[str, torch.Tensor]]:
+    return list(SimulatedQSMDataset(config, **kwargs))
+
+
+@pytest.mark.parametrize("task", ["local_to_chi", "total_to_local", "phase_to_chi"])
+def test_same_seed_same_tensors(task):
+    config = SimulationConfig(task=task, **SMALL)
+    a, b = _stream(config, seed=7, volumes=2), _stream(config, seed=7, volumes=2)
+    assert len(a) == 4
+    for x, y in zip(a, b):
+        assert x.keys() == y.keys()
+        assert all(torch.equal(x[k], y[k]) for k in x)
+    c = _stream(config, seed=8, volumes=2)
+    assert not torch.equal(a[0]["target"], c[0]["target"])
+    ds = SimulatedQSMDataset(config, seed=7, volumes=2)
+    ds.set_epoch(1)
+    assert not torch.equal(next(iter(ds))["target"], a[0]["target"])
+
+
+def test_sample_layout():
+    config = SimulationConfig(task="phase_to_chi", **SMALL)
+    sample = _stream(config, seed=0, volumes=1)[0]
+    echoes = len(config.echo_times_s)
+    assert sample["input"].shape == sample["magnitude"].shape == (echoes, 16, 16, 16)
+    assert sample["target"].shape == sample["mask"].shape == (1, 16, 16, 16)
+    assert sample["echo_times_s"].tolist() == pytest.approx(list(config.echo_times_s))
+    assert sample["b0_dir"].shape == (3,) and abs(float(sample["b0_dir"].norm()) - 1) < 1e-6
+    assert float(sample["input"].min()) >= -math.pi and float(sample["input"].max()) <= math.pi
+    assert all(v.dtype in (torch.float32, torch.int64) for v in sample.values())
+
+
+def test_workers_draw_different_volumes_and_together_the_same_stream():
+    """Two DataLoader workers split the volumes (no repeats); their union is the single-process stream."""
+    config = SimulationConfig(**SMALL)
+    single = _stream(config, seed=3, volumes=4)
+    loader = DataLoader(SimulatedQSMDataset(config, seed=3, volumes=4), batch_size=None, num_workers=2)
+    parallel = list(loader)
+    assert len(parallel) == len(single) == 8
+    seeds = [int(s["seed"]) for s in parallel]
+    assert len(set(seeds)) == 4  # every volume once (2 patches each), none repeated across workers
+    by_seed = {int(s["seed"]): s for s in single}
+    for sample in parallel:
+        reference = [s for s in single if int(s["seed"]) == int(sample["seed"])]
+        assert any(torch.equal(sample["target"], r["target"]) for r in reference)
+    assert set(by_seed) == set(seeds)
+
+
+def test_seeds_are_salted():
+    train = {SimulatedQSMDataset(SimulationConfig(**SMALL), seed=0).volume_seed(i) for i in range(100)}
+    evaluation = {derive_seed("eval", 0, i) for i in range(100)} | {derive_seed("eval", 0, 0, i) for i in range(100)}
+    assert len(train) == 100 and not train & evaluation
+
+
+def test_local_field_is_the_dipole_field_of_the_target():
+    """Whole volumes, no noise: input = D(target) with the sample's B0 direction (same padding)."""
+    config = SimulationConfig(patch_size=None, local_noise_ppm=(0.0, 0.0), max_tilt_deg=90.0,
+                              **{k: v for k, v in SMALL.items() if k != "patch_size"})
+    sample = _stream(config, seed=1, volumes=1)[0]
+    dipole = DipoleOp((32, 32, 32), voxel_size_mm=(1, 1, 1), b0_dir=sample["b0_dir"].tolist(), pad=8)
+    assert sample["b0_dir"][2] < 0.999  # tilted
+    assert torch.allclose(sample["input"], dipole(sample["target"]), atol=1e-6)
+    assert float(sample["target"].abs().max()) > 0.05
+
+
+def test_total_field_is_local_plus_background():
+    """Shapes source (χ zero outside the brain): total = local without external sources and shim;
+    the shim residual alone adds a quadratic (third differences ≈ 0); external sources add a field inside."""
+    base = dict(task="total_to_local", patch_size=None, local_noise_ppm=(0.0, 0.0),
+                **{k: v for k, v in SMALL.items() if k != "patch_size"})
+    plain = _stream(SimulationConfig(external_sources=0, shim_amplitude_ppm=0.0, **base), seed=2, volumes=1)[0]
+    inside = plain["mask"] > 0
+    assert torch.allclose(plain["input"][inside], plain["target"][inside], atol=1e-6)
+    shimmed = _stream(SimulationConfig(external_sources=0, shim_amplitude_ppm=1.0, **base), seed=2, volumes=1)[0]
+    shim = (shimmed["input"] - plain["input"])[0].double()
+    assert 0.3 < float(shim.abs().max()) <= 1.0 + 1e-5
+    assert float(torch.diff(shim, n=3, dim=0).abs().max()) < 1e-4
+    full = _stream(SimulationConfig(shim_amplitude_ppm=0.0, **base), seed=2, volumes=1)[0]
+    assert float((full["input"] - full["target"])[inside].abs().max()) > 0.1  # ppm, a background to remove
+    assert torch.equal(full["target"], plain["target"])
+
+
+def test_phase_is_the_signal_of_the_volume():
+    """Noise-free: the sample's phase and magnitude equal the GRE signal of the simulated total field."""
+    config = SimulationConfig(task="phase_to_chi", snr_range=None, patch_size=None,
+                              **{k: v for k, v in SMALL.items() if k != "patch_size"})
+    dataset = SimulatedQSMDataset(config, seed=4, volumes=1)
+    sample = next(iter(dataset))
+    volume = simulate_volume(config, torch.Generator().manual_seed(dataset.volume_seed(0)))
+    signal = complex_gre_signal(volume.total_field_ppm, echo_times_s=config.echo_times_s, b0_tesla=volume.b0_tesla,
+                                m0=volume.m0, r2star_hz=volume.r2star_hz, phase_offset_rad=volume.phase_offset_rad)
+    assert torch.equal(sample["input"], signal.angle()) and torch.equal(sample["magnitude"], signal.abs())
+    assert torch.equal(sample["target"][0], volume.chi_ppm)
+
+
+def test_head_patches_hold_brain():
+    config = SimulationConfig(region_size=(48, 48, 48), patch_size=(32, 32, 32), patches_per_volume=3, pad=8,
+                              lesion_probability=1.0)
+    samples = _stream(config, seed=0, volumes=1)
+    for sample in samples:
+        assert float(sample["mask"].mean()) >= config.min_mask_fraction
+        chi = sample["target"][sample["mask"] > 0]
+        assert -0.2 < float(chi.min()) and float(chi.max()) < 2.0  # tissue ranges plus lesions (ppm)
+    assert float(samples[0]["target"].std()) > 0.01
+
+
+@pytest.mark.parametrize("bad", [dict(task="chi_to_phase"), dict(source="atlas"), dict(echo_times_s=()),
+                                 dict(snr_range=(-10.0, 50.0)), dict(b0_tesla=()), dict(patch_size=(0, 16, 16)),
+                                 dict(lesion_probability=1.5), dict(patches_per_volume=0), dict(region_size=(8, 8))])
+def test_bad_config(bad):
+    with pytest.raises(ParameterError):
+        SimulationConfig(**bad)
+    with pytest.raises(ParameterError):
+        SimulatedQSMDataset(SimulationConfig(), volumes=-1)
