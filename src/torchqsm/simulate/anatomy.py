@@ -132,6 +132,18 @@ class HeadModel:
         Voxel size (mm) along X, Y, Z.
     affine
         4×4 voxel → MNI (mm) matrix (numpy).
+
+    Notes
+    -----
+    The modelled neck ends at the bottom of the grid (z = −108 mm in MNI), so
+    its cut end adds a background field there, more than 35 mm below the
+    cerebellum.
+
+    Examples
+    --------
+    >>> head = load_head_model(voxel_size_mm=4.0)
+    >>> bool((head.brain_mask & ~head.head_mask).any())
+    False
     """
 
     labels: torch.Tensor
