@@ -38,11 +38,11 @@ def test_full_box_is_exact_up_to_a_constant(helpers, dtype):
     assert float(helpers.max_step(phase, box)) < 0.8 * math.pi
     unwrapped = laplacian_unwrap(helpers.wrap_to_pi(phase))
     assert unwrapped.dtype == dtype
-    # Measured: 2.6e-12 (float64), 6.2e-5 rad (float32).
+    # Measured: 1.4e-12 (float64), 3.8e-5 rad (float32).
     assert _error_range(unwrapped, phase, box) < (1e-9 if dtype == torch.float64 else 5e-4)
     # The constant makes the result agree with the wrapped input modulo 2π.
     turns = (unwrapped - helpers.wrap_to_pi(phase)) / (2 * math.pi)
-    assert float((turns - turns.round()).abs().max()) < 1e-3
+    assert float((turns - turns.round()).abs().max()) < 1e-4  # measured 2.9e-6 (float32)
 
 
 def test_masked_with_noise_matches_interior(helpers):
@@ -71,12 +71,12 @@ def test_box_solve_only_leaves_a_harmonic_error(helpers):
     wrapped = helpers.wrap_to_pi(phase)
     box_only = laplacian_unwrap(wrapped, mask=mask, max_iterations=0)
     refined = laplacian_unwrap(wrapped, mask=mask)
-    assert _error_range(box_only, phase, mask) > 1.0  # measured 5.6 rad
-    assert _error_range(refined, phase, mask) < 0.01  # measured 1.1e-3 rad (tolerance 1e-3)
+    assert _error_range(box_only, phase, mask) > 5.0  # measured 17.7 rad
+    assert _error_range(refined, phase, mask) < 0.01  # measured 3.8e-3 rad (tolerance 1e-3)
     inner = torch.from_numpy(ndimage.binary_erosion(mask.numpy(), iterations=2))
     laplacian = LaplacianOp(phase.shape, stencil="7", dtype=phase.dtype)
     error_laplacian = laplacian((box_only - phase) * mask)[inner]
-    assert float(error_laplacian.abs().max()) < 1e-9 * float(laplacian(phase).abs().max())
+    assert float(error_laplacian.abs().max()) < 1e-12 * float(laplacian(phase).abs().max())  # measured 5e-16
 
 
 def test_batch_and_anisotropic_voxels(helpers):

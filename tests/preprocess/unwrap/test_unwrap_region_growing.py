@@ -52,7 +52,7 @@ def test_unwrapped_minus_wrapped_is_multiple_of_two_pi(head_phase):
     wrapped, mask = head_phase["wrapped"], head_phase["mask"]
     result = region_growing_unwrap(wrapped, mask=mask)
     turns = (result.phase_rad - wrapped) / (2 * math.pi)
-    assert float((turns - turns.round()).abs().max()) < 1e-5  # float32: 20π · eps
+    assert float((turns - turns.round()).abs().max()) < 1e-5  # float32 rounding: measured 9.5e-7
     assert torch.equal(result.phase_rad[~mask], wrapped[~mask])
     assert result.phase_rad.dtype == torch.float32 and result.quality.shape == mask.shape
 
@@ -113,8 +113,8 @@ def test_aliased_gradient_is_reported_not_silent(aliased, helpers, second_echo, 
     assert int((~exact & mask & ~result.low_quality).sum()) <= max_silent
     rest = mask & ~torch.from_numpy(ndimage.binary_dilation(region.numpy(), iterations=2))
     assert bool(exact[rest].all())
-    assert int((result.low_quality & rest).sum()) <= 20  # measured 11 / 6
-    assert float(result.quality[region].mean()) < 0.5 * float(result.quality[rest].mean())
+    assert int((result.low_quality & rest).sum()) <= 5  # measured 0 / 0
+    assert float(result.quality[region].mean()) < 0.3 * float(result.quality[rest].mean())  # 0.12 / 0.22
 
 
 def test_components_are_unwrapped_from_their_own_seeds(helpers):
