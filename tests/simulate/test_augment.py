@@ -142,3 +142,32 @@ def test_bad_rotation_arguments():
         rotate_volume(volume, torch.eye(3), voxel_size_mm=(1.0, 0.0, 1.0))
     with pytest.raises(ParameterError):
         rotation_matrix((0, 0, 0), 10.0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_matches_cpu():
+    # Same CPU generator, data on CUDA: every simulation step gives the CPU result.
+    from torchqsm.simulate.background import external_sources, shim_field
+    from torchqsm.simulate.hybrid import hybrid_chi, random_deformation
+    from torchqsm.simulate.lesions import add_lesions, add_veins
+    from torchqsm.simulate.shapes import random_shapes
+
+    labels = (ellipsoid((32, 32, 32), radii=(12, 13, 11), supersample=1) > 0.5).long()
+    labels[10:16, 12:20, 14:18] = 2
+    mask = labels > 0
+    cuda = torch.device("cuda")
+    results = []
+    for device in ("cpu", cuda):
+        lab, m = labels.to(device), mask.to(device)
+        warped = random_deformation(lab, generator=gen(1))
+        chi = hybrid_chi(warped, chi_ranges_ppm={1: (-0.05, 0.05), 2: (0.1, 0.2)}, generator=gen(2))
+        chi = chi + random_shapes((32, 32, 32), generator=gen(3), count=5, mask=m)
+        chi, lesions = add_lesions(chi, m, kind="haemorrhage", count=2, generator=gen(4))
+        chi = add_veins(chi, m, count=3, generator=gen(5))
+        chi = rotate_volume(chi, random_rotation(gen(6)))
+        outside = external_sources((32, 32, 32), m, generator=gen(7), count=10)
+        results.append([warped, chi, lesions, outside, shim_field((32, 32, 32), generator=gen(8), device=device)])
+    for a, b in zip(*results):
+        assert b.device.type == "cuda"
+        assert torch.allclose(a.double(), b.cpu().double(), atol=1e-5)
