@@ -17,7 +17,6 @@ References
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
