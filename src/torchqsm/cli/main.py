@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from .. import __version__
 from ..errors import TorchQSMError
 from .commands import run_invert, run_methods, run_score
+from .run import add_run_parser
 
 __all__ = ["main", "build_parser"]
 
@@ -59,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--labels", metavar="LABELS", help="integer label NIfTI for ROI statistics")
     score.add_argument("--json", action="store_true", help="print JSON")
     score.set_defaults(handler=run_score)
+
+    add_run_parser(commands)
     return parser
 
 

@@ -6,7 +6,18 @@ naming the file); :func:`save_nifti` and :func:`write_sidecar` write outputs
 atomically and never replace a file unless asked to.
 """
 
+from torchqsm.io.bids import (
+    BIDS_VERSION,
+    DERIVATIVE_SUFFIXES,
+    GRE_SUFFIXES,
+    GreRun,
+    derivative_path,
+    discover_gre,
+    write_dataset_description,
+)
+from torchqsm.io.gre import GreData, load_gre
 from torchqsm.io.nifti import Volume, check_same_grid, load_mask, load_nifti
+from torchqsm.io.qc import qc_figure
 from torchqsm.io.save import save_nifti
 from torchqsm.io.sidecar import (
     json_safe,
@@ -27,4 +38,14 @@ __all__ = [
     "sidecar_path_for",
     "json_safe",
     "sha256_of_file",
+    "GreData",
+    "load_gre",
+    "GreRun",
+    "discover_gre",
+    "derivative_path",
+    "write_dataset_description",
+    "DERIVATIVE_SUFFIXES",
+    "GRE_SUFFIXES",
+    "BIDS_VERSION",
+    "qc_figure",
 ]
