@@ -16,6 +16,7 @@ import torch
 
 from ...errors import InputError, ParameterError
 from ...physics import DipoleOp, padding_for
+from ...physics.kernels import KernelForm
 from ...solvers import StatusCallback, cg
 from ._common import BackgroundResult, check_iterations, prepare
 
@@ -63,7 +64,8 @@ def pdf(
     magnitude: torch.Tensor | None = None,
     pad: int | Sequence[int] = 16,
     max_iterations: int = 100,
-    tolerance: float = 1e-3,
+    tolerance: float = 1e-4,
+    form: KernelForm = "kspace",
     callback: StatusCallback | None = None,
 ) -> BackgroundResult:
     r"""Projection onto dipole fields.
@@ -97,6 +99,9 @@ def pdf(
         on which background sources are fitted.
     max_iterations, tolerance
         Of CG (relative residual of the normal equations).
+    form
+        Dipole kernel of the fit: ``"kspace"`` (sampled continuous kernel) or
+        ``"image"`` (voxel-integrated); see :func:`~torchqsm.physics.dipole_kernel`.
     callback
         Receives a :class:`~torchqsm.solvers.SolverStatus` per CG iteration
         (``solution`` is :math:`\chi_b` on the padded grid).
@@ -134,8 +139,10 @@ def pdf(
     if not bool(outside.any()):
         raise InputError("the mask fills the whole padded grid: there is no room for background sources; "
                          "use pad > 0")
+    if form not in ("kspace", "image"):
+        raise ParameterError(f"form must be 'kspace' or 'image', got {form!r}")
     dipole = DipoleOp(padding.padded_shape, voxel_size_mm=field.voxel_size_mm, b0_dir=field.b0_dir,
-                      dtype=dtype, device=device)
+                      form=form, dtype=dtype, device=device)
 
     def normal(chi: torch.Tensor) -> torch.Tensor:
         return outside * dipole(weights2 * dipole(outside * chi))
