@@ -15,6 +15,7 @@ methods do not depend on the B0 direction.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -116,9 +117,10 @@ def sharp(
     return field.result(_deconvolve(high_pass, smv, t), eroded)
 
 
-def _default_radii(voxel_size_mm: tuple[float, float, float]) -> list[float]:
-    # 12 mm down to 1 mm in 1 mm steps, keeping radii that reach at least one neighbour voxel.
-    return [float(r) for r in range(12, 0, -1) if r >= min(voxel_size_mm)]
+def _default_radii(shape: tuple[int, int, int], voxel_size_mm: tuple[float, float, float]) -> list[float]:
+    # 12 mm down to 1 mm in 1 mm steps, keeping radii that reach a neighbour voxel and fit the grid.
+    return [float(r) for r in range(12, 0, -1)
+            if r >= min(voxel_size_mm) and all(2 * math.floor(r / h + 1e-9) + 1 <= n for h, n in zip(voxel_size_mm, shape))]
 
 
 def vsharp(
@@ -152,7 +154,8 @@ def vsharp(
     radii_mm
         Ball radii (mm), any order (sorted largest first here). Radii giving the
         same voxel ball as a larger one are skipped. Default: 12, 11, …, 1 mm,
-        keeping those not smaller than the smallest voxel dimension.
+        keeping those not smaller than the smallest voxel dimension and whose
+        ball fits in the grid.
     threshold
         TSVD threshold on :math:`|1 - S_{r_1}(\mathbf k)|`, in (0, 1).
 
@@ -180,7 +183,7 @@ def vsharp(
     field = prepare(total_field_ppm, mask, voxel_size_mm=voxel_size_mm, b0_dir=b0_dir)
     t = _check_threshold(threshold)
     if radii_mm is None:
-        radii = _default_radii(field.voxel_size_mm)
+        radii = _default_radii(field.shape, field.voxel_size_mm)
     else:
         try:
             radii = [check_positive("radii_mm", r) for r in radii_mm]
