@@ -53,7 +53,7 @@ def add_run_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentPar
     steps.add_argument("--mask-method", choices=("otsu", "threshold", "quality"), help="masking method")
     steps.add_argument("--erode", type=int, metavar="VOXELS", help="erode the brain mask by this many voxels")
     steps.add_argument("--unwrap", choices=("laplacian", "region_growing"), help="phase unwrapping method")
-    steps.add_argument("--combine", choices=("weighted_fit", "per_echo"), help="echo combination")
+    steps.add_argument("--combine", choices=("phase_difference", "weighted_fit", "per_echo"), help="echo combination")
     steps.add_argument("--background", help=f"background removal: {', '.join(sorted(BACKGROUND_METHODS))}")
     steps.add_argument("--background-param", action="append", default=[], metavar="KEY=VALUE",
                        help="a background-removal parameter (repeatable)")

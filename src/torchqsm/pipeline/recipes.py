@@ -28,7 +28,7 @@ __all__ = ["Recipe", "RECIPES", "get_recipe", "with_overrides", "MaskMethod", "U
 
 MaskMethod = Literal["otsu", "threshold", "quality"]
 UnwrapMethod = Literal["laplacian", "region_growing"]
-CombineMethod = Literal["weighted_fit", "per_echo"]
+CombineMethod = Literal["phase_difference", "weighted_fit", "per_echo"]
 ReferenceMethod = Literal["mean", "none"]
 
 
@@ -55,7 +55,9 @@ class Recipe:
         ``laplacian`` (FFT, via LoT; smooth, not exact 2π multiples) or
         ``region_growing`` (quality-guided, exact 2π multiples, temporal across echoes).
     combine
-        ``weighted_fit`` (magnitude- and TE-weighted fit of phase against TE with the receive
+        ``phase_difference`` (consecutive echoes' phase differences are unwrapped and fitted:
+        no receive offset, gradients scaled by ΔTE rather than TE, so late echoes alias less),
+        ``weighted_fit`` (magnitude-weighted fit of unwrapped phase against TE with the receive
         offset removed) or ``per_echo`` (each echo's field through background removal, then a
         TE-weighted average of the local fields).
     background, background_params
@@ -83,7 +85,7 @@ class Recipe:
         object.__setattr__(self, "inversion_params", _frozen(self.inversion_params))
         _check_choice("mask", self.mask, ("otsu", "threshold", "quality"))
         _check_choice("unwrap", self.unwrap, ("laplacian", "region_growing"))
-        _check_choice("combine", self.combine, ("weighted_fit", "per_echo"))
+        _check_choice("combine", self.combine, ("phase_difference", "weighted_fit", "per_echo"))
         _check_choice("reference", self.reference, ("mean", "none"))
         if not isinstance(self.mask_erode_voxels, int) or self.mask_erode_voxels < 0:
             raise ParameterError(f"mask erosion must be a non-negative number of voxels, got {self.mask_erode_voxels!r}")
@@ -105,13 +107,13 @@ def _check_choice(step: str, value: str, choices: tuple[str, ...]) -> None:
 RECIPES: Mapping[str, Recipe] = MappingProxyType({
     "fast": Recipe(
         name="fast",
-        description="Otsu mask, Laplacian unwrapping, weighted echo fit, V-SHARP, gradient Tikhonov",
-        mask="otsu", unwrap="laplacian", combine="weighted_fit",
+        description="Otsu mask, Laplacian unwrapping of echo differences, V-SHARP, gradient Tikhonov",
+        mask="otsu", unwrap="laplacian", combine="phase_difference",
         background="vsharp", inversion="tikhonov", inversion_params={"regularizer": "gradient"},
     ),
     "accurate": Recipe(
         name="accurate",
-        description="Otsu mask, quality-guided region growing (temporal across echoes), weighted echo fit, "
+        description="Otsu mask, quality-guided region growing of every echo, weighted echo fit, "
                     "PDF, total variation (FANSI)",
         mask="otsu", unwrap="region_growing", combine="weighted_fit",
         background="pdf", inversion="tv",

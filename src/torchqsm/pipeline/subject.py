@@ -18,11 +18,11 @@ import torch
 from ..errors import InputError, ParameterError
 from ..physics.units import hz_per_ppm
 from ..preprocess.background import BACKGROUND_METHODS
-from ..preprocess.echoes import combine_echoes, per_echo_frequencies
+from ..preprocess.echoes import combine_differences, combine_echoes, echo_differences, per_echo_frequencies
 from ..preprocess.masking import erode_mask, magnitude_mask, quality_mask
 from ..preprocess.phase import rescale_phase
 from ..preprocess.referencing import reference
-from ..preprocess.unwrap import laplacian_unwrap, romeo_quality, unwrap_echoes, voxel_quality
+from ..preprocess.unwrap import laplacian_unwrap, region_growing_unwrap, romeo_quality, unwrap_echoes, voxel_quality
 from .recipes import Recipe
 from .registry import get_method, invert
 
@@ -169,12 +169,25 @@ def process_gre(
         if recipe.mask_erode_voxels:
             brain = erode_mask(brain, voxels=recipe.mask_erode_voxels)
 
-    with steps.step("unwrap", recipe.unwrap):
+    combine = recipe.combine
+    if combine == "phase_difference" and wrapped.shape[0] < 2:
+        combine = "weighted_fit"  # one echo: nothing to difference; the fit is then φ/TE
+        steps.note("one echo: phase_difference falls back to the single-echo fit (no offset removal)")
+    to_unwrap = wrapped
+    if combine == "phase_difference":
+        differences = echo_differences(wrapped, echo_times_s=echo_times, magnitude=magnitude)
+        to_unwrap = differences.phase_rad
+    with steps.step("unwrap", recipe.unwrap + (", echo differences" if combine == "phase_difference" else "")):
         if recipe.unwrap == "laplacian":
-            unwrapped = laplacian_unwrap(wrapped, voxel_size_mm=voxel_size_mm, mask=brain)
+            unwrapped = laplacian_unwrap(to_unwrap, voxel_size_mm=voxel_size_mm, mask=brain)
+        elif combine == "phase_difference":
+            unwrapped = torch.stack([region_growing_unwrap(d, magnitude=combined_magnitude, mask=brain).phase_rad
+                                     for d in to_unwrap])
         else:
+            # Each echo unwrapped spatially, then per-echo global 2π fixed: the temporal template
+            # (φ1·TE_e/TE_1) fails where the receive offset exceeds ±π/(TE_2/TE_1 - 1).
             unwrapped = unwrap_echoes(wrapped, echo_times_s=echo_times, magnitude=magnitude, mask=brain,
-                                      method="region_growing")
+                                      method="region_growing", mode="individual", voxel_size_mm=voxel_size_mm)
 
     ppm_per_rad_per_s = 1.0 / (2 * math.pi * hz_per_ppm(b0_tesla))
     background = BACKGROUND_METHODS.get(recipe.background)
@@ -182,10 +195,15 @@ def process_gre(
         raise ParameterError(f"unknown background method '{recipe.background}'; choose one of "
                              f"{', '.join(sorted(BACKGROUND_METHODS))}")
     bg_params = dict(recipe.background_params)
-    if recipe.combine == "weighted_fit":
-        with steps.step("echo combination", "weighted fit"):
-            fit = combine_echoes(unwrapped, echo_times_s=echo_times, magnitude=magnitude, mask=brain)
-            total = fit.frequency_rad_per_s * ppm_per_rad_per_s * brain
+    if combine in ("weighted_fit", "phase_difference"):
+        with steps.step("echo combination", combine.replace("_", " ")):
+            if combine == "phase_difference":
+                frequency = combine_differences(unwrapped, delta_te_s=differences.delta_te_s,
+                                                weights=differences.weights)
+            else:
+                frequency = combine_echoes(unwrapped, echo_times_s=echo_times, magnitude=magnitude,
+                                           mask=brain).frequency_rad_per_s
+            total = frequency * ppm_per_rad_per_s * brain
         with steps.step("background removal", recipe.background):
             removed = background(total, brain, voxel_size_mm=voxel_size_mm, b0_dir=b0_dir, **bg_params)
             local, local_mask = removed.local_field_ppm, removed.mask
