@@ -356,8 +356,8 @@ def echo_differences(
     >>> import torch
     >>> phase = torch.tensor([0.5, 2.5, 4.5]).reshape(3, 1, 1, 1)   # ω = 200 rad/s, φ0 = -0.5
     >>> d = echo_differences(phase, echo_times_s=[0.005, 0.015, 0.025])
-    >>> [round(v, 3) for v in d.phase_rad.flatten().tolist()], d.delta_te_s
-    ([2.0, 2.0], (0.01, 0.01))
+    >>> [round(v, 3) for v in d.phase_rad.flatten().tolist()], [round(t, 6) for t in d.delta_te_s]
+    ([2.0, 2.0], [0.01, 0.01])
     """
     phase = _as_real(phase_rad, "phase_rad")
     if phase.ndim != 4 or phase.shape[0] < 2:
