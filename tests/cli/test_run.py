@@ -69,7 +69,7 @@ def test_file_form_writes_every_output(gre_files, tmp_path, capsys):
     assert "4096" in record["PhaseScaling"]
     assert set(record["TimingsSeconds"]) >= {"mask", "unwrap", "background removal", "dipole inversion"}
     err = capsys.readouterr().err
-    assert "unwrap (laplacian)" in err and "rescaled" in err.lower()
+    assert "unwrap (laplacian, echo differences)" in err and "rescaled" in err.lower()
     chi = nib.load(out / "phase_Chimap.nii.gz")
     assert chi.shape == SHAPE and np.isfinite(chi.get_fdata()).all()
 
