@@ -76,7 +76,9 @@ def test_local_field_is_the_dipole_field_of_the_target():
     sample = _stream(config, seed=1, volumes=1)[0]
     dipole = DipoleOp((32, 32, 32), voxel_size_mm=(1, 1, 1), b0_dir=sample["b0_dir"].tolist(), pad=8)
     assert sample["b0_dir"][2] < 0.999  # tilted
-    assert torch.allclose(sample["input"], dipole(sample["target"]), atol=1e-6)
+    inside = sample["mask"] > 0
+    assert torch.allclose(sample["input"][inside], dipole(sample["target"])[inside], atol=1e-6)
+    assert torch.all(sample["input"][~inside] == 0)
     assert float(sample["target"].abs().max()) > 0.05
 
 
@@ -90,8 +92,10 @@ def test_total_field_is_local_plus_background():
     assert torch.allclose(plain["input"][inside], plain["target"][inside], atol=1e-6)
     shimmed = _stream(SimulationConfig(external_sources=0, shim_amplitude_ppm=1.0, **base), seed=2, volumes=1)[0]
     shim = (shimmed["input"] - plain["input"])[0].double()
-    assert 0.3 < float(shim.abs().max()) <= 1.0 + 1e-5
-    assert float(torch.diff(shim, n=3, dim=0).abs().max()) < 1e-4
+    assert 0.2 < float(shim.abs().max()) <= 1.0 + 1e-5
+    m = inside[0]
+    runs = m[:-3] & m[1:-2] & m[2:-1] & m[3:]  # four consecutive voxels in the mask along axis 0
+    assert float(torch.diff(shim, n=3, dim=0)[runs].abs().max()) < 1e-4
     full = _stream(SimulationConfig(shim_amplitude_ppm=0.0, **base), seed=2, volumes=1)[0]
     assert float((full["input"] - full["target"])[inside].abs().max()) > 0.1  # ppm, a background to remove
     assert torch.equal(full["target"], plain["target"])

@@ -12,8 +12,8 @@ Tasks (``SimulationConfig.task``) and the tensors of one sample (channels first)
 =================  ======================================  ============================
 task               ``input``                               ``target``
 =================  ======================================  ============================
-``local_to_chi``   local field (1, X, Y, Z), ppm           χ (1, X, Y, Z), ppm
-``total_to_local`` total field (1, X, Y, Z), ppm           local field (1, X, Y, Z), ppm
+``local_to_chi``   local field (1, X, Y, Z), ppm, in mask  χ (1, X, Y, Z), ppm
+``total_to_local`` total field (1, X, Y, Z), ppm, in mask  local field (1, X, Y, Z), ppm, in mask
 ``phase_to_chi``   wrapped phase (E, X, Y, Z), rad         χ (1, X, Y, Z), ppm
 =================  ======================================  ============================
 
@@ -327,13 +327,14 @@ def _sample(config: SimulationConfig, volume: SimulatedVolume, corner, size, see
         sample.update(input=signal.angle(), magnitude=signal.abs(), target=_crop(volume.chi_ppm[None], corner, size),
                       echo_times_s=torch.tensor(config.echo_times_s), b0_tesla=torch.tensor(volume.b0_tesla))
         return sample
+    # Fields are known only inside the brain (after masking and, for the local field, background removal).
     source, target = ((volume.local_field_ppm, volume.chi_ppm) if config.task == "local_to_chi"
                       else (volume.total_field_ppm, volume.local_field_ppm * volume.mask))
     field = _crop(source[None], corner, size)
     sigma = _uniform(generator, *config.local_noise_ppm)
     if sigma > 0:
         field = field + sigma * torch.randn(field.shape, generator=generator)
-    sample.update(input=field, target=_crop(target[None], corner, size))
+    sample.update(input=field * mask, target=_crop(target[None], corner, size))
     return sample
 
 
