@@ -20,7 +20,7 @@ import torch
 from ...errors import InputError, ParameterError
 from ...physics import normalize_b0_dir
 
-__all__ = ["BackgroundResult", "Field", "prepare", "check_positive", "check_iterations", "SMV"]
+__all__ = ["BackgroundResult", "Field", "prepare", "check_positive", "check_iterations", "SMV", "ball_reach"]
 
 _DIMS = (-3, -2, -1)
 Vector3 = Sequence[float]
@@ -122,6 +122,11 @@ def _tensor(value, name: str) -> torch.Tensor:
         raise InputError(f"{name} is not an array: {error}") from None
 
 
+def ball_reach(radius_mm: float, voxel_size_mm: Vector3) -> tuple[int, int, int]:
+    """Half-widths (voxels) of the bounding box of the ball of ``radius_mm`` along each axis."""
+    return tuple(int(math.floor(radius_mm / h + 1e-9)) for h in voxel_size_mm)  # type: ignore[return-value]
+
+
 class SMV:
     """Spherical-mean-value convolution of one radius on one grid.
 
@@ -141,7 +146,7 @@ class SMV:
                  dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> None:
         self.shape = tuple(int(n) for n in shape)
         self.radius_mm = check_positive("radius_mm", radius_mm)
-        reach = [int(math.floor(self.radius_mm / h + 1e-9)) for h in voxel_size_mm]
+        reach = ball_reach(self.radius_mm, voxel_size_mm)
         if all(r == 0 for r in reach):
             raise ParameterError(f"radius_mm={radius_mm} is smaller than every voxel dimension "
                                  f"{tuple(voxel_size_mm)}: the sphere holds only its centre voxel")
@@ -150,14 +155,16 @@ class SMV:
                                  f"larger than the grid {self.shape}")
         #: Half-widths (voxels) of the ball's bounding box along each axis.
         self.reach = tuple(reach)
-        # Signed voxel offsets in FFT order (0, 1, ..., -1), scaled to mm.
-        coords = [torch.fft.fftfreq(n, d=1.0 / n, dtype=torch.float64, device=device) * h
-                  for n, h in zip(self.shape, voxel_size_mm)]
-        inside = ((coords[0][:, None, None] ** 2 + coords[1][None, :, None] ** 2 + coords[2][None, None, :] ** 2)
+        # The ball on its small bounding box (offsets in mm), then wrapped into FFT order on the grid.
+        offsets = [torch.arange(-r, r + 1, dtype=torch.float64, device=device) * h
+                   for r, h in zip(reach, voxel_size_mm)]
+        inside = ((offsets[0][:, None, None] ** 2 + offsets[1][None, :, None] ** 2 + offsets[2][None, None, :] ** 2)
                   <= self.radius_mm**2 * (1 + 1e-9))
         #: Number of voxels in the ball.
         self.count = int(inside.sum())
-        kernel = inside.to(dtype) / self.count
+        kernel = torch.zeros(self.shape, dtype=dtype, device=device)
+        kernel[tuple(slice(0, 2 * r + 1) for r in reach)] = inside.to(dtype) / self.count
+        kernel = torch.roll(kernel, shifts=tuple(-r for r in reach), dims=_DIMS)
         # The ball is even (n -> -n), so its spectrum is real.
         self.symbol = torch.fft.rfftn(kernel, dim=_DIMS).real.contiguous()
 
@@ -176,7 +183,10 @@ class SMV:
 
     def erode_spectrum(self, mask_spectrum: torch.Tensor) -> torch.Tensor:
         """The voxels whose whole ball lies in the mask and in the grid, from the mask's spectrum."""
-        mean = self.apply_spectrum(mask_spectrum)
+        return self.eroded_from_mean(self.apply_spectrum(mask_spectrum))
+
+    def eroded_from_mean(self, mean: torch.Tensor) -> torch.Tensor:
+        """:meth:`erode_spectrum` from the mask's spherical mean."""
         # A ball with one voxel outside has mean <= 1 - 1/count; half that gap absorbs FFT rounding.
         eroded = mean > 1.0 - 0.5 / self.count
         # Balls that cross the grid edge would wrap around in the periodic convolution.

@@ -15,14 +15,13 @@ methods do not depend on the B0 direction.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
 
 from ...errors import InputError, ParameterError
 from ...solvers import StatusCallback, cg
-from ._common import SMV, BackgroundResult, Field, check_iterations, check_positive, prepare
+from ._common import SMV, BackgroundResult, Field, ball_reach, check_iterations, check_positive, prepare
 
 __all__ = ["sharp", "vsharp", "resharp"]
 
@@ -120,7 +119,7 @@ def sharp(
 def _default_radii(shape: tuple[int, int, int], voxel_size_mm: tuple[float, float, float]) -> list[float]:
     # 12 mm down to 1 mm in 1 mm steps, keeping radii that reach a neighbour voxel and fit the grid.
     return [float(r) for r in range(12, 0, -1)
-            if r >= min(voxel_size_mm) and all(2 * math.floor(r / h + 1e-9) + 1 <= n for h, n in zip(voxel_size_mm, shape))]
+            if r >= min(voxel_size_mm) and all(2 * q + 1 <= n for q, n in zip(ball_reach(r, voxel_size_mm), shape))]
 
 
 def vsharp(
@@ -192,27 +191,51 @@ def vsharp(
     if not radii:
         raise ParameterError("radii_mm is empty (or no default radius reaches a neighbouring voxel)")
     dtype, device = field.field.dtype, field.field.device
-    field_spectrum = torch.fft.rfftn(field.field, dim=_DIMS)
-    mask_spectrum = torch.fft.rfftn(field.mask.to(dtype), dim=_DIMS)
-    composite = torch.zeros_like(field.field)
-    assigned = torch.zeros_like(field.mask)
-    largest = None
+    radii = sorted(set(radii), reverse=True)
+    largest = SMV(field.shape, radii[0], voxel_size_mm=field.voxel_size_mm, dtype=dtype, device=device)
+    # The high-pass fields are only needed on eroded voxels, whose balls lie in the mask: work on
+    # the mask's bounding box (exact there, and cheaper FFTs); deconvolve on the whole grid.
+    box = _bounding_box(field.mask)
+    values, inside = field.field[box], field.mask[box]
+    crop = tuple(values.shape)
+    field_spectrum = torch.fft.rfftn(values, dim=_DIMS)
+    mask_spectrum = torch.fft.rfftn(inside.to(dtype), dim=_DIMS)
+    composite = torch.zeros_like(values)
+    assigned = torch.zeros_like(inside)
     previous_count = None
-    for radius in sorted(set(radii), reverse=True):
-        smv = SMV(field.shape, radius, voxel_size_mm=field.voxel_size_mm, dtype=dtype, device=device)
+    for radius in radii:
+        reach = ball_reach(radius, field.voxel_size_mm)
+        if any(2 * r + 1 > n for r, n in zip(reach, crop)):
+            continue  # the ball does not fit in the mask's bounding box: nothing survives erosion
+        smv = SMV(crop, radius, voxel_size_mm=field.voxel_size_mm, dtype=dtype, device=device)
         if smv.count == previous_count:  # the same voxel ball as the larger radius before
             continue
         previous_count = smv.count
-        largest = smv if largest is None else largest
-        eroded = smv.erode_spectrum(mask_spectrum)
+        # One batched inverse FFT for the spherical means of the field and of the mask.
+        means = smv.apply_spectrum(torch.stack([field_spectrum, mask_spectrum]))
+        eroded = smv.eroded_from_mean(means[1])
         new = eroded & ~assigned
         if bool(new.any()):
-            composite = torch.where(new, field.field - smv.apply_spectrum(field_spectrum), composite)
+            composite = torch.where(new, values - means[0], composite)
             assigned |= eroded
     if not bool(assigned.any()):
-        raise InputError(f"the mask is empty after erosion by the smallest sphere ({min(radii):g} mm); "
+        raise InputError(f"the mask is empty after erosion by the smallest sphere ({radii[-1]:g} mm); "
                          "use smaller radii or a larger mask")
-    return field.result(_deconvolve(composite, largest, t), assigned)
+    composite_full = torch.zeros_like(field.field)
+    composite_full[box] = composite
+    mask_full = torch.zeros_like(field.mask)
+    mask_full[box] = assigned
+    return field.result(_deconvolve(composite_full, largest, t), mask_full)
+
+
+def _bounding_box(mask: torch.Tensor) -> tuple[slice, slice, slice]:
+    """Slices of the smallest box holding every voxel of a non-empty mask."""
+    boxes = []
+    for axis in range(3):
+        others = tuple(a for a in range(3) if a != axis)
+        where = torch.nonzero(mask.any(dim=others)).flatten()
+        boxes.append(slice(int(where[0]), int(where[-1]) + 1))
+    return tuple(boxes)  # type: ignore[return-value]
 
 
 def resharp(
