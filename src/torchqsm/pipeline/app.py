@@ -210,7 +210,8 @@ def run_bids(
         of ``workers`` single-threaded processes (default: one per subject, at most one per
         CPU core), torch threads shared out between them.
     workers
-        Local worker processes (ignored with ``scheduler``).
+        Local worker processes (ignored with ``scheduler``). With one pending job, or
+        ``workers=1`` and no scheduler, jobs run in this process, one after another.
     """
     from dask.distributed import Client, LocalCluster, as_completed
     from tqdm.auto import tqdm
@@ -227,11 +228,19 @@ def run_bids(
             log(f"[{outcome.key}] skipped: already finished")
     if not pending:
         return outcomes
+    if scheduler is None and (len(pending) == 1 or workers == 1):
+        # Nothing to run side by side: skip starting a cluster (seconds) and run here.
+        for job in pending:
+            outcome = _safe_job(job, None, quiet)
+            outcomes.append(outcome)
+            if log is not None and outcome.status == "failed":
+                log(f"[{outcome.key}] FAILED: {outcome.message}")
+        return outcomes
     cores = os.cpu_count() or 1
     if scheduler is None:
         count = workers or max(1, min(len(pending), cores))
         threads = max(1, cores // count)
-        cluster = LocalCluster(n_workers=count, threads_per_worker=1, processes=True, dashboard_address=None)
+        cluster = LocalCluster(n_workers=count, threads_per_worker=1, processes=True, dashboard_address=":0")
         client = Client(cluster)
     else:
         cluster, threads = None, None

@@ -114,9 +114,9 @@ RECIPES: Mapping[str, Recipe] = MappingProxyType({
     "accurate": Recipe(
         name="accurate",
         description="Otsu mask, quality-guided region growing of every echo, weighted echo fit, "
-                    "PDF, total variation (FANSI)",
+                    "iSMV, total variation (FANSI)",
         mask="otsu", unwrap="region_growing", combine="weighted_fit",
-        background="pdf", inversion="tv",
+        background="ismv", inversion="tv",
     ),
 })
 
