@@ -1,6 +1,32 @@
-"""Simulation: phantoms and the forward model (more arrives with the simulation engine)."""
+"""Simulation: χ models (phantoms, atlas head, hybrid brains, shapes, lesions), background fields, GRE signal.
 
+The same physics as the pipeline, run backwards (χ → field → phase → signal) to
+make training and evaluation data:
+
+* :mod:`~torchqsm.simulate.phantoms`: analytic spheres, ellipsoids, cylinders;
+* :mod:`~torchqsm.simulate.anatomy`: the atlas-based head model with literature χ;
+* :mod:`~torchqsm.simulate.hybrid`, :mod:`~torchqsm.simulate.shapes`,
+  :mod:`~torchqsm.simulate.lesions`, :mod:`~torchqsm.simulate.augment`: random anatomy;
+* :mod:`~torchqsm.simulate.background`: external sources and shim residuals;
+* :mod:`~torchqsm.simulate.forward`, :mod:`~torchqsm.simulate.signal`,
+  :mod:`~torchqsm.simulate.orientation`: field, multi-echo signal, B0 directions;
+* :mod:`~torchqsm.simulate.dataset`: on-the-fly training pairs.
+"""
+
+from .anatomy import TISSUES, HeadModel, Tissue, load_head_model, sample_tissue_chi, tissue, tissue_parameters
+from .augment import random_rotation, random_scale, rotate_volume, rotation_matrix, scale_susceptibility
+from .background import background_field, external_sources, shim_field
 from .forward import add_noise, forward_field
+from .hybrid import hybrid_chi, random_deformation
+from .lesions import LESION_KINDS, LesionKind, add_lesions, add_veins
 from .phantoms import cylinder, ellipsoid, shapes_phantom, sphere
+from .shapes import random_shapes
 
-__all__ = ["sphere", "ellipsoid", "cylinder", "shapes_phantom", "forward_field", "add_noise"]
+__all__ = [
+    "sphere", "ellipsoid", "cylinder", "shapes_phantom", "forward_field", "add_noise",
+    "TISSUES", "Tissue", "tissue", "HeadModel", "load_head_model", "sample_tissue_chi", "tissue_parameters",
+    "random_deformation", "hybrid_chi", "random_shapes",
+    "LESION_KINDS", "LesionKind", "add_lesions", "add_veins",
+    "external_sources", "background_field", "shim_field",
+    "scale_susceptibility", "random_scale", "rotate_volume", "random_rotation", "rotation_matrix",
+]
