@@ -176,3 +176,20 @@ def test_bids_form_one_failure_does_not_stop_the_others_and_rerun_skips(tmp_path
     assert description["DatasetType"] == "derivative"
     assert _run(bids, out, "--participant-label", "01", "03", "--quiet") == 0
     assert "0 finished, 2 skipped, 0 failed" in capsys.readouterr().err
+
+
+def test_reference_region_sets_its_mean_to_zero(gre_files, tmp_path):
+    mag, phase, mask = gre_files
+    region = np.zeros(SHAPE, dtype=np.float32)
+    region[12:20, 12:20, 12:20] = 1
+    region_file = _save(tmp_path / "csf.nii.gz", region)
+    out = tmp_path / "out"
+    assert _run("--mag", mag, "--phase", phase, "--echo-times", *ECHO_TIMES, "--b0-tesla", 3, "-o", out,
+                "--reference-mask", region_file, "--quiet", "--no-qc") == 0
+    chi = nib.load(out / "phase_Chimap.nii.gz").get_fdata()
+    eroded = nib.load(out / "phase_desc-eroded_mask.nii.gz").get_fdata() > 0
+    inside = (region > 0) & eroded
+    assert abs(chi[inside].mean()) < 1e-6
+    assert abs(chi[eroded].mean()) > 1e-4  # the mask mean is no longer the zero
+    record = json.loads((out / "phase_Chimap.json").read_text())
+    assert record["Parameters"]["reference"] == "region" and "reference_mask" in record["Inputs"]

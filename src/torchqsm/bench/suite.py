@@ -327,7 +327,12 @@ def build_suite(
             continue
         if progress is not None:
             progress(case)
-        records.append(_write_case(out, case, _simulate_case(case, subject, int(seed), index), overwrite=overwrite))
+        record = _write_case(out, case, _simulate_case(case, subject, int(seed), index), overwrite=overwrite)
+        record["seeds"] = {"subject": derive_seed("eval", seed, 0), "tissue_parameters": derive_seed("eval", seed, 2),
+                           "noise": derive_seed("eval", seed, 3, index)}
+        if case.pathology != "healthy":
+            record["seeds"]["lesions"] = derive_seed("eval", seed, 1, ("haemorrhage", "calcification").index(case.pathology))
+        records.append(record)
     index = {"name": "torchqsm evaluation suite", "version": SUITE_VERSION, "small": small, "seed": int(seed),
              "seed_salt": "eval", "torchqsm_version": __version__, "pad_mm": PAD_MM,
              "baseline": "3 T, B0 along voxel axis 3, peak SNR 100, 1 mm isotropic (2 mm if small), healthy",

@@ -36,6 +36,8 @@ def add_run_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentPar
     inputs.add_argument("--phase", nargs="+", metavar="PHASE", help="phase NIfTI, any scaling, same layout as --mag")
     inputs.add_argument("-o", "--output-dir", metavar="OUT_DIR", help="output folder (file form)")
     inputs.add_argument("--mask", metavar="MASK", help="brain mask NIfTI replacing the masking step")
+    inputs.add_argument("--reference-mask", metavar="MASK",
+                        help="region (e.g. CSF) whose mean χ becomes zero; implies --reference region")
     inputs.add_argument("--echo-times", type=float, nargs="+", metavar="TE",
                         help="echo times in seconds (default: EchoTime of the JSON sidecars)")
     inputs.add_argument("--b0-tesla", type=float, metavar="T",
@@ -60,7 +62,8 @@ def add_run_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentPar
     steps.add_argument("--inversion", help="dipole inversion method (see `torchqsm methods`)")
     steps.add_argument("--inversion-param", action="append", default=[], metavar="KEY=VALUE",
                        help="a dipole-inversion parameter (repeatable), e.g. max_iterations=50")
-    steps.add_argument("--reference", choices=("mean", "none"), help="χ referencing")
+    steps.add_argument("--reference", choices=("mean", "region", "none"),
+                       help="χ referencing: mask mean (default), a region's mean (--reference-mask), none")
     other = run.add_argument_group("other")
     other.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     other.add_argument("--overwrite", action="store_true", help="replace existing outputs (and rerun finished subjects)")
@@ -96,7 +99,8 @@ def build_recipe(args: argparse.Namespace):
         raise ParameterError(f"'{inversion.name}' needs several head orientations and cannot run in the pipeline")
     return with_overrides(
         recipe, mask=args.mask_method, mask_erode_voxels=args.erode, unwrap=args.unwrap, combine=args.combine,
-        background=args.background, inversion=args.inversion, reference=args.reference,
+        background=args.background, inversion=args.inversion,
+        reference=args.reference or ("region" if args.reference_mask else None),
         background_params=_params(describe(background, BACKGROUND_METHODS[background]), args.background_param,
                                   "--background-param") or None,
         inversion_params=_params(inversion, args.inversion_param, "--inversion-param") or None)
@@ -143,13 +147,13 @@ def run_pipeline(args: argparse.Namespace) -> int:
             raise InputError(f"{len(args.mag)} magnitude file(s) but {len(args.phase)} phase file(s)",
                              source=args.phase[0])
         run_files(args.mag, args.phase, args.output_dir, recipe=recipe, echo_times_s=args.echo_times,
-                  b0_tesla=args.b0_tesla, mask=args.mask, phase_sign=args.phase_sign, device=device,
+                  b0_tesla=args.b0_tesla, mask=args.mask, reference_mask=args.reference_mask, phase_sign=args.phase_sign, device=device,
                   overwrite=args.overwrite, qc=not args.no_qc, log=log)
         return 0
     if len(args.bids) != 2:
         raise ParameterError("give BIDS_DIR OUT_DIR, or --mag/--phase/-o for files")
-    if args.mask:
-        raise ParameterError("--mask is for the file form; a BIDS run makes its own masks")
+    if args.mask or args.reference_mask:
+        raise ParameterError("--mask and --reference-mask are for the file form; a BIDS run makes its own masks")
     bids_dir, out_dir = args.bids
     jobs = plan_bids_jobs(bids_dir, out_dir, recipe=recipe, participant_labels=args.participant_label,
                           sessions=args.session, echo_times_s=args.echo_times, b0_tesla=args.b0_tesla,

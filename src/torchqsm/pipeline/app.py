@@ -53,6 +53,7 @@ class Job:
     echo_times_s: tuple[float, ...] | None = None
     b0_tesla: float | None = None
     mask_file: str | None = None
+    reference_mask_file: str | None = None
     phase_sign: int = 1
     device: str = "cpu"
     overwrite: bool = False
@@ -81,17 +82,23 @@ def run_job(job: Job, *, log: Logger | None = _stderr, threads: int | None = Non
     mask = None
     if job.mask_file is not None:
         mask = torch.from_numpy(load_mask(job.mask_file, like=gre.reference).data)
+    reference_mask = None
+    if job.reference_mask_file is not None:
+        reference_mask = torch.from_numpy(load_mask(job.reference_mask_file, like=gre.reference).data)
     prefix = f"[{job.key}] " if job.key else ""
     if log is not None:
         log(f"{prefix}{gre.magnitude.shape[0]} echo(es) {tuple(gre.magnitude.shape[1:])}, TE "
             f"{', '.join(f'{t * 1e3:g}' for t in gre.echo_times_s)} ms, {gre.b0_tesla:g} T, recipe {job.recipe.name}")
     result = process_gre(gre.magnitude, gre.phase, echo_times_s=gre.echo_times_s, b0_tesla=gre.b0_tesla,
                          voxel_size_mm=gre.voxel_size_mm, b0_dir=gre.b0_dir, recipe=job.recipe, mask=mask,
+                         reference_mask=reference_mask,
                          phase_sign=job.phase_sign, device=job.device, log=log, prefix=prefix,
                          source=str(job.phase_files[0]))
     inputs = {role: str(path) for role, path in gre.sources.items()}
     if job.mask_file:
         inputs["mask"] = job.mask_file
+    if job.reference_mask_file:
+        inputs["reference_mask"] = job.reference_mask_file
     extra = {**job.extra, "EchoTime": list(gre.echo_times_s), "MagneticFieldStrength": gre.b0_tesla,
              "B0Direction": list(gre.b0_dir), "VoxelSizeMM": list(gre.voxel_size_mm), "PhaseSign": job.phase_sign,
              "Device": job.device, "InputNotes": list(gre.notes), "ElapsedSeconds": round(time.perf_counter() - started, 3)}
@@ -137,6 +144,7 @@ def run_files(
     echo_times_s: Sequence[float] | None = None,
     b0_tesla: float | None = None,
     mask: str | None = None,
+    reference_mask: str | None = None,
     phase_sign: int = 1,
     device: str = "cpu",
     overwrite: bool = False,
@@ -156,7 +164,7 @@ def run_files(
               outputs=_output_paths(lambda suffix: out / f"{stem}_{suffix}.nii.gz"),
               qc_path=out / f"{stem}_{DERIVATIVE_SUFFIXES['qc']}.png" if qc else None, recipe=recipe,
               echo_times_s=tuple(echo_times_s) if echo_times_s else None, b0_tesla=b0_tesla, mask_file=mask,
-              phase_sign=phase_sign, device=device, overwrite=overwrite)
+              reference_mask_file=reference_mask, phase_sign=phase_sign, device=device, overwrite=overwrite)
     if not overwrite:
         existing = [p for p in [*job.outputs.values(), job.qc_path] if p is not None and p.exists()]
         if existing:

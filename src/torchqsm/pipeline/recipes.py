@@ -29,7 +29,7 @@ __all__ = ["Recipe", "RECIPES", "get_recipe", "with_overrides", "MaskMethod", "U
 MaskMethod = Literal["otsu", "threshold", "quality"]
 UnwrapMethod = Literal["laplacian", "region_growing"]
 CombineMethod = Literal["phase_difference", "weighted_fit", "per_echo"]
-ReferenceMethod = Literal["mean", "none"]
+ReferenceMethod = Literal["mean", "region", "none"]
 
 
 def _frozen(mapping: Mapping[str, Any] | None) -> Mapping[str, Any]:
@@ -65,7 +65,8 @@ class Recipe:
     inversion, inversion_params
         A name in the method registry (``torchqsm methods``) and its parameters.
     reference
-        ``mean``: subtract the mean χ over the final mask; ``none``.
+        ``mean``: subtract the mean χ over the final mask; ``region``: over a given region
+        (e.g. a CSF mask: ``--reference-mask``); ``none``.
     """
 
     name: str
@@ -86,7 +87,7 @@ class Recipe:
         _check_choice("mask", self.mask, ("otsu", "threshold", "quality"))
         _check_choice("unwrap", self.unwrap, ("laplacian", "region_growing"))
         _check_choice("combine", self.combine, ("phase_difference", "weighted_fit", "per_echo"))
-        _check_choice("reference", self.reference, ("mean", "none"))
+        _check_choice("reference", self.reference, ("mean", "region", "none"))
         if not isinstance(self.mask_erode_voxels, int) or self.mask_erode_voxels < 0:
             raise ParameterError(f"mask erosion must be a non-negative number of voxels, got {self.mask_erode_voxels!r}")
 

@@ -99,6 +99,7 @@ def process_gre(
     b0_dir: Sequence[float],
     recipe: Recipe,
     mask: torch.Tensor | None = None,
+    reference_mask: torch.Tensor | None = None,
     phase_sign: int = 1,
     device: str | torch.device = "cpu",
     log: Logger | None = None,
@@ -121,6 +122,8 @@ def process_gre(
         The steps to run (:data:`torchqsm.pipeline.recipes.RECIPES`).
     mask
         A brain mask ``(X, Y, Z)`` replacing the masking step.
+    reference_mask
+        With ``recipe.reference == "region"``: the region (e.g. CSF) whose mean χ is set to zero.
     phase_sign
         ``+1`` or ``-1``: multiply the phase by this first (scanners that store the opposite sign).
     device
@@ -231,7 +234,15 @@ def process_gre(
     with steps.step("dipole inversion", recipe.inversion):
         chi = invert(local, local_mask, recipe.inversion, voxel_size_mm=voxel_size_mm, b0_dir=b0_dir, **params)
     with steps.step("referencing", recipe.reference):
-        chi = reference(chi, local_mask, method=recipe.reference)
+        if recipe.reference == "region":
+            if reference_mask is None:
+                raise ParameterError("referencing to a region needs its mask (--reference-mask FILE)")
+            region = (reference_mask.to(device) != 0) & local_mask.bool()
+            if not bool(region.any()):
+                raise InputError("the reference region does not overlap the final mask", source=source)
+            chi = reference(chi, local_mask, method="csf", csf_mask=region)
+        else:
+            chi = reference(chi, local_mask, method=recipe.reference)
     if not bool(torch.isfinite(chi).all()):
         raise InputError(f"the inversion '{recipe.inversion}' produced non-finite values", source=source)
     cpu = torch.device("cpu")

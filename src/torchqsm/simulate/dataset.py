@@ -58,7 +58,6 @@ __all__ = ["SimulationConfig", "SimulatedQSMDataset", "SimulatedVolume", "simula
 
 Task = Literal["local_to_chi", "total_to_local", "phase_to_chi"]
 Source = Literal["head", "shapes"]
-LesionKind = Literal["haemorrhage", "calcification", "microbleed", "ms"]
 LESION_KINDS: tuple[str, ...] = ("haemorrhage", "calcification", "microbleed", "ms")
 
 
