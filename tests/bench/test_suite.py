@@ -166,6 +166,21 @@ def test_lesions_and_anisotropic_voxels(suite):
     assert coarse["shape"][2] * 2 == pytest.approx(by_name["baseline"]["shape"][2], abs=1)
 
 
+def test_rebuild_is_identical(suite, tmp_path):
+    """The suite is fixed: the same seed rebuilds the same data; another seed gives another subject."""
+    root, index = suite
+    build_suite(tmp_path / "again", small=True, cases=["baseline"])
+    build_suite(tmp_path / "other", small=True, cases=["baseline"], seed=1)
+    case = index["cases"][0]
+    for key in ("chi", "total_field"):
+        first = _load(root, case["files"][key]).get_fdata()
+        assert np.array_equal(first, _load(tmp_path / "again", case["files"][key]).get_fdata())
+    phase = _load(root, case["files"]["phase"][0]).get_fdata()
+    assert np.array_equal(phase, _load(tmp_path / "again", case["files"]["phase"][0]).get_fdata())
+    other = _load(tmp_path / "other", case["files"]["chi"]).get_fdata()
+    assert other.shape != phase.shape or not np.array_equal(other, _load(root, case["files"]["chi"]).get_fdata())
+
+
 def test_refuses_to_overwrite_and_unknown_cases(suite, tmp_path):
     root, _ = suite
     with pytest.raises(InputError, match="overwrite"):
