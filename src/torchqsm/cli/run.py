@@ -11,6 +11,7 @@ from ..errors import InputError, ParameterError
 from ..pipeline.recipes import RECIPES, get_recipe, with_overrides
 from ..pipeline.registry import IMAGE_PARAMETERS, coerce_parameter, describe, get_method
 from ..preprocess.background import BACKGROUND_METHODS
+from ..preprocess.unwrap import laplacian_unwrap, region_growing_unwrap
 
 __all__ = ["add_run_parser", "run_pipeline"]
 
@@ -55,6 +56,8 @@ def add_run_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentPar
     steps.add_argument("--mask-method", choices=("otsu", "threshold", "quality"), help="masking method")
     steps.add_argument("--erode", type=int, metavar="VOXELS", help="erode the brain mask by this many voxels")
     steps.add_argument("--unwrap", choices=("laplacian", "region_growing"), help="phase unwrapping method")
+    steps.add_argument("--unwrap-param", action="append", default=[], metavar="KEY=VALUE",
+                       help="an unwrapping parameter (repeatable), e.g. max_iterations=20 for laplacian")
     steps.add_argument("--combine", choices=("phase_difference", "weighted_fit", "per_echo"), help="echo combination")
     steps.add_argument("--background", help=f"background removal: {', '.join(sorted(BACKGROUND_METHODS))}")
     steps.add_argument("--background-param", action="append", default=[], metavar="KEY=VALUE",
@@ -95,6 +98,8 @@ def build_recipe(args: argparse.Namespace):
         raise ParameterError(f"unknown background method '{background}'; choose one of "
                              f"{', '.join(sorted(BACKGROUND_METHODS))}")
     inversion = get_method(args.inversion or recipe.inversion)
+    unwrap = args.unwrap or recipe.unwrap
+    unwrapper = describe(unwrap, laplacian_unwrap if unwrap == "laplacian" else region_growing_unwrap)
     if inversion.multi_orientation:
         raise ParameterError(f"'{inversion.name}' needs several head orientations and cannot run in the pipeline")
     return with_overrides(
@@ -103,7 +108,8 @@ def build_recipe(args: argparse.Namespace):
         reference=args.reference or ("region" if args.reference_mask else None),
         background_params=_params(describe(background, BACKGROUND_METHODS[background]), args.background_param,
                                   "--background-param") or None,
-        inversion_params=_params(inversion, args.inversion_param, "--inversion-param") or None)
+        inversion_params=_params(inversion, args.inversion_param, "--inversion-param") or None,
+        unwrap_params=_params(unwrapper, args.unwrap_param, "--unwrap-param") or None)
 
 
 def _device(name: str) -> str:

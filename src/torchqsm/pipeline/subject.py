@@ -181,11 +181,12 @@ def process_gre(
         differences = echo_differences(wrapped, echo_times_s=echo_times, magnitude=magnitude)
         to_unwrap = differences.phase_rad
     with steps.step("unwrap", recipe.unwrap + (", echo differences" if combine == "phase_difference" else "")):
+        unwrap_params = dict(recipe.unwrap_params)
         if recipe.unwrap == "laplacian":
-            unwrapped = laplacian_unwrap(to_unwrap, voxel_size_mm=voxel_size_mm, mask=brain)
+            unwrapped = laplacian_unwrap(to_unwrap, voxel_size_mm=voxel_size_mm, mask=brain, **unwrap_params)
         elif combine == "phase_difference":
-            unwrapped = torch.stack([region_growing_unwrap(d, magnitude=combined_magnitude, mask=brain).phase_rad
-                                     for d in to_unwrap])
+            unwrapped = torch.stack([region_growing_unwrap(d, magnitude=combined_magnitude, mask=brain,
+                                                           **unwrap_params).phase_rad for d in to_unwrap])
         else:
             # Each echo unwrapped spatially, then per-echo global 2π fixed: the temporal template
             # (φ1·TE_e/TE_1) fails where the receive offset exceeds ±π/(TE_2/TE_1 - 1).
