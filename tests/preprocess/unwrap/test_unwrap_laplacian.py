@@ -109,3 +109,14 @@ def test_validation():
         laplacian_unwrap(phase, max_iterations=-1)
     with pytest.raises(ParameterError, match="tolerance"):
         laplacian_unwrap(phase, tolerance=0.0)
+
+
+@pytest.mark.parametrize("shape", [(17, 20, 23), (32, 16, 9)])
+def test_cosine_transform_solve_equals_mirrored_fft(shape):
+    from torchqsm.preprocess.unwrap.laplacian import _solve_by_dct, _solve_by_mirror
+
+    rho = torch.randn(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    by_dct = _solve_by_dct(rho, (1.0, 0.8, 2.0))
+    by_fft = _solve_by_mirror(rho, (1.0, 0.8, 2.0))
+    assert by_dct.dtype == torch.float64 and by_dct.shape == shape
+    assert float((by_dct - by_fft).abs().max()) < 1e-10 * float(by_fft.abs().max())
