@@ -15,7 +15,6 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-import torch
 
 from torchqsm.cli.main import main
 from torchqsm.io.gre import load_gre
