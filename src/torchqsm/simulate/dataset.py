@@ -195,24 +195,23 @@ class SimulatedVolume:
 
 
 @functools.lru_cache(maxsize=4)
-def _head_model(voxel_size_mm: tuple[float, float, float]) -> tuple[HeadModel, torch.Tensor]:
-    """The head model and a lookup table label → is brain (computed once per process)."""
+def _head_model(voxel_size_mm: tuple[float, float, float]) -> tuple[HeadModel, torch.Tensor, torch.Tensor]:
+    """The head model, a lookup table label → is brain, and the brain's voxel indices (once per process)."""
     model = load_head_model(voxel_size_mm=voxel_size_mm)
     is_brain = torch.zeros(256, dtype=torch.bool)
     is_brain[torch.unique(model.labels[model.brain_mask]).long()] = True
-    return model, is_brain
+    return model, is_brain, torch.nonzero(is_brain[model.labels.long()]).to(torch.int16)
 
 
 def _uniform(generator: torch.Generator, low: float, high: float) -> float:
     return low + (high - low) * float(torch.rand((), dtype=torch.float64, generator=generator))
 
 
-def _region(model: HeadModel, size: tuple[int, ...] | None, is_brain: torch.Tensor,
+def _region(model: HeadModel, size: tuple[int, ...] | None, brain: torch.Tensor,
             generator: torch.Generator) -> torch.Tensor:
-    """The labels of a box of ``size`` centred on a random brain voxel (the whole head for ``None``)."""
+    """The labels of a box of ``size`` centred on a random brain voxel (``brain``: indices; whole head for ``None``)."""
     if size is None:
         return model.labels
-    brain = torch.nonzero(is_brain[model.labels.long()])
     centre = brain[int(torch.randint(len(brain), (), generator=generator))].tolist()
     corner = [min(max(c - s // 2, 0), max(n - s, 0)) for c, s, n in zip(centre, size, model.labels.shape)]
     return model.labels[tuple(slice(c, c + s) for c, s in zip(corner, size))].contiguous()
@@ -220,8 +219,8 @@ def _region(model: HeadModel, size: tuple[int, ...] | None, is_brain: torch.Tens
 
 def _head_chi(config: SimulationConfig, generator: torch.Generator):
     """Labels, χ (ppm, relative to CSF), χ relative to the air outside, and brain mask of one random subject."""
-    model, is_brain = _head_model(tuple(config.voxel_size_mm))
-    labels = _region(model, config.region_size, is_brain, generator)
+    model, is_brain, brain_voxels = _head_model(tuple(config.voxel_size_mm))
+    labels = _region(model, config.region_size, brain_voxels, generator)
     if config.deform:
         labels = random_deformation(labels, generator=generator, voxel_size_mm=config.voxel_size_mm)
     mask = is_brain[labels.long()]
