@@ -7,7 +7,9 @@ line and exits with status 2; anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
-__all__ = ["TorchQSMError", "InputError", "ParameterError"]
+import math
+
+__all__ = ["TorchQSMError", "InputError", "ParameterError", "check_positive"]
 
 
 class TorchQSMError(Exception):
@@ -33,3 +35,18 @@ class InputError(TorchQSMError, ValueError):
 
 class ParameterError(TorchQSMError, ValueError):
     """A method name or parameter is unknown or out of range."""
+
+
+def check_positive(name: str, value: float, *, allow_zero: bool = False) -> float:
+    """A finite positive (or non-negative) number, else :class:`ParameterError` naming ``name``.
+
+    >>> check_positive("threshold", "0.2")
+    0.2
+    """
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ParameterError(f"{name} must be a number, got {value!r}") from None
+    if not math.isfinite(number) or number < 0 or (number == 0 and not allow_zero):
+        raise ParameterError(f"{name} must be {'non-negative' if allow_zero else 'positive'}, got {value!r}")
+    return number

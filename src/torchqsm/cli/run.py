@@ -8,6 +8,7 @@ import sys
 from typing import Any
 
 from ..errors import InputError, ParameterError
+from .commands import _device
 from ..pipeline.recipes import RECIPES, get_recipe, with_overrides
 from ..pipeline.registry import IMAGE_PARAMETERS, coerce_parameter, describe, get_method
 from ..preprocess.background import BACKGROUND_METHODS
@@ -112,20 +113,6 @@ def build_recipe(args: argparse.Namespace):
         unwrap_params=_params(unwrapper, args.unwrap_param, "--unwrap-param") or None)
 
 
-def _device(name: str) -> str:
-    import torch
-
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ParameterError(f"--device must be cpu, cuda or cuda:N, got '{name}'") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ParameterError("--device cuda was asked for but no CUDA GPU is available")
-    if device.type not in ("cpu", "cuda"):
-        raise ParameterError(f"--device must be cpu or cuda, got '{name}'")
-    return str(device)
-
-
 def run_pipeline(args: argparse.Namespace) -> int:
     """``torchqsm run``: returns 0 when every subject finished or was skipped, 1 when any failed."""
     from ..pipeline.app import plan_bids_jobs, run_bids, run_files
@@ -135,7 +122,7 @@ def run_pipeline(args: argparse.Namespace) -> int:
             print(f"{recipe.name:<10} {recipe.description}")
         return 0
     recipe = build_recipe(args)
-    device = _device(args.device)
+    device = str(_device(args.device))
     if args.echo_times is not None and any(not (math.isfinite(t) and t > 0) for t in args.echo_times):
         raise ParameterError(f"--echo-times must be positive seconds, got {args.echo_times}")
     if args.b0_tesla is not None and not (math.isfinite(args.b0_tesla) and args.b0_tesla > 0):

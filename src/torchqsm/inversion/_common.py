@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..errors import InputError, ParameterError
+from ..errors import InputError, ParameterError, check_positive
 from ..physics import DipoleOp, PadOp, dipole_kernel, normalize_b0_dir, padding_for
 
 __all__ = ["Problem", "prepare", "DEFAULT_PAD", "check_positive", "weights_from_magnitude"]
@@ -17,17 +17,6 @@ __all__ = ["Problem", "prepare", "DEFAULT_PAD", "check_positive", "weights_from_
 DEFAULT_PAD: tuple[int, int, int] = (16, 16, 16)
 
 _DIMS = (-3, -2, -1)
-
-
-def check_positive(name: str, value: float, *, allow_zero: bool = False) -> float:
-    """A finite positive (or non-negative) number, else :class:`ParameterError`."""
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        raise ParameterError(f"{name} must be a number, got {value!r}") from None
-    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
-        raise ParameterError(f"{name} must be {'non-negative' if allow_zero else 'positive'}, got {value!r}")
-    return value
 
 
 def _as_tensor(value, name: str) -> torch.Tensor:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ...errors import InputError, ParameterError
+from ...errors import InputError, ParameterError, check_positive
 from ...physics import normalize_b0_dir
 
 __all__ = ["BackgroundResult", "Field", "prepare", "check_positive", "check_iterations", "SMV", "ball_reach"]
@@ -62,17 +62,6 @@ class Field:
         if not bool(mask.any()):
             raise InputError("the mask is empty after background removal")
         return BackgroundResult((local * mask).to(self.field.dtype), mask)
-
-
-def check_positive(name: str, value: float, *, allow_zero: bool = False) -> float:
-    """A finite positive (or non-negative) number, else :class:`ParameterError`."""
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ParameterError(f"{name} must be a number, got {value!r}") from None
-    if not math.isfinite(number) or number < 0 or (number == 0 and not allow_zero):
-        raise ParameterError(f"{name} must be {'non-negative' if allow_zero else 'positive'}, got {value!r}")
-    return number
 
 
 def check_iterations(max_iterations: int, tolerance: float) -> tuple[int, float]:
