@@ -14,6 +14,7 @@ from .. import __version__
 from ..errors import TorchQSMError
 from .commands import run_invert, run_methods, run_score
 from .run import add_run_parser
+from .simulate import add_simulate_parser
 
 __all__ = ["main", "build_parser"]
 
@@ -62,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     score.set_defaults(handler=run_score)
 
     add_run_parser(commands)
+    add_simulate_parser(commands)
     return parser
 
 

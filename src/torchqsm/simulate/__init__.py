@@ -20,7 +20,10 @@ from .forward import add_noise, forward_field
 from .hybrid import hybrid_chi, random_deformation
 from .lesions import LESION_KINDS, LesionKind, add_lesions, add_veins
 from .phantoms import cylinder, ellipsoid, shapes_phantom, sphere
+from .dataset import SimulatedQSMDataset, SimulatedVolume, SimulationConfig, derive_seed, simulate_volume
+from .orientation import affine_for_b0_dir, b0_tilt_deg, random_b0_dir
 from .shapes import random_shapes
+from .signal import add_complex_noise, complex_gre_signal, gre_signal, smooth_phase_offset, truncate_kspace
 
 __all__ = [
     "sphere", "ellipsoid", "cylinder", "shapes_phantom", "forward_field", "add_noise",
@@ -29,4 +32,7 @@ __all__ = [
     "LESION_KINDS", "LesionKind", "add_lesions", "add_veins",
     "external_sources", "background_field", "shim_field",
     "scale_susceptibility", "random_scale", "rotate_volume", "random_rotation", "rotation_matrix",
+    "gre_signal", "complex_gre_signal", "add_complex_noise", "smooth_phase_offset", "truncate_kspace",
+    "random_b0_dir", "affine_for_b0_dir", "b0_tilt_deg",
+    "SimulationConfig", "SimulatedQSMDataset", "SimulatedVolume", "simulate_volume", "derive_seed",
 ]
