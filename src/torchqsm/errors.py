@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["TorchQSMError", "InputError", "ParameterError", "check_positive"]
+__all__ = ["TorchQSMError", "InputError", "ParameterError", "check_positive", "check_voxel_size"]
 
 
 class TorchQSMError(Exception):
@@ -50,3 +50,18 @@ def check_positive(name: str, value: float, *, allow_zero: bool = False) -> floa
     if not math.isfinite(number) or number < 0 or (number == 0 and not allow_zero):
         raise ParameterError(f"{name} must be {'non-negative' if allow_zero else 'positive'}, got {value!r}")
     return number
+
+
+def check_voxel_size(voxel_size_mm) -> tuple[float, float, float]:
+    """Three finite positive numbers (mm), else :class:`ParameterError`.
+
+    >>> check_voxel_size([1, 1, 2])
+    (1.0, 1.0, 2.0)
+    """
+    try:
+        voxel = tuple(float(h) for h in voxel_size_mm)
+    except (TypeError, ValueError):
+        raise ParameterError(f"voxel_size_mm must be three numbers, got {voxel_size_mm!r}") from None
+    if len(voxel) != 3 or any(not (math.isfinite(h) and h > 0) for h in voxel):
+        raise ParameterError(f"voxel_size_mm must be three positive numbers, got {voxel_size_mm!r}")
+    return voxel  # type: ignore[return-value]

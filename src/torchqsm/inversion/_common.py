@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
-from ..errors import InputError, ParameterError, check_positive
+from ..errors import InputError, ParameterError, check_positive, check_voxel_size
 from ..physics import DipoleOp, PadOp, dipole_kernel, normalize_b0_dir, padding_for
 
 __all__ = ["Problem", "prepare", "DEFAULT_PAD", "check_positive", "weights_from_magnitude"]
@@ -119,12 +118,7 @@ def prepare(
     mask_b = mask_t != 0
     if not bool(mask_b.any()):
         raise InputError("mask is empty (no non-zero voxel)")
-    try:
-        voxel = tuple(float(h) for h in voxel_size_mm)
-    except (TypeError, ValueError):
-        raise ParameterError(f"voxel_size_mm must be three numbers, got {voxel_size_mm!r}") from None
-    if len(voxel) != 3 or any(not (math.isfinite(h) and h > 0) for h in voxel):
-        raise ParameterError(f"voxel_size_mm must be three positive numbers, got {voxel_size_mm!r}")
+    voxel = check_voxel_size(voxel_size_mm)
     if leading == 0:
         try:
             b0 = normalize_b0_dir(b0_dir)

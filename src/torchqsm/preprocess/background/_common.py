@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ...errors import InputError, ParameterError, check_positive
+from ...errors import InputError, ParameterError, check_positive, check_voxel_size
 from ...physics import normalize_b0_dir
 
 __all__ = ["BackgroundResult", "Field", "prepare", "check_positive", "check_iterations", "SMV", "ball_reach"]
@@ -90,12 +90,7 @@ def prepare(total_field_ppm, mask, *, voxel_size_mm: Vector3, b0_dir: Vector3) -
     bad = int((~torch.isfinite(field[mask_b])).sum())
     if bad:
         raise InputError(f"total_field_ppm has {bad} NaN or infinite voxels in the mask")
-    try:
-        voxel = tuple(float(h) for h in voxel_size_mm)
-    except (TypeError, ValueError):
-        raise ParameterError(f"voxel_size_mm must be three numbers, got {voxel_size_mm!r}") from None
-    if len(voxel) != 3 or any(not (math.isfinite(h) and h > 0) for h in voxel):
-        raise ParameterError(f"voxel_size_mm must be three positive numbers, got {voxel_size_mm!r}")
+    voxel = check_voxel_size(voxel_size_mm)
     try:
         b0 = normalize_b0_dir(b0_dir)
     except ValueError as error:

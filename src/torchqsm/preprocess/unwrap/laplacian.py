@@ -54,7 +54,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from ...errors import ParameterError
+from ...errors import ParameterError, check_voxel_size
 from ...physics import laplacian_symbol
 from ._common import as_mask, as_phase, edge_mask, forward_differences, wrap
 
@@ -64,13 +64,7 @@ _DIMS = (-3, -2, -1)
 
 
 def _voxel(voxel_size_mm: Sequence[float]) -> tuple[float, float, float]:
-    try:
-        voxel = tuple(float(h) for h in voxel_size_mm)
-    except (TypeError, ValueError):
-        raise ParameterError(f"voxel_size_mm must be three numbers, got {voxel_size_mm!r}") from None
-    if len(voxel) != 3 or any(not (math.isfinite(h) and h > 0) for h in voxel):
-        raise ParameterError(f"voxel_size_mm must be three positive numbers, got {voxel_size_mm!r}")
-    return voxel  # type: ignore[return-value]
+    return check_voxel_size(voxel_size_mm)
 
 
 def wrapped_laplacian(phase_rad: torch.Tensor, mask: torch.Tensor, voxel_size_mm: Sequence[float]) -> torch.Tensor:
