@@ -9,14 +9,8 @@ import numpy as np
 import pytest
 
 from torchqsm.errors import InputError, ParameterError
-from torchqsm.io.bids import (
-    BIDS_VERSION,
-    DERIVATIVE_SUFFIXES,
-    GreRun,
-    derivative_path,
-    discover_gre,
-    write_dataset_description,
-)
+from torchqsm.io.bids import GreRun, discover_gre
+from torchqsm.io.derivatives import BIDS_VERSION, DERIVATIVE_SUFFIXES, derivative_path, write_dataset_description
 from torchqsm.io.gre import load_gre
 
 

@@ -6,15 +6,8 @@ naming the file); :func:`save_nifti` and :func:`write_sidecar` write outputs
 atomically and never replace a file unless asked to.
 """
 
-from torchqsm.io.bids import (
-    BIDS_VERSION,
-    DERIVATIVE_SUFFIXES,
-    GRE_SUFFIXES,
-    GreRun,
-    derivative_path,
-    discover_gre,
-    write_dataset_description,
-)
+from torchqsm.io.bids import GRE_SUFFIXES, GreRun, discover_gre
+from torchqsm.io.derivatives import BIDS_VERSION, DERIVATIVE_SUFFIXES, derivative_path, write_dataset_description
 from torchqsm.io.gre import GreData, load_gre
 from torchqsm.io.nifti import Volume, check_same_grid, load_mask, load_nifti
 from torchqsm.io.qc import qc_figure

@@ -24,9 +24,10 @@ import torch
 from .. import __version__
 from ..errors import InputError, ParameterError, TorchQSMError
 from ..io import load_mask
-from ..io.bids import derivative_path, discover_gre, write_dataset_description
+from ..io.bids import discover_gre
+from ..io.derivatives import derivative_path, write_dataset_description
 from ..io.gre import load_gre
-from ..io.bids import DERIVATIVE_SUFFIXES
+from ..io.derivatives import DERIVATIVE_SUFFIXES
 from .outputs import OUTPUT_UNITS, is_finished, write_result
 from .recipes import Recipe
 from .subject import process_gre

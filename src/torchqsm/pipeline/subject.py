@@ -18,7 +18,8 @@ import torch
 from ..errors import InputError, ParameterError
 from ..physics.units import hz_per_ppm
 from ..preprocess.background import BACKGROUND_METHODS
-from ..preprocess.echoes import combine_differences, combine_echoes, echo_differences, per_echo_frequencies
+from ..preprocess.differences import combine_differences, echo_differences
+from ..preprocess.echoes import combine_echoes, per_echo_frequencies
 from ..preprocess.masking import erode_mask, magnitude_mask, quality_mask
 from ..preprocess.phase import rescale_phase
 from ..preprocess.referencing import reference
