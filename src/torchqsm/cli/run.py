@@ -55,6 +55,8 @@ def add_run_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentPar
     steps.add_argument("--recipe", default="fast", help=f"named defaults: {', '.join(RECIPES)} (default fast)")
     steps.add_argument("--list-recipes", action="store_true", help="list the recipes and exit")
     steps.add_argument("--mask-method", choices=("otsu", "threshold", "quality"), help="masking method")
+    steps.add_argument("--brain-extraction", type=float, metavar="MM",
+                       help="cut the scalp off the magnitude mask by an opening of this radius (0: off)")
     steps.add_argument("--erode", type=int, metavar="VOXELS", help="erode the brain mask by this many voxels")
     steps.add_argument("--unwrap", choices=("laplacian", "region_growing"), help="phase unwrapping method")
     steps.add_argument("--unwrap-param", action="append", default=[], metavar="KEY=VALUE",
@@ -104,7 +106,7 @@ def build_recipe(args: argparse.Namespace):
     if inversion.multi_orientation:
         raise ParameterError(f"'{inversion.name}' needs several head orientations and cannot run in the pipeline")
     return with_overrides(
-        recipe, mask=args.mask_method, mask_erode_voxels=args.erode, unwrap=args.unwrap, combine=args.combine,
+        recipe, mask=args.mask_method, mask_erode_voxels=args.erode, brain_extraction_mm=args.brain_extraction, unwrap=args.unwrap, combine=args.combine,
         background=args.background, inversion=args.inversion,
         reference=args.reference or ("region" if args.reference_mask else None),
         background_params=_params(describe(background, BACKGROUND_METHODS[background]), args.background_param,

@@ -20,7 +20,7 @@ from ..physics.units import hz_per_ppm
 from ..preprocess.background import BACKGROUND_METHODS
 from ..preprocess.differences import combine_differences, echo_differences
 from ..preprocess.echoes import combine_echoes, per_echo_frequencies
-from ..preprocess.masking import erode_mask, magnitude_mask, quality_mask
+from ..preprocess.masking import erode_mask, extract_brain, magnitude_mask, quality_mask
 from ..preprocess.phase import rescale_phase
 from ..preprocess.referencing import reference
 from ..preprocess.unwrap import laplacian_unwrap, region_growing_unwrap, romeo_quality, unwrap_echoes, voxel_quality
@@ -170,6 +170,8 @@ def process_gre(
             brain = quality_mask(voxel_quality(edges))
         else:
             brain = magnitude_mask(combined_magnitude, method=recipe.mask)
+        if mask is None and recipe.brain_extraction_mm > 0:
+            brain = extract_brain(brain, voxel_size_mm=voxel_size_mm, radius_mm=recipe.brain_extraction_mm)
         if recipe.mask_erode_voxels:
             brain = erode_mask(brain, voxels=recipe.mask_erode_voxels)
 
