@@ -115,3 +115,14 @@ def test_shim_seeds_dtype_and_errors():
                    dict(amplitude_ppm=float("nan")), dict(shape=(8, 8))):
         with pytest.raises(ParameterError):
             shim_field(**{"shape": (8, 8, 8), "generator": gen(), **kwargs})
+
+
+@pytest.mark.parametrize("order", [1, 2, 3])
+def test_shim_is_harmonic_so_background_removal_can_remove_it(order):
+    # The 7-point Laplacian is exact for polynomials up to degree 3: it must vanish.
+    f = shim_field((20, 18, 16), generator=torch.Generator().manual_seed(order), order=order,
+                   voxel_size_mm=(1.0, 1.0, 1.0), dtype=torch.float64)
+    lap = (f[2:, 1:-1, 1:-1] + f[:-2, 1:-1, 1:-1] + f[1:-1, 2:, 1:-1] + f[1:-1, :-2, 1:-1]
+           + f[1:-1, 1:-1, 2:] + f[1:-1, 1:-1, :-2] - 6 * f[1:-1, 1:-1, 1:-1])
+    assert float(lap.abs().max()) < 1e-12
+    assert float(f.std()) > 0.1  # not trivially zero

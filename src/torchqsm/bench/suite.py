@@ -68,7 +68,7 @@ from ..simulate.signal import add_complex_noise, complex_gre_signal, smooth_phas
 __all__ = ["SUITE_VERSION", "SuiteCase", "suite_cases", "build_suite"]
 
 #: Bump when any case, parameter or draw changes: results on different versions do not compare.
-SUITE_VERSION = "1.0"
+SUITE_VERSION = "1.1"  # 1.1: harmonic shim residual (1.0 used general polynomials)
 ECHO_TIMES_S = {3.0: (0.005, 0.015, 0.025), 7.0: (0.004, 0.010, 0.016)}  # 3 echoes: size (see the module)
 PAD_MM = 48.0  # zero padding of the dipole convolution: images of the head ≥ 96 mm away
 MARGIN_MM = 4.0  # written field of view: the brain's bounding box plus this

@@ -20,7 +20,6 @@ References
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Sequence
 
@@ -187,20 +186,25 @@ def shim_field(
     dtype: torch.dtype = torch.float32,
     device: torch.device | str | None = None,
 ) -> torch.Tensor:
-    r"""A random low-order polynomial field (ppm): the residual of an imperfect shim.
+    r"""A random low-order harmonic polynomial field (ppm): the residual of an imperfect shim.
 
     .. math::
 
         f(\mathbf r) = A\,\frac{p(\mathbf r)}{\max_{\mathbf r}|p(\mathbf r)|},\qquad
-        p = \sum_{1 \le a+b+c \le n} w_{abc}\,\tilde x^a \tilde y^b \tilde z^c,
-        \quad w_{abc} \sim \mathcal N(0, 1),
+        p = \sum_{k=1}^{n} \sum_{j=1}^{2k+1} w_{kj}\,
+            \mathrm{Re}\big(e^{i\theta_{kj}} (\mathbf a_{kj}\cdot\tilde{\mathbf r})^k\big),
+        \quad w_{kj} \sim \mathcal N(0, 1),
 
-    with :math:`\tilde{\mathbf r}` the position in mm from the grid centre
-    divided by the largest half-extent (so :math:`|\tilde x| \le 1` and the
-    polynomial is isotropic in physical space), :math:`n` = ``order`` and
-    :math:`A` = ``amplitude_ppm``: the largest :math:`|f|` over the grid is
-    exactly ``amplitude_ppm``. The constant term is left out: a global offset
-    is a frequency (phase) offset, which the signal model adds separately.
+    where :math:`\mathbf a = \mathbf u + i\mathbf v` with :math:`\mathbf u \perp \mathbf v`
+    random unit vectors, so :math:`\mathbf a\cdot\mathbf a = 0` and every term is harmonic
+    (:math:`\nabla^2 (\mathbf a\cdot\mathbf r)^k = k(k-1)(\mathbf a\cdot\mathbf a)
+    (\mathbf a\cdot\mathbf r)^{k-2} = 0`), like the spherical-harmonic fields of real shim
+    coils (a field outside its sources is harmonic; a general polynomial such as :math:`x^2` is
+    not, and background removal could not remove it). :math:`\tilde{\mathbf r}` is the position
+    in mm from the grid centre divided by the largest half-extent, :math:`n` = ``order`` and
+    :math:`A` = ``amplitude_ppm``: the largest :math:`|f|` over the grid is exactly
+    ``amplitude_ppm``. There is no constant term: a global offset is a frequency (phase)
+    offset, which the signal model adds separately.
 
     Parameters
     ----------
@@ -238,17 +242,21 @@ def shim_field(
     if not (math.isfinite(amplitude) and amplitude >= 0):
         raise ParameterError(f"amplitude_ppm must be a finite number >= 0, got {amplitude_ppm}")
     vox = _check_voxel_size(voxel_size_mm)
-    exponents = [e for e in itertools.product(range(order + 1), repeat=3) if 1 <= sum(e) <= order]
-    weights = _randn(generator, len(exponents)).cpu().tolist()
     radius = max((n - 1) * v / 2 for n, v in zip(shape, vox)) or 1.0
     axes = [((torch.arange(n, dtype=torch.float64) - (n - 1) / 2) * v / radius) for n, v in zip(shape, vox)]
-    # Group the terms by the power of x: the (Y, Z) polynomials are small, and the full grid is
-    # touched once per power (order + 1 passes instead of two per term).
-    planes = torch.zeros(order + 1, shape[1], shape[2], dtype=torch.float64)
-    for w, (a, b, c) in zip(weights, exponents):
-        planes[a] += w * (axes[1] ** b)[:, None] * (axes[2] ** c)[None, :]
-    powers = torch.stack([axes[0] ** a for a in range(order + 1)], dim=1)          # (X, order + 1)
-    field = (powers.to(dtype=dtype, device=device)
-             @ planes.reshape(order + 1, -1).to(dtype=dtype, device=device)).reshape(shape)
+    count = sum(2 * k + 1 for k in range(1, order + 1))
+    frames, _ = torch.linalg.qr(_randn(generator, 9 * count).cpu().double().reshape(count, 3, 3))
+    draws = _randn(generator, 2 * count).cpu().double().reshape(count, 2)
+    field = torch.zeros(shape, dtype=torch.float64)
+    term = 0
+    for k in range(1, order + 1):
+        for _ in range(2 * k + 1):
+            u, v = frames[term, :, 0], frames[term, :, 1]
+            a = torch.complex(u, v)  # a·a = |u|² − |v|² + 2i u·v = 0
+            t = (a[0] * axes[0][:, None, None] + a[1] * axes[1][None, :, None] + a[2] * axes[2][None, None, :])
+            weight, angle = float(draws[term, 0]), math.pi * float(torch.tanh(draws[term, 1]))
+            field += weight * (complex(math.cos(angle), math.sin(angle)) * t**k).real
+            term += 1
+    field = field.to(dtype=dtype, device=device)
     peak = float(field.abs().max())
     return field * (amplitude / peak if peak > 0 else 0.0)
