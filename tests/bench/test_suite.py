@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from dataclasses import fields
 from pathlib import Path
 
@@ -23,12 +22,9 @@ BUILT = ["baseline", "tilt-45deg", "res-1x1x2mm", "haemorrhage"]
 
 @pytest.fixture(scope="module")
 def suite(tmp_path_factory) -> tuple[Path, dict]:
-    torch.set_num_threads(1)
+    # Build time is measured by benchmarks/bench_simulation.py --suite, not asserted here.
     out = tmp_path_factory.mktemp("suite")
-    started = time.perf_counter()
     index = build_suite(out, small=True, cases=BUILT)
-    elapsed = time.perf_counter() - started
-    assert elapsed < 60, elapsed  # measured 10-12 s for these four cases (2 shared cores)
     return out, json.loads(index.read_text())
 
 
@@ -190,10 +186,7 @@ def test_refuses_to_overwrite_and_unknown_cases(suite, tmp_path):
 
 
 @pytest.mark.slow
-def test_small_suite_builds_within_a_minute(tmp_path):
-    torch.set_num_threads(2)
-    started = time.perf_counter()
+def test_small_suite_builds_every_case(tmp_path):
     index = build_suite(tmp_path, small=True)
-    assert time.perf_counter() - started < 60
     size = sum(p.stat().st_size for p in tmp_path.rglob("*") if p.is_file())
     assert size < 100e6 and len(json.loads(index.read_text())["cases"]) == 13
