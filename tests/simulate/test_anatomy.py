@@ -216,7 +216,6 @@ def test_fields_at_3t(head_2mm):
     field in tissue within 6 mm of sinus air max 9.05-9.08 ppm, 90th percentile
     3.02-3.03 ppm; in the brain max 5.21-5.22 ppm, 99th percentile 0.94-0.96 ppm.
     """
-    torch.set_num_threads(1)
     labels, brain = head_2mm.labels, head_2mm.brain_mask
     sinus = (labels == tissue("sinus_air").label).numpy()
     near_sinus = torch.from_numpy(ndimage.binary_dilation(sinus, iterations=3) & ~sinus) & (labels != 0)
