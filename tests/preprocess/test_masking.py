@@ -149,7 +149,7 @@ def test_closing_bridges_a_thin_gap(head):
 
 
 def test_extract_brain_cuts_scalp_and_neck_bridge_on_anisotropic_voxels():
-    from torchqsm.preprocess.masking import extract_brain
+    from torchqsm.preprocess.brain import extract_brain
 
     voxel = (1.0, 1.0, 2.0)
     g = torch.stack(torch.meshgrid(*[torch.arange(n, dtype=torch.float64) for n in (64, 64, 40)], indexing="ij"))

@@ -53,7 +53,7 @@ class Recipe:
         Voxels eroded from the brain mask after it is made (before background removal).
     brain_extraction_mm
         When positive, cut the scalp off a magnitude mask by an opening with a ball of this
-        radius (:func:`torchqsm.preprocess.masking.extract_brain`); 0 keeps the head mask.
+        radius (:func:`torchqsm.preprocess.brain.extract_brain`); 0 keeps the head mask.
     unwrap
         ``laplacian`` (FFT, via LoT; smooth, not exact 2π multiples) or
         ``region_growing`` (quality-guided, exact 2π multiples).

@@ -20,7 +20,8 @@ from ..physics.units import hz_per_ppm
 from ..preprocess.background import BACKGROUND_METHODS
 from ..preprocess.differences import combine_differences, echo_differences
 from ..preprocess.echoes import combine_echoes, per_echo_frequencies
-from ..preprocess.masking import erode_mask, extract_brain, magnitude_mask, quality_mask
+from ..preprocess.brain import extract_brain
+from ..preprocess.masking import erode_mask, magnitude_mask, quality_mask
 from ..preprocess.phase import rescale_phase
 from ..preprocess.referencing import reference
 from ..preprocess.unwrap import laplacian_unwrap, region_growing_unwrap, romeo_quality, unwrap_echoes, voxel_quality

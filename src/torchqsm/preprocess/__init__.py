@@ -12,7 +12,8 @@ echo time → frequency),
 from .background import BACKGROUND_METHODS, BackgroundResult, ismv, lbv, pdf, resharp, sharp, vsharp
 from .differences import EchoDifferences, combine_differences, echo_differences
 from .echoes import EchoFit, combine_echoes, field_ppm_from_frequency, per_echo_frequencies
-from .masking import erode_mask, extract_brain, magnitude_mask, quality_mask
+from .brain import extract_brain
+from .masking import erode_mask, magnitude_mask, quality_mask
 from .phase import PhaseScaling, apply_phase_sign, rescale_phase, wrap_phase
 from .referencing import reference, reference_value
 from .unwrap import UnwrapResult, laplacian_unwrap, region_growing_unwrap, romeo_quality, unwrap_echoes, voxel_quality
