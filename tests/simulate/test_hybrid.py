@@ -15,12 +15,7 @@ from torchqsm.simulate.hybrid import hybrid_chi, random_deformation
 RANGES = {1: (-0.05, 0.0), 2: (0.0, 0.1), 3: (0.1, 0.3), 4: (-0.2, -0.1)}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def gen(seed: int = 0) -> torch.Generator:

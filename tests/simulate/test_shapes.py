@@ -13,12 +13,7 @@ from torchqsm.simulate.augment import rotation_matrix
 from torchqsm.simulate.shapes import SHAPE_KINDS, _paint, random_shapes
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def gen(seed: int = 0) -> torch.Generator:
