@@ -1,0 +1,51 @@
+"""Learned dipole inversion: network architectures, weights and inference.
+
+``build_model(architecture, **hyperparameters)`` makes an untrained network by name;
+the architectures are listed in :data:`ARCHITECTURES`. Every network maps a normalised
+local field ``(N, 1, X, Y, Z)`` to a normalised χ of the same shape and has a
+``multiple`` property (spatial sizes must be multiples of it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import nn
+
+from ..errors import ParameterError
+from .normalization import Normalization
+from .unet import UNet3d
+
+__all__ = ["ARCHITECTURES", "build_model", "Normalization", "UNet3d", "qsmnet"]
+
+
+def qsmnet(*, in_channels: int = 1, out_channels: int = 1, base_channels: int = 32, depth: int = 4,
+           kernel_size: int = 5) -> UNet3d:
+    """A QSMnet-style U-Net (Yoon et al. 2018): 5×5×5 kernels, 32 → 512 channels by default.
+
+    References
+    ----------
+    Yoon J, Gong E, Chatnuntawech I, et al. Quantitative susceptibility mapping using deep
+    neural network: QSMnet. NeuroImage 2018;179:199-206. doi:10.1016/j.neuroimage.2018.06.030
+    """
+    return UNet3d(in_channels, out_channels, base_channels=base_channels, depth=depth, kernel_size=kernel_size)
+
+
+#: Architecture name → factory taking keyword hyperparameters.
+ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {"unet": UNet3d, "qsmnet": qsmnet}
+
+
+def build_model(architecture: str, **hyperparameters) -> nn.Module:
+    """An untrained network ``architecture`` (a key of :data:`ARCHITECTURES`).
+
+    >>> build_model("unet", base_channels=4, depth=2).multiple
+    4
+    """
+    try:
+        factory = ARCHITECTURES[architecture]
+    except KeyError:
+        raise ParameterError(f"unknown architecture '{architecture}' (known: {', '.join(sorted(ARCHITECTURES))})") from None
+    try:
+        return factory(**hyperparameters)
+    except TypeError as error:
+        raise ParameterError(f"architecture '{architecture}': {error}") from None
