@@ -27,7 +27,7 @@ class Normalization:
     Examples
     --------
     >>> n = Normalization(input_scale_ppm=0.02, output_scale_ppm=0.1)
-    >>> float(n.to_network(torch.tensor(0.04))), float(n.from_network(torch.tensor(2.0)))
+    >>> round(float(n.to_network(torch.tensor(0.04))), 6), round(float(n.from_network(torch.tensor(2.0))), 6)
     (2.0, 0.2)
     """
 
