@@ -1,0 +1,247 @@
+r"""The training loop: simulated patches on the fly → Adam → checkpoints, a metrics log, weights.
+
+``train(config, out_dir)`` fits ``config.model`` on ``local_to_chi`` pairs from
+:class:`~torchqsm.simulate.SimulatedQSMDataset`, in network units (:class:`Normalization`).
+
+Determinism: the network is initialised from ``torch.manual_seed(training.seed)`` and the
+data stream is a function of the seed alone (see ``simulate.dataset``), so two CPU runs with
+the same configuration give the same losses. Resuming (``resume=True``) reloads the
+checkpoint and skips exactly the batches already seen, so a resumed run continues the same
+loss curve. The ``DataLoader`` hands out batches round robin over its workers, so worker
+``w`` of ``W`` made the batches ``w, w + W, ...``; each worker skips its own share.
+
+Scale-out: run under ``torchrun --nproc_per_node N`` and each process trains one replica
+(PyTorch ``DistributedDataParallel``, NCCL on GPUs, Gloo on CPUs) on its own data stream
+(seed derived from the rank); rank 0 logs, validates and writes. On CUDA, ``training.amp``
+runs the forward pass under autocast (bfloat16 where supported, else float16 with a
+gradient scaler).
+
+Outputs in ``out_dir``: ``checkpoint.pt`` (every ``checkpoint_every`` steps and at the end),
+``metrics.jsonl`` (one JSON object per logged step and per validation), ``config.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from collections.abc import Callable, Iterator
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from tqdm.auto import tqdm
+
+from ..errors import ParameterError
+from ..models import Normalization, build_model
+from ..simulate import SimulatedQSMDataset, derive_seed
+from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from .config import RunConfig
+from .losses import masked_losses, total_loss
+
+__all__ = ["train", "TrainResult", "Validator"]
+
+#: ``validate(model, normalization, device) -> {metric: value}``, called on rank 0 only.
+Validator = Callable[[torch.nn.Module, Normalization, torch.device], dict[str, float]]
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a run did: steps reached, loss per step (this process), time and throughput."""
+
+    model: torch.nn.Module
+    step: int
+    losses: tuple[float, ...]
+    seconds: float
+    samples_per_second: float
+    device: str
+    world_size: int
+    validation: dict[str, float]
+
+
+class _Skipping(IterableDataset):
+    """A stream that drops what each DataLoader worker already produced before a resume."""
+
+    def __init__(self, dataset: IterableDataset, *, batches_done: int, batch_size: int, workers: int) -> None:
+        super().__init__()
+        self.dataset, self.batches_done, self.batch_size, self.workers = dataset, batches_done, batch_size, workers
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        info = get_worker_info()
+        worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
+        skip = len(range(worker, self.batches_done, workers)) * self.batch_size
+        for index, sample in enumerate(self.dataset):
+            if index >= skip:
+                yield sample
+
+
+def _worker_init(_: int) -> None:
+    torch.set_num_threads(1)  # simulation workers share the cores with the training process
+
+
+def _device(choice: str, local_rank: int) -> torch.device:
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise ParameterError("training.device is cuda but no CUDA GPU is available")
+    if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def _scheduler(optimizer: torch.optim.Optimizer, config: RunConfig) -> torch.optim.lr_scheduler.MultiStepLR:
+    steps = config.training.steps
+    milestones = sorted({max(1, round(m * steps)) for m in config.training.milestones})
+    return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=config.training.gamma)
+
+
+def _append_log(path: Path, record: dict[str, Any]) -> None:
+    with path.open("a", encoding="utf-8") as log:
+        log.write(json.dumps(record) + "\n")
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Drop log lines written after the checkpoint a run resumes from."""
+    if path.exists():
+        kept = [line for line in path.read_text(encoding="utf-8").splitlines()
+                if line.strip() and json.loads(line).get("step", 0) <= step]
+        path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+
+
+def train(config: RunConfig, out_dir: str | Path, *, resume: bool = False, validate: Validator | None = None,
+          progress: bool = True, stop_after: int | None = None) -> TrainResult:
+    """Train ``config.model`` on simulated data; checkpoints and logs go to ``out_dir``.
+
+    Parameters
+    ----------
+    config
+        The run (:func:`~torchqsm.train.config.load_config`).
+    out_dir
+        Folder for ``checkpoint.pt``, ``metrics.jsonl`` and ``config.json`` (created).
+    resume
+        Continue from ``out_dir/checkpoint.pt`` (same configuration) instead of starting anew.
+    validate
+        Called every ``validation.every`` steps and at the end (rank 0); its metrics are logged.
+    progress
+        Draw a progress bar (rank 0, terminals only).
+    stop_after
+        Stop (and checkpoint) after this many steps of this call, keeping the schedule of
+        ``training.steps``: a long run in several sessions.
+
+    Returns
+    -------
+    TrainResult
+        The trained network (unwrapped, eval mode) and the run's figures.
+
+    Examples
+    --------
+    >>> from torchqsm.train.config import config_from_dict
+    >>> import tempfile
+    >>> config = config_from_dict({"model": {"architecture": "unet", "hyperparameters":
+    ...     {"base_channels": 2, "depth": 2}}, "training": {"steps": 2, "batch_size": 1, "workers": 0},
+    ...     "data": {"source": "shapes", "shapes_volume": [24, 24, 24], "patch_size": [16, 16, 16], "pad": 8}})
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     result = train(config, folder, progress=False)
+    >>> result.step, len(result.losses)
+    (2, 2)
+    """
+    out = Path(out_dir)
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    device = _device(config.training.device, local_rank)
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+    checkpoint_path, log_path = out / CHECKPOINT_NAME, out / "metrics.jsonl"
+
+    settings = config.training
+    torch.manual_seed(settings.seed)
+    model = build_model(config.model.architecture, **config.model.hyperparameters).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
+    scheduler = _scheduler(optimizer, config)
+    step = 0
+    if resume:
+        state = load_checkpoint(checkpoint_path, map_location=device)
+        if state["config"] != config.as_dict():
+            raise ParameterError(f"{checkpoint_path}: the checkpoint was made with another configuration; "
+                                 "resume with the same one or start a new output folder")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng_cpu"])
+        step = int(state["step"])
+        if rank == 0:
+            _truncate_log(log_path, step)
+    elif rank == 0:
+        log_path.unlink(missing_ok=True)
+        (out / "config.json").write_text(json.dumps(config.as_dict(), indent=2) + "\n", encoding="utf-8")
+
+    network: torch.nn.Module = model
+    if world_size > 1:
+        network = torch.nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if device.type == "cuda"
+                                                            else None)
+    data_seed = settings.seed if world_size == 1 else derive_seed("rank", settings.seed, rank)
+    dataset = _Skipping(SimulatedQSMDataset(config.data, seed=data_seed), batches_done=step,
+                        batch_size=settings.batch_size, workers=max(settings.workers, 1))
+    loader = DataLoader(dataset, batch_size=settings.batch_size, num_workers=settings.workers,
+                        worker_init_fn=_worker_init if settings.workers else None,
+                        persistent_workers=False, pin_memory=device.type == "cuda")
+
+    use_amp = settings.amp and device.type == "cuda"
+    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+    normalization = config.normalization
+    last = settings.steps if stop_after is None else min(settings.steps, step + stop_after)
+    bar = tqdm(total=last, initial=step, desc=f"training {config.model.name}", unit="step", dynamic_ncols=True,
+               disable=None if (progress and rank == 0) else True)
+    losses: list[float] = []
+    validation: dict[str, float] = {}
+    started = time.perf_counter()
+    first_step = step
+    network.train()
+    batches = iter(loader)
+    while step < last:
+        batch = next(batches)
+        field = normalization.to_network(batch["input"].to(device, non_blocking=True))
+        target = normalization.chi_to_network(batch["target"].to(device, non_blocking=True))
+        mask = batch["mask"].to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=amp_dtype) if use_amp else nullcontext():
+            estimate = network(field)
+        terms = masked_losses(estimate, target, mask, settings.loss, b0_dir=batch["b0_dir"],
+                              voxel_size_mm=batch["voxel_size_mm"])
+        loss = total_loss(terms, settings.loss)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        step += 1
+        losses.append(float(loss.detach()))
+        bar.update(1)
+        bar.set_postfix_str(f"loss {losses[-1]:.4g}", refresh=False)
+        if rank == 0 and (step % settings.log_every == 0 or step == last):
+            elapsed = time.perf_counter() - started
+            _append_log(log_path, {"step": step, "loss": losses[-1], **{k: float(v.detach()) for k, v in terms.items()},
+                                   "learning_rate": scheduler.get_last_lr()[0], "seconds": round(elapsed, 3),
+                                   "samples_per_second": (step - first_step) * settings.batch_size * world_size
+                                   / max(elapsed, 1e-9)})
+        if validate is not None and rank == 0 and (step % config.validation.every == 0 or step == last):
+            model.eval()
+            validation = {k: float(v) for k, v in validate(model, normalization, device).items()}
+            model.train()
+            _append_log(log_path, {"step": step, "validation": validation})
+        if rank == 0 and (step % settings.checkpoint_every == 0 or step == last):
+            save_checkpoint(checkpoint_path, step=step, model=model, optimizer=optimizer, scheduler=scheduler,
+                            config=config.as_dict(), extra={"host": platform.node(), "world_size": world_size})
+    bar.close()
+    seconds = time.perf_counter() - started
+    if world_size > 1:
+        dist.barrier()
+    model.eval()
+    return TrainResult(model=model, step=step, losses=tuple(losses), seconds=seconds,
+                       samples_per_second=(step - first_step) * settings.batch_size * world_size / max(seconds, 1e-9),
+                       device=str(device), world_size=world_size, validation=validation)
