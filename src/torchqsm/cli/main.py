@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from .. import __version__
 from ..errors import TorchQSMError
 from .commands import run_invert, run_methods, run_score
+from .models import add_models_parser
 from .run import add_run_parser
 from .simulate import add_simulate_parser
 
@@ -64,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_run_parser(commands)
     add_simulate_parser(commands)
+    add_models_parser(commands)
     return parser
 
 
