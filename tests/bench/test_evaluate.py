@@ -62,7 +62,7 @@ def test_noise_grows_as_snr_falls_and_stays_below_the_field(loaded):
 
 
 def test_measured_noise_matches_the_added_noise():
-    """Three equally spaced echoes, unit magnitude, phase noise σ: δ = (n₃ − n₁) / (2a), so std σ / (√2 a)."""
+    """Three equally spaced echoes, unit magnitude, phase noise σ: δ ≈ (n₃ − n₁) / (2a), std σ / (√2 a)."""
     generator = torch.Generator().manual_seed(0)
     shape, times, b0, sigma = (32, 32, 32), (0.005, 0.015, 0.025), 3.0, 0.02
     x = torch.linspace(-1, 1, shape[0]).view(-1, 1, 1).expand(shape)

@@ -177,7 +177,8 @@ def _echo_files(anat: Path, part: str) -> list[Path]:
     try:
         return sorted(files, key=lambda path: int(path.name.split("_echo-")[1].split("_")[0]))
     except ValueError:
-        raise InputError(f"an echo number is not an integer among {[f.name for f in files]}", source=str(anat)) from None
+        names = [f.name for f in files]
+        raise InputError(f"an echo number is not an integer among {names}", source=str(anat)) from None
 
 
 def load_case(case_dir: str | Path) -> SuiteInput:
