@@ -9,7 +9,7 @@ import torch
 
 from ..errors import ParameterError
 from ..inversion._common import DEFAULT_PAD, check_positive, prepare, weights_from_magnitude
-from ..physics import IdentityOp, WeightOp
+from ..physics import MaskOp, WeightOp
 from ..solvers import StatusCallback, cg
 from .dfqsm import _iteration_limit, initial_estimate
 
@@ -46,12 +46,15 @@ def dll2(
       where the field counts as measured zero outside the mask (as in TKD or Tikhonov);
       two FFTs, no iteration, ``max_iterations``/``tolerance``/``callback`` unused.
     * ``weights="mask"`` (:math:`W = M`) or a tensor (:math:`W` = the tensor scaled to
-      mean 1 in the mask, times :math:`M`; e.g. the magnitude, a noise weight): the normal
-      equations above on the image grid by conjugate gradient from :math:`\chi_0`; the
-      data outside the mask are ignored.
+      mean 1 in the mask, times :math:`M`; e.g. the magnitude, a noise weight): the data
+      outside the mask are ignored and χ is constrained to the mask (:math:`\chi = M\chi`,
+      the sources of a local field lie inside it); the normal equations
+      :math:`M(D W^2 D + \lambda)M\chi = M D W^2 f + \lambda M\chi_0` are solved on the
+      image grid by conjugate gradient from :math:`M\chi_0`.
 
     :math:`\lambda \to \infty` returns :math:`\chi_0`; :math:`\lambda \to 0` the
-    least-squares fit of the data. The result is masked.
+    least-squares fit of the data. The result is masked (for the closed form, after
+    solving, as in TKD).
 
     Parameters
     ----------
@@ -110,8 +113,9 @@ def dll2(
         data_weights = weights_from_magnitude(weights, problem, name="weights")
     limit = _iteration_limit(max_iterations)
     threshold = check_positive("tolerance", tolerance, allow_zero=True)
-    data = WeightOp(data_weights) @ problem.dipole()
-    normal = data.gram + lam * IdentityOp()
+    inside = MaskOp(problem.mask)
+    data = WeightOp(data_weights) @ problem.dipole() @ inside
+    normal = data.gram + lam * inside  # CG from masked vectors stays in the mask, where this is SPD
     rhs = data.H(data_weights * problem.field) + lam * chi0
     chi = cg(normal, rhs, initial=chi0, max_iterations=limit, tolerance=threshold, callback=callback)
     return problem.finish(chi)
