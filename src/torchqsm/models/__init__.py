@@ -15,8 +15,11 @@ from torch import nn
 from ..errors import ParameterError
 from .normalization import Normalization
 from .unet import UNet3d
+from .xqsm import XQSM
+from .inference import estimate_memory_mb, pad_to_multiple, crop, predict
 
-__all__ = ["ARCHITECTURES", "build_model", "Normalization", "UNet3d", "qsmnet"]
+__all__ = ["ARCHITECTURES", "build_model", "Normalization", "UNet3d", "qsmnet", "XQSM",
+           "predict", "estimate_memory_mb", "pad_to_multiple", "crop"]
 
 
 def qsmnet(*, in_channels: int = 1, out_channels: int = 1, base_channels: int = 32, depth: int = 4,
@@ -32,7 +35,7 @@ def qsmnet(*, in_channels: int = 1, out_channels: int = 1, base_channels: int = 
 
 
 #: Architecture name → factory taking keyword hyperparameters.
-ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {"unet": UNet3d, "qsmnet": qsmnet}
+ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {"unet": UNet3d, "qsmnet": qsmnet, "xqsm": XQSM}
 
 
 def build_model(architecture: str, **hyperparameters) -> nn.Module:
