@@ -16,6 +16,7 @@ from .commands import run_invert, run_methods, run_score
 from .models import add_models_parser
 from .run import add_run_parser
 from .simulate import add_simulate_parser
+from .train import add_train_parser
 
 __all__ = ["main", "build_parser"]
 
@@ -66,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_parser(commands)
     add_simulate_parser(commands)
     add_models_parser(commands)
+    add_train_parser(commands)
     return parser
 
 

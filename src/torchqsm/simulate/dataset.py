@@ -375,7 +375,10 @@ class SimulatedQSMDataset(IterableDataset):
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         info = get_worker_info()
-        worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
+        return self.stream(*((0, 1) if info is None else (info.id, info.num_workers)))
+
+    def stream(self, worker: int, workers: int) -> Iterator[dict[str, torch.Tensor]]:
+        """The samples worker ``worker`` of ``workers`` yields (volumes ``worker``, ``worker + workers``, ...)."""
         index = worker
         while self.volumes is None or index < self.volumes:
             seed = self.volume_seed(index)

@@ -52,12 +52,16 @@ Validator = Callable[[torch.nn.Module, Normalization, torch.device], dict[str, f
 
 @dataclass(frozen=True)
 class TrainResult:
-    """What a run did: steps reached, loss per step (this process), time and throughput."""
+    """What a run did: steps reached, loss per step (this call, this process), time and throughput.
+
+    ``seconds`` is this call's wall time, ``total_seconds`` the run's over all resumes.
+    """
 
     model: torch.nn.Module
     step: int
     losses: tuple[float, ...]
     seconds: float
+    total_seconds: float
     samples_per_second: float
     device: str
     world_size: int
@@ -67,15 +71,18 @@ class TrainResult:
 class _Skipping(IterableDataset):
     """A stream that drops what each DataLoader worker already produced before a resume."""
 
-    def __init__(self, dataset: IterableDataset, *, batches_done: int, batch_size: int, workers: int) -> None:
+    def __init__(self, dataset: SimulatedQSMDataset, *, batches_done: int, batch_size: int, workers: int) -> None:
         super().__init__()
         self.dataset, self.batches_done, self.batch_size, self.workers = dataset, batches_done, batch_size, workers
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         info = get_worker_info()
         worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
-        skip = len(range(worker, self.batches_done, workers)) * self.batch_size
-        for index, sample in enumerate(self.dataset):
+        # The first batch after a resume comes from worker 0 but continues the stream of the
+        # worker that would have made batch number ``batches_done``: rotate the roles.
+        role = (worker + self.batches_done) % workers
+        skip = len(range(role, self.batches_done, workers)) * self.batch_size
+        for index, sample in enumerate(self.dataset.stream(role, workers)):
             if index >= skip:
                 yield sample
 
@@ -163,7 +170,7 @@ def train(config: RunConfig, out_dir: str | Path, *, resume: bool = False, valid
     model = build_model(config.model.architecture, **config.model.hyperparameters).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
     scheduler = _scheduler(optimizer, config)
-    step = 0
+    step, previous_seconds = 0, 0.0
     if resume:
         state = load_checkpoint(checkpoint_path, map_location=device)
         if state["config"] != config.as_dict():
@@ -174,6 +181,7 @@ def train(config: RunConfig, out_dir: str | Path, *, resume: bool = False, valid
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng_cpu"])
         step = int(state["step"])
+        previous_seconds = float(state.get("extra", {}).get("seconds", 0.0))
         if rank == 0:
             _truncate_log(log_path, step)
     elif rank == 0:
@@ -236,12 +244,14 @@ def train(config: RunConfig, out_dir: str | Path, *, resume: bool = False, valid
             _append_log(log_path, {"step": step, "validation": validation})
         if rank == 0 and (step % settings.checkpoint_every == 0 or step == last):
             save_checkpoint(checkpoint_path, step=step, model=model, optimizer=optimizer, scheduler=scheduler,
-                            config=config.as_dict(), extra={"host": platform.node(), "world_size": world_size})
+                            config=config.as_dict(), extra={"host": platform.node(), "world_size": world_size,
+                                   "seconds": previous_seconds + time.perf_counter() - started})
     bar.close()
     seconds = time.perf_counter() - started
     if world_size > 1:
         dist.barrier()
     model.eval()
     return TrainResult(model=model, step=step, losses=tuple(losses), seconds=seconds,
+                       total_seconds=previous_seconds + seconds,
                        samples_per_second=(step - first_step) * settings.batch_size * world_size / max(seconds, 1e-9),
                        device=str(device), world_size=world_size, validation=validation)

@@ -1,0 +1,84 @@
+"""``torchqsm train CONFIG.toml``: train a dipole-inversion network on simulated data.
+
+The run writes ``OUT_DIR/checkpoint.pt``, ``metrics.jsonl``, ``config.json`` and, at the end,
+the weights ``OUT_DIR/NAME.safetensors`` with their card ``NAME.json`` (what
+``torchqsm models`` and the method registry load). ``--resume`` continues a stopped run;
+resuming a finished run only (re)writes its weights. Multi-GPU: ``torchrun
+--nproc_per_node N -m torchqsm.cli.main train CONFIG.toml`` (rank 0 writes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from pathlib import Path
+
+import torch
+
+from ..errors import ParameterError
+from ..models.weights import save_weights
+from ..train import load_config, train
+from ..train.card import training_card
+from ..train.config import RunConfig
+
+__all__ = ["add_train_parser", "run_train", "suite_validator"]
+
+
+def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add ``train`` to the main parser's sub-commands."""
+    parser = subparsers.add_parser("train", help="train a dipole-inversion network on simulated data (TOML config)",
+                                   description="Train a network on local field → χ pairs simulated on the fly.")
+    parser.add_argument("config", metavar="CONFIG.toml", help="training configuration (see torchqsm.train.config)")
+    parser.add_argument("-o", "--output", metavar="OUT_DIR", help="run folder (default runs/<model name>)")
+    parser.add_argument("--resume", action="store_true", help="continue from OUT_DIR/checkpoint.pt")
+    parser.add_argument("--stop-after", type=int, metavar="N", help="stop after N steps of this call (keeps the schedule)")
+    parser.add_argument("--suite", metavar="SUITE_DIR", help="validate on this built evaluation suite")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="override training.device")
+    parser.add_argument("--overwrite", action="store_true", help="replace the weights in OUT_DIR if they exist")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.set_defaults(handler=run_train)
+    return parser
+
+
+def suite_validator(suite_dir: str | Path, cases: tuple[str, ...]):
+    """A validation callback: NRMSE (%) of the network on ``cases`` of a built evaluation suite."""
+    from ..bench.evaluate import load_case  # cli sits above bench; imported here only to keep startup light
+    from ..metrics import nrmse
+    from ..models.inference import predict
+
+    loaded = [load_case(Path(suite_dir) / case) for case in cases]
+
+    def validate(model: torch.nn.Module, normalization, device: torch.device) -> dict[str, float]:
+        scores = {}
+        for case in loaded:
+            chi = predict(model, case.local_field_ppm, case.mask, normalization=normalization, device=device)
+            scores[f"nrmse_{case.name}"] = float(nrmse(chi.cpu(), case.chi_ppm, case.mask))
+        return scores
+
+    return validate
+
+
+def run_train(args: argparse.Namespace) -> int:
+    config: RunConfig = load_config(args.config)
+    if args.device:
+        config = dataclasses.replace(config, training=dataclasses.replace(config.training, device=args.device))
+    if args.stop_after is not None and args.stop_after < 0:
+        raise ParameterError(f"--stop-after must be ≥ 0, got {args.stop_after}")
+    suite = args.suite or config.validation.suite_dir
+    out = Path(args.output or Path("runs") / config.model.name)
+    validate = suite_validator(suite, config.validation.cases) if suite else None
+    result = train(config, out, resume=args.resume, validate=validate, progress=not args.quiet,
+                   stop_after=args.stop_after)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0
+    if result.step < config.training.steps:
+        print(f"stopped at step {result.step} of {config.training.steps}; continue with --resume")
+        return 0
+    metrics = {"validation": result.validation, "validation_suite": str(suite)} if result.validation else {}
+    card = training_card(config, result, metrics=metrics)
+    path = save_weights(result.model, card, out, config.model.name, overwrite=args.overwrite or args.resume)
+    if not args.quiet:
+        print(f"trained {config.model.name}: {result.step} steps, {result.total_seconds:.0f} s, "
+              f"{result.samples_per_second:.2f} samples/s; weights {path}")
+    return 0

@@ -1,0 +1,80 @@
+"""The model card of a training run: what was trained, on what, for how long, and how well."""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import RunConfig
+from .loop import TrainResult
+
+__all__ = ["training_card", "git_commit", "hardware_description"]
+
+
+def git_commit(path: str | Path | None = None) -> str:
+    """The repository's commit (``+dirty`` with local changes), or ``"unknown"`` outside git."""
+    folder = Path(path or Path(__file__).resolve().parent)
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True, text=True,
+                                timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=folder,
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return commit + ("+dirty" if dirty else "")
+
+
+def hardware_description(device: str) -> str:
+    """One line: the GPU's name, or the CPU's architecture and thread count."""
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name(torch.device(device))} (CUDA {torch.version.cuda})"
+    return f"CPU {platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+
+
+def training_card(config: RunConfig, result: TrainResult, *, metrics: dict[str, Any] | None = None,
+                  commit: str | None = None) -> dict[str, Any]:
+    """A complete model card (``torchqsm.models.weights`` keys) for the network ``result`` holds.
+
+    >>> from torchqsm.train.config import config_from_dict
+    >>> config = config_from_dict({"model": {"architecture": "unet", "name": "demo"}})
+    >>> result = TrainResult(model=None, step=3, losses=(1.0, 0.5, 0.25), seconds=2.0, total_seconds=2.0,
+    ...                      samples_per_second=6.0, device="cpu", world_size=1, validation={})
+    >>> card = training_card(config, result, commit="abc")
+    >>> card["training"]["steps"], card["training"]["samples"], card["normalization"]["input_scale_ppm"]
+    (3, 12, 0.02)
+    """
+    data, training = config.data, config.training
+    tilt = "uniform on the sphere" if data.max_tilt_deg is None else f"uniform within {data.max_tilt_deg:g}° of axis 3"
+    return {
+        "name": config.model.name,
+        "architecture": config.model.architecture,
+        "hyperparameters": dict(config.model.hyperparameters),
+        "normalization": config.normalization.as_dict(),
+        "units": {"input": "ppm (local field, zero outside the mask)", "output": "ppm (chi, relative to CSF)"},
+        "voxel_size_mm": list(data.voxel_size_mm),
+        "orientation": {"b0_dir_training": f"B0 {tilt}, in voxel coordinates",
+                        "reorient_at_inference": False,
+                        "note": "trained on oblique B0, applied at the data's own orientation"},
+        "training": {
+            "recipe": (f"Adam lr {training.learning_rate:g} (×{training.gamma:g} at "
+                       f"{', '.join(f'{m:g}' for m in training.milestones)} of the steps), batch {training.batch_size}, "
+                       f"loss {', '.join(f'{k} {v:g}' for k, v in vars(training.loss).items() if v)}"),
+            "data": (f"simulate.SimulatedQSMDataset local_to_chi, source {data.source}, patches "
+                     f"{'x'.join(map(str, data.patch_size or ()))} at {'x'.join(f'{h:g}' for h in data.voxel_size_mm)} mm, "
+                     f"lesion probability {data.lesion_probability:g}, input noise {data.local_noise_ppm} ppm"),
+            "steps": result.step,
+            "samples": result.step * training.batch_size * result.world_size,
+            "time_s": round(result.total_seconds, 1),
+            "hardware": hardware_description(result.device) + (f" × {result.world_size}" if result.world_size > 1
+                                                               else ""),
+            "seed": training.seed,
+            "final_loss": result.losses[-1] if result.losses else None,
+            "config": config.as_dict(),
+        },
+        "metrics": dict(metrics or {}),
+        "commit": commit if commit is not None else git_commit(),
+    }

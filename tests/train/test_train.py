@@ -1,0 +1,133 @@
+"""Training: configuration, losses, determinism, checkpoints and exact resume (tiny networks, CPU)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from torchqsm.errors import InputError, ParameterError
+from torchqsm.physics import DipoleOp
+from torchqsm.train import LossWeights, config_from_dict, load_checkpoint, load_config, masked_losses, train
+
+TINY = {
+    "model": {"architecture": "unet", "name": "tiny", "hyperparameters": {"base_channels": 2, "depth": 2}},
+    "data": {"source": "shapes", "shapes_volume": [24, 24, 24], "patch_size": [16, 16, 16], "pad": 8,
+             "patches_per_volume": 3},
+    "training": {"steps": 12, "batch_size": 2, "workers": 0, "learning_rate": 1e-3, "checkpoint_every": 5,
+                 "log_every": 1, "loss": {"mse": 1.0, "model": 0.5, "gradient": 0.1}},
+}
+
+
+def tiny(**training) -> dict:
+    values = json.loads(json.dumps(TINY))
+    values["training"].update(training)
+    return values
+
+
+def test_same_seed_same_first_ten_losses(tmp_path):
+    config = config_from_dict(tiny(steps=10))
+    first = train(config, tmp_path / "a", progress=False).losses
+    second = train(config, tmp_path / "b", progress=False).losses
+    assert len(first) == 10 and first == second
+    other = train(config_from_dict(tiny(steps=10, seed=1)), tmp_path / "c", progress=False).losses
+    assert other != first
+
+
+def test_resume_continues_the_same_loss_curve(tmp_path):
+    config = config_from_dict(tiny())
+    straight = train(config, tmp_path / "straight", progress=False)
+    part = train(config, tmp_path / "split", progress=False, stop_after=5)
+    assert part.step == 5
+    rest = train(config, tmp_path / "split", resume=True, progress=False)
+    assert rest.step == 12
+    assert part.losses + rest.losses == pytest.approx(straight.losses, rel=1e-5, abs=1e-7)
+    log = [json.loads(line) for line in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == list(range(1, 13))  # no duplicated or missing step after the resume
+
+
+def test_resume_with_two_workers_skips_each_workers_share(tmp_path):
+    config = config_from_dict(tiny(workers=2, steps=8))
+    straight = train(config, tmp_path / "straight", progress=False)
+    train(config, tmp_path / "split", progress=False, stop_after=3)
+    rest = train(config, tmp_path / "split", resume=True, progress=False)
+    assert rest.losses == pytest.approx(straight.losses[3:], rel=1e-5, abs=1e-7)
+
+
+def test_checkpoint_round_trip_is_exact(tmp_path):
+    config = config_from_dict(tiny(steps=5))
+    result = train(config, tmp_path, progress=False)
+    state = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert state["step"] == 5 and state["config"] == config.as_dict()
+    for key, value in result.model.state_dict().items():
+        assert torch.equal(state["model"][key], value), key
+    assert state["optimizer"]["state"], "Adam moments are saved"
+
+
+def test_resume_refuses_another_configuration(tmp_path):
+    train(config_from_dict(tiny(steps=3)), tmp_path, progress=False)
+    with pytest.raises(ParameterError, match="another configuration"):
+        train(config_from_dict(tiny(steps=3, learning_rate=5e-4)), tmp_path, resume=True, progress=False)
+
+
+def test_resume_without_checkpoint_is_a_clear_error(tmp_path):
+    with pytest.raises(InputError, match="no checkpoint"):
+        train(config_from_dict(tiny(steps=3)), tmp_path, resume=True, progress=False)
+    (tmp_path / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(InputError, match="not a readable"):
+        train(config_from_dict(tiny(steps=3)), tmp_path, resume=True, progress=False)
+
+
+def test_training_lowers_the_loss(tmp_path):
+    config = config_from_dict(tiny(steps=40, learning_rate=3e-3, checkpoint_every=40, log_every=40))
+    losses = train(config, tmp_path, progress=False).losses
+    assert sum(losses[-8:]) / 8 < 0.8 * sum(losses[:8]) / 8
+
+
+@pytest.mark.parametrize(("values", "message"), [
+    ({"training": {"steps": 1}}, "architecture"),
+    ({"model": {"architecture": "resnet"}}, "unknown architecture"),
+    ({"model": {"architecture": "unet"}, "training": {"steps": 0}}, "steps"),
+    ({"model": {"architecture": "unet"}, "training": {"stepz": 3}}, "unknown keys"),
+    ({"model": {"architecture": "unet"}, "training": {"loss": {"mse": 0.0}}}, "loss weights"),
+    ({"model": {"architecture": "unet"}, "data": {"task": "phase_to_chi"}}, "local_to_chi"),
+    ({"model": {"architecture": "unet"}, "optimiser": {}}, "unknown tables"),
+    ({"model": {"architecture": "unet"}, "training": {"milestones": [1.5]}}, "milestones"),
+])
+def test_bad_configurations_are_named(values, message):
+    with pytest.raises(ParameterError, match=message):
+        config_from_dict(values)
+
+
+def test_load_config_reads_toml_and_names_the_file(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text('[model]\narchitecture = "qsmnet"\nhyperparameters = { base_channels = 2 }\n'
+                    '[training]\nsteps = 3\nlearning_rate = 1\n[validation]\nsuite_dir = "suite"\n')
+    config = load_config(path)
+    assert config.model.architecture == "qsmnet" and config.training.learning_rate == 1.0
+    assert config.validation.suite_dir == str((tmp_path / "suite").resolve())
+    path.write_text("[model\n")
+    with pytest.raises(InputError, match="run.toml"):
+        load_config(path)
+    with pytest.raises(InputError, match="not found"):
+        load_config(tmp_path / "missing.toml")
+
+
+def test_losses_against_hand_computed_values():
+    generator = torch.Generator().manual_seed(0)
+    estimate, target = torch.randn(2, 1, 8, 8, 8, generator=generator), torch.randn(2, 1, 8, 8, 8, generator=generator)
+    mask = (torch.rand(2, 1, 8, 8, 8, generator=generator) > 0.3).float()
+    b0 = torch.tensor([[0.0, 0.0, 1.0], [0.0, 0.6, 0.8]])
+    voxel = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 2.0]])
+    terms = masked_losses(estimate, target, mask, LossWeights(mse=1, l1=1, model=1, gradient=1), b0_dir=b0,
+                          voxel_size_mm=voxel)
+    error = (estimate - target) * mask
+    n = mask.sum()
+    assert float(terms["mse"]) == pytest.approx(float(error.square().sum() / n), rel=1e-6)
+    assert float(terms["l1"]) == pytest.approx(float(error.abs().sum() / n), rel=1e-6)
+    fields = torch.stack([DipoleOp((8, 8, 8), voxel_size_mm=v.tolist(), b0_dir=d.tolist())(e)
+                          for e, d, v in zip(error, b0, voxel)])
+    assert float(terms["model"]) == pytest.approx(float((fields * mask).square().sum() / n), rel=1e-5)
+    assert float(masked_losses(target, target, mask, LossWeights(gradient=1))["gradient"]) == 0.0
+    assert float(terms["gradient"]) > 0
