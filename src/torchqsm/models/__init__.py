@@ -17,9 +17,10 @@ from .normalization import Normalization
 from .unet import UNet3d
 from .xqsm import XQSM
 from .inference import estimate_memory_mb, pad_to_multiple, crop, predict
+from .reorient import ModelFrame, to_model_frame
 
 __all__ = ["ARCHITECTURES", "build_model", "Normalization", "UNet3d", "qsmnet", "XQSM",
-           "predict", "estimate_memory_mb", "pad_to_multiple", "crop"]
+           "predict", "estimate_memory_mb", "pad_to_multiple", "crop", "to_model_frame", "ModelFrame"]
 
 
 def qsmnet(*, in_channels: int = 1, out_channels: int = 1, base_channels: int = 32, depth: int = 4,
