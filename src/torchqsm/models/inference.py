@@ -4,21 +4,19 @@ r"""Run a dipole-inversion network on a whole volume, in memory-bounded tiles if
 ``multiple``, runs the network (whole, or in overlapping tiles when the estimated
 memory exceeds a budget) and returns χ in ppm on the input's grid.
 
-Tiling. The padded volume is cut into cores of ``tile_size`` voxels that overlap by
-``overlap`` voxels; each core is run with ``halo`` voxels of extra context on every
-side (clipped at the volume's edge), and the context is discarded. Every start, size,
-overlap and halo is a multiple of the network's ``multiple``, so each window's
-poolings fall on the same grid as in the whole volume and, at the volume's edge, the
-network sees the same zero padding as a whole-volume pass. What remains different is
-the context beyond the halo, which a U-Net's receptive field reaches (a 3×3×3 U-Net
-of depth 4 has a theoretical radius of about 100 voxels, but its influence decays
-fast). Overlaps are blended with the separable weight
-:math:`w(t) = \sin^2(\pi (t + \tfrac12) / 2O)` rising over the first and falling over
-the last ``O`` voxels of a core that has a neighbour, normalised by the summed weights.
+Tiling. Cores of ``tile_size`` voxels overlap by ``overlap``; each runs with ``halo``
+voxels of context per side (clipped at the volume's edge), then discarded. Starts,
+sizes, overlap and halo are multiples of the network's ``multiple``, so poolings fall on
+the whole volume's grid and the volume's edge is padded as in a whole pass; only the
+context beyond the halo is lost (a 3×3×3 U-Net of depth 4 reaches ~100 voxels, with
+fast-decaying influence). Overlaps are blended by the separable weight
+:math:`w(t) = \sin^2(\pi (t + \tfrac12) / 2O)` over the ``O`` voxels next to a
+neighbour, normalised by the summed weights.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import os
@@ -85,13 +83,6 @@ def crop(x: torch.Tensor, region: Region) -> torch.Tensor:
     return x[(..., *region)]
 
 
-def _first_conv(model: nn.Module) -> nn.Module:
-    for module in model.modules():
-        if isinstance(module, nn.modules.conv._ConvNd):
-            return module
-    raise ParameterError("model has no convolution: cannot probe its activations")
-
-
 def estimate_memory_mb(model: nn.Module, shape: Sequence[int]) -> float:
     r"""Estimated peak memory (MiB) of one inference forward pass on a ``(X, Y, Z)`` volume.
 
@@ -107,7 +98,9 @@ def estimate_memory_mb(model: nn.Module, shape: Sequence[int]) -> float:
     >>> round(estimate_memory_mb(UNet3d(base_channels=4, depth=2), (64, 64, 64)))
     40
     """
-    conv = _first_conv(model)
+    conv = next((m for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd)), None)
+    if conv is None:
+        raise ParameterError("model has no convolution: cannot probe its activations")
     side = 2 * int(getattr(model, "multiple", 1))
     counted = 0
 
@@ -168,7 +161,8 @@ def plan_tiles(shape: Sequence[int], *, tile_size: int | Sequence[int], overlap:
     if overlap < 0 or halo < 0:
         raise ParameterError(f"overlap and halo must be non-negative, got {overlap}, {halo}")
     sizes = tuple(min(_round_up(t, multiple), s) for t, s in zip(_triple(tile_size, "tile_size"), shape))
-    overlap = min(_round_up(overlap, multiple), min(sizes) - multiple)
+    tiled = [t for t, s in zip(sizes, shape) if t < s]
+    overlap = min(_round_up(overlap, multiple), min(tiled, default=multiple) - multiple)
     halo = _round_up(halo, multiple)
     starts = []
     for size, length in zip(sizes, shape):
@@ -176,12 +170,10 @@ def plan_tiles(shape: Sequence[int], *, tile_size: int | Sequence[int], overlap:
         axis = list(range(0, length - size, step)) + [length - size]
         starts.append(sorted(set(axis)))
     tiles = []
-    for i in starts[0]:
-        for j in starts[1]:
-            for k in starts[2]:
-                core = tuple(slice(a, a + t) for a, t in zip((i, j, k), sizes))
-                window = tuple(slice(max(c.start - halo, 0), min(c.stop + halo, s)) for c, s in zip(core, shape))
-                tiles.append(Tile(core, window))  # type: ignore[arg-type]
+    for corner in itertools.product(*starts):
+        core = tuple(slice(a, a + t) for a, t in zip(corner, sizes))
+        window = tuple(slice(max(c.start - halo, 0), min(c.stop + halo, s)) for c, s in zip(core, shape))
+        tiles.append(Tile(core, window))  # type: ignore[arg-type]
     return tiles, sizes, overlap, halo  # type: ignore[return-value]
 
 
@@ -201,7 +193,7 @@ def _blend_weight(core: Region, shape: Sequence[int], overlap: int, device: torc
 
 
 def _as_tensor(value, name: str) -> torch.Tensor:
-    tensor = torch.from_numpy(np.asarray(value)) if not isinstance(value, torch.Tensor) else value
+    tensor = value if isinstance(value, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(value))
     if tensor.ndim != 3:
         raise InputError(f"{name} must be 3-D (X, Y, Z), got shape {tuple(tensor.shape)}")
     return tensor
@@ -310,24 +302,21 @@ def predict(
     budget = _default_budget_mb(device) if max_memory_mb is None else float(max_memory_mb)
     if tile_size is None and estimate_memory_mb(model, x.shape) > budget:
         tile_size = _fitting_tile(model, x.shape, budget, halo, multiple)
-    output = None
-    if tile_size is None:
+    while True:  # on CUDA, out of memory → tiles, halved until they fit
         try:
-            output = forward(x).to(field.device)
+            if tile_size is None:
+                output = forward(x).to(field.device)
+            else:
+                output = _tiled(forward, x, padded_mask, tile_size=tile_size, overlap=overlap, halo=halo,
+                                multiple=multiple, progress=progress)
+            break
         except torch.cuda.OutOfMemoryError:
             torch.cuda.empty_cache()
-            tile_size = max(x.shape) // 2
-            logger.info("out of memory on the whole volume: retrying in tiles")
-    while output is None:
-        try:
-            output = _tiled(forward, x, padded_mask, tile_size=tile_size, overlap=overlap, halo=halo,
-                            multiple=multiple, progress=progress)
-        except torch.cuda.OutOfMemoryError:
-            torch.cuda.empty_cache()
-            if min(_triple(tile_size, "tile_size")) <= multiple:
+            current = max(x.shape) if tile_size is None else min(_triple(tile_size, "tile_size"))
+            if current <= multiple:
                 raise
-            tile_size = max(multiple, min(_triple(tile_size, "tile_size")) // 2)
-            logger.info("out of memory: retrying with tile size %d", tile_size)
+            tile_size = max(multiple, current // 2)
+            logger.info("out of memory: retrying in tiles of %d voxels", tile_size)
     chi = torch.where(inside, crop(normalization.from_network(output), region).to(field.device), 0.0)
     return chi.cpu().numpy() if as_numpy else chi
 

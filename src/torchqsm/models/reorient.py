@@ -88,7 +88,7 @@ def _resample(volume: torch.Tensor, weight: torch.Tensor, target_shape: Sequence
 
 
 def _as_tensor(value, name: str) -> torch.Tensor:
-    tensor = value if isinstance(value, torch.Tensor) else torch.from_numpy(np.asarray(value))
+    tensor = value if isinstance(value, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(value))
     if tensor.ndim != 3 or min(tensor.shape) < 2:
         raise InputError(f"{name} must be 3-D with at least 2 voxels per axis, got shape {tuple(tensor.shape)}")
     return tensor
