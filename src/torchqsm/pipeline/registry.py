@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from .. import inversion
+from . import learned
 from ..errors import ParameterError
 
 __all__ = ["MethodSpec", "ParameterSpec", "METHODS", "register", "get_method", "invert", "coerce_parameter", "describe"]
@@ -316,3 +317,20 @@ def invert(
 for _name in ("tkd", "tsvd", "tikhonov", "l2", "tv", "ndi", "medi"):
     register(_name, getattr(inversion, _name))
 register("cosmos", inversion.cosmos, multi_orientation=True)
+
+
+def register_learned() -> list[str]:
+    """Register the learned methods with shipped weights and their refinements (see ``pipeline.learned``)."""
+    names = []
+    for architecture, weights in learned.shipped_defaults().items():
+        network = learned.learned_method(architecture, weights)
+        register(architecture, network, kind="learned")
+        names.append(architecture)
+        for refinement in learned.REFINEMENTS:
+            name = f"{architecture}+{refinement}"
+            register(name, learned.refined_method(name, network, refinement), kind="learned")
+            names.append(name)
+    return names
+
+
+register_learned()
