@@ -70,7 +70,8 @@ def dfqsm(
     when ``support``, else the identity). The step :math:`\alpha = 1` of the paper is
     stable: the kernel lies in :math:`[-2/3, 1/3]`, so :math:`\lVert SDMDS\rVert \le 4/9`
     and every eigen-component of the error shrinks by :math:`1 - \alpha\lambda \in [5/9, 1]`
-    per iteration; :math:`E` decreases monotonically for any :math:`\alpha \le 9/4`.
+    per iteration, without changing sign (that holds for :math:`\alpha \le 9/4`);
+    :math:`E` decreases monotonically for any :math:`\alpha < 2/(4/9) = 9/2`.
 
     Stopping rule (scale-free form of the paper's "gradient norm below 0.75"): stop
     as soon as
