@@ -27,7 +27,8 @@ def dll2(
     b0_dir: Vector3 = (0.0, 0.0, 1.0),
     pad: int | Sequence[int] = DEFAULT_PAD,
     regularization: float = 0.01,
-    weights: torch.Tensor | Literal["mask"] | None = None,
+    weighting: Literal["identity", "mask"] = "identity",
+    magnitude: torch.Tensor | None = None,
     max_iterations: int = 100,
     tolerance: float = 1e-4,
     callback: StatusCallback | None = None,
@@ -41,12 +42,12 @@ def dll2(
 
     with :math:`\chi_0` = ``chi_ppm`` (a network's output, or any method's).
 
-    * ``weights=None`` (:math:`W = I`): closed form in k-space on the zero-padded grid,
+    * ``weighting="identity"`` (:math:`W = I`): closed form in k-space on the zero-padded grid,
       :math:`\chi = P^\top F^{-1}\big[(D\,F P f + \lambda\,F P\chi_0)/(D^2 + \lambda)\big]`,
       where the field counts as measured zero outside the mask (as in TKD or Tikhonov);
       two FFTs, no iteration, ``max_iterations``/``tolerance``/``callback`` unused.
-    * ``weights="mask"`` (:math:`W = M`) or a tensor (:math:`W` = the tensor scaled to
-      mean 1 in the mask, times :math:`M`; e.g. the magnitude, a noise weight): the data
+    * ``weighting="mask"``: :math:`W = M`, or with ``magnitude`` :math:`W` = the magnitude
+      scaled to mean 1 in the mask, times :math:`M` (a noise weight); the data
       outside the mask are ignored and χ is constrained to the mask (:math:`\chi = M\chi`,
       the sources of a local field lie inside it); the normal equations
       :math:`M(D W^2 D + \lambda)M\chi = M D W^2 f + \lambda M\chi_0` are solved on the
@@ -67,8 +68,10 @@ def dll2(
         :math:`\lambda` (dimensionless, > 0: the dipole kernel is dimensionless).
         With 0.01 the data decide wherever :math:`|D| \gtrsim 0.1`, the estimate
         near the magic-angle cone.
-    weights
-        ``None``, ``"mask"`` or a non-negative tensor ``(X, Y, Z)``, as above.
+    weighting
+        ``"identity"`` or ``"mask"``, as above.
+    magnitude
+        Optional magnitude ``(X, Y, Z)`` (non-negative) for :math:`W`; needs ``weighting="mask"``.
     max_iterations, tolerance
         Of CG (relative residual of the normal equations).
     callback
@@ -101,16 +104,15 @@ def dll2(
     problem = prepare(local_field_ppm, mask, voxel_size_mm=voxel_size_mm, b0_dir=b0_dir, pad=pad)
     lam = check_positive("regularization", regularization)
     chi0 = initial_estimate(chi_ppm, problem)
-    if weights is None:
+    if weighting not in ("identity", "mask"):
+        raise ParameterError(f"weighting must be 'identity' or 'mask', got {weighting!r}")
+    if weighting == "identity" and magnitude is not None:
+        raise ParameterError("magnitude weights apply inside the mask: pass weighting='mask' with magnitude")
+    if weighting == "identity":
         kernel = problem.kernel()
         spectrum = (kernel * problem.rfft(problem.field) + lam * problem.rfft(chi0)) / (kernel * kernel + lam)
         return problem.finish(problem.irfft(spectrum))
-    if isinstance(weights, str):
-        if weights != "mask":
-            raise ParameterError(f"weights must be None, 'mask' or a tensor, got {weights!r}")
-        data_weights = problem.mask
-    else:
-        data_weights = weights_from_magnitude(weights, problem, name="weights")
+    data_weights = weights_from_magnitude(magnitude, problem)  # the mask when None
     limit = _iteration_limit(max_iterations)
     threshold = check_positive("tolerance", tolerance, allow_zero=True)
     inside = MaskOp(problem.mask)
