@@ -4,8 +4,8 @@ Both map a normalised local field ``(N, 1, X, Y, Z)`` to a normalised χ of the 
 shape; :mod:`torchqsm.models.inference` does the normalisation, padding and tiling.
 Each spatial size must be a multiple of ``2**depth`` (inference pads to it).
 
-* DF-QSM U-Net (Kumar et al. 2024, Fig. 3): four encoding and four decoding levels, two
-  3×3×3 convolutions + batch norm + ReLU per level, 2×2×2 max pooling, 2×2×2 transposed
+* DF-QSM U-Net (Paluru, Mathew, Yalavarthy, NMR Biomed 2024, doi:10.1002/nbm.5163, Fig. 3):
+  four encoding and four decoding levels, two 3×3×3 convolutions + batch norm + ReLU per level, 2×2×2 max pooling, 2×2×2 transposed
   convolutions, 16 → 256 channels, skip connections by concatenation, a 1×1×1 output
   convolution. ``UNet3d()`` with the defaults is that network (5.6 M parameters).
 * QSMnet-style (Yoon et al. 2018): the same shape with 5×5×5 kernels

@@ -102,8 +102,9 @@ def learned_method(architecture: str, default_weights: str) -> Callable[..., tor
 
 
 _REFERENCES = {
-    "unet": "Kumar et al. DF-QSM: data fidelity based hybrid approach for improved generalization of deep "
-            "learning-based QSM (the 3-D U-Net of its prediction stage).",
+    "unet": "Paluru N, Mathew RS, Yalavarthy PK. DF-QSM: data fidelity based hybrid approach for improved "
+            "generalization of deep learning based quantitative susceptibility mapping. NMR Biomed 2024;e5163 "
+            "(the 3-D U-Net of its prediction stage). doi:10.1002/nbm.5163",
     "xqsm": "Gao Y, Zhu X, Moffat BA, et al. xQSM: quantitative susceptibility mapping with octave convolutional and "
             "noise-regularized neural networks. NMR Biomed 2021;34:e4461. doi:10.1002/nbm.4461",
     "qsmnet": "Yoon J, Gong E, Chatnuntawech I, et al. Quantitative susceptibility mapping using deep neural network: "
