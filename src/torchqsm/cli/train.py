@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 from pathlib import Path
 
@@ -59,6 +60,12 @@ def suite_validator(suite_dir: str | Path, cases: tuple[str, ...]):
     return validate
 
 
+def _last_logged_loss(log: Path) -> float | None:
+    losses = [record["loss"] for record in map(json.loads, log.read_text(encoding="utf-8").splitlines())
+              if "loss" in record] if log.exists() else []
+    return losses[-1] if losses else None
+
+
 def run_train(args: argparse.Namespace) -> int:
     config: RunConfig = load_config(args.config)
     if args.device:
@@ -77,6 +84,8 @@ def run_train(args: argparse.Namespace) -> int:
         return 0
     metrics = {"validation": result.validation, "validation_suite": str(suite)} if result.validation else {}
     card = training_card(config, result, metrics=metrics)
+    if card["training"]["final_loss"] is None:  # a finished run resumed only to write its weights
+        card["training"]["final_loss"] = _last_logged_loss(out / "metrics.jsonl")
     path = save_weights(result.model, card, out, config.model.name, overwrite=args.overwrite or args.resume)
     if not args.quiet:
         print(f"trained {config.model.name}: {result.step} steps, {result.total_seconds:.0f} s, "
