@@ -166,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
     parser.add_argument("--no-write", action="store_true", help="print the section only")
+    parser.add_argument("--update-cards", action="store_true",
+                        help="write each learned method's scores into its shipped model card (metrics)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     methods = [parse_method(text) for text in (args.methods or default_methods())]
@@ -185,7 +187,44 @@ def main(argv: list[str] | None = None) -> int:
     if not (args.small or args.no_write):
         update_markdown(args.output, section)
         log(f"updated {args.output}")
+    if args.update_cards and not args.small:
+        for path in update_cards(rows, index):
+            log(f"updated {path}")
     return 0
+
+
+def update_cards(rows, index: dict) -> list[Path]:
+    """Write the suite scores of each learned network (and its refinements) into its shipped card.
+
+    Only the card's ``metrics`` change; the weights file and its SHA-256 are untouched.
+    """
+    from torchqsm.models import weights as weights_module
+    from torchqsm.pipeline.learned import shipped_defaults
+
+    written = []
+    for architecture, name in shipped_defaults().items():
+        path = weights_module.SHIPPED_DIR / f"{name}.json"
+        card = json.loads(path.read_text(encoding="utf-8"))
+        scores: dict[str, dict[str, dict[str, float]]] = {}
+        for r in rows:
+            base, _, refinement = r.method.partition("+")
+            if base == architecture and ":" not in r.method:
+                scores.setdefault(refinement or "network", {})[r.case] = {
+                    "nrmse": round(r.nrmse, 2), "hfen": round(r.hfen, 2), "ssim": round(r.ssim, 4)}
+        if not scores.get("network"):
+            continue
+        baseline = scores["network"].get("baseline") or next(iter(scores["network"].values()))
+        card["metrics"] = {
+            "suite": baseline, "headline": "suite.nrmse",
+            "suite_version": index["version"], "suite_case_of_headline": "baseline" if "baseline" in
+            scores["network"] else next(iter(scores["network"])),
+            "suite_input": "true local field + measured multi-echo field noise (benchmarks/bench_learned.py)",
+            "units": "NRMSE and HFEN in %, SSIM 0-1, in the brain mask after demeaning",
+            "cases": scores,
+        }
+        path.write_text(json.dumps(card, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
+        written.append(path)
+    return written
 
 
 if __name__ == "__main__":
