@@ -69,3 +69,14 @@ def test_unknown_weights_is_a_clear_error(shipped_tiny):
     chi, mask = shapes_phantom((16, 16, 16))
     with pytest.raises(InputError, match="no-such-net"):
         registry.invert(chi, mask, "unet", weights="no-such-net")
+
+
+@pytest.mark.parametrize("name", sorted(n for n, s in registry.METHODS.items() if s.kind == "learned"))
+def test_every_shipped_learned_method_runs(name):
+    """The shipped weights load and every registered learned method (and refinement) runs by name."""
+    chi, mask = shapes_phantom((20, 24, 16))
+    field = forward_field(chi, pad=8)
+    params = {"max_iterations": 2} if "+" in name else {}
+    estimate = registry.invert(field, mask, name, **params)
+    assert estimate.shape == field.shape and torch.isfinite(estimate).all()
+    assert torch.all(estimate[mask == 0] == 0) and float(estimate.abs().max()) > 0
