@@ -93,7 +93,7 @@ def run_row(row: str, threads: int, repeats: int) -> dict:
     field, mask, chi = _field()
     if row.startswith("dfqsm-unet-16"):
         from torchqsm.models import UNet3d
-        from torchqsm.models.inference import crop, pad_to_multiple
+        from torchqsm.models.inference import pad_to_multiple
         torch.manual_seed(0)
         model = UNet3d().eval()
         x, _ = pad_to_multiple(field[None, None] / 0.01, 16)
@@ -107,7 +107,6 @@ def run_row(row: str, threads: int, repeats: int) -> dict:
             with torch.inference_mode():
                 model(x)
         result["parameters"] = sum(p.numel() for p in UNet3d().parameters())
-        del crop
     else:
         from torchqsm.metrics import nrmse
         from torchqsm.pipeline.registry import get_method, invert
