@@ -134,7 +134,13 @@ def render(rows, noise: dict[str, tuple[float, float]], index: dict, args, comma
              f"- Machine: {machine(args.device)}, device {args.device}, {args.threads} torch threads; Python "
              f"{platform.python_version()}, torch {torch.__version__}; measured {date}; load average {load:.2f} "
              "before the run (other work on the machine slows the times).",
-             f"- Reproduce: `{command}`", ""]
+             f"- Reproduce: `{command}`"]
+    for case, (n, f) in noise.items():
+        if n > f:  # not acquisition noise: the input's error is larger than the field itself
+            lines.append(f"- **{case}**: the measured field error ({n * 1e3:.0f} ppb) exceeds the local field "
+                         f"({f * 1e3:.0f} ppb): the phase of the signal disagrees with the ground-truth field, "
+                         "so this column scores that mismatch, not the inversion.")
+    lines.append("")
     for metric in ("nrmse", "hfen", "ssim", "seconds"):
         lines += [markdown_table(rows, metric), ""]
     data = {"suite_version": index["version"], "small": bool(index.get("small")), "date": date,
