@@ -6,11 +6,11 @@ import copy
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ParameterError
 from ..inversion._common import DEFAULT_PAD, check_positive, prepare, weights_from_magnitude
+from ..models.inference import pad_to_multiple
 from ..models.normalization import Normalization
 from ..solvers import SolverStatus, StatusCallback
 from .dfqsm import _iteration_limit
@@ -18,14 +18,6 @@ from .dfqsm import _iteration_limit
 __all__ = ["fine"]
 
 Vector3 = Sequence[float]
-
-
-def _pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[slice, slice, slice]]:
-    """Zero-pad the last three axes to multiples of ``multiple`` (evenly); the region of ``x`` inside."""
-    extra = [(-int(n)) % multiple for n in x.shape[-3:]]
-    widths = [w for e in reversed(extra) for w in (e // 2, e - e // 2)]  # F.pad lists the last axis first
-    region = tuple(slice(e // 2, e // 2 + int(n)) for e, n in zip(extra, x.shape[-3:]))
-    return (F.pad(x, widths) if any(extra) else x), region  # type: ignore[return-value]
 
 
 def fine(
@@ -127,7 +119,7 @@ def fine(
     scale = float(torch.linalg.vector_norm(target))
     if scale == 0.0:
         scale = 1.0  # a zero field: the loss is already in the field's units, nothing to normalise
-    inputs, region = _pad_to_multiple(normalization.to_network(problem.field)[None, None], multiple)
+    inputs, region = pad_to_multiple(normalization.to_network(problem.field)[None, None], multiple)
     inputs = inputs.to(parameter.dtype)
 
     def estimate() -> torch.Tensor:
