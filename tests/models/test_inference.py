@@ -113,3 +113,22 @@ def test_plan_tiles_cover_the_volume_on_the_pooling_grid():
             assert window.start % 4 == 0 and window.stop % 4 == 0
             assert window.start <= core.start and window.stop >= core.stop
     assert int(covered.min()) >= 1
+
+
+def test_channels_last_gives_the_same_chi_and_restores_the_model(dfqsm_case):
+    net, field, mask, whole = dfqsm_case
+    contiguous = predict(net, field, mask, normalization=NORMALIZATION, max_memory_mb=float("inf"),
+                         channels_last=False)
+    assert relative_error(whole, contiguous, mask) < 1e-5  # default (channels-last): another summation order
+    weights = [p for p in net.parameters() if p.dim() == 5]
+    assert weights and all(p.is_contiguous() for p in weights)  # converted back after the call
+
+
+def test_channels_last_context_leaves_a_channels_last_model_alone():
+    from torchqsm.models.inference import channels_last_3d
+
+    net = UNet3d(base_channels=2, depth=1).to(memory_format=torch.channels_last_3d)
+    with channels_last_3d(net):
+        pass
+    conv = next(p for p in net.parameters() if p.dim() == 5 and p.shape[1] > 1)
+    assert conv.is_contiguous(memory_format=torch.channels_last_3d) and not conv.is_contiguous()

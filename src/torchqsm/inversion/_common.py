@@ -84,6 +84,28 @@ class Problem:
         """χ inside the mask, zero outside, in the input's dtype."""
         return (chi * self.mask).to(self.field.dtype)
 
+    def cropped_to_mask(self) -> tuple[Problem, tuple[slice, slice, slice]]:
+        """This problem on the mask's bounding box, with the same zero margin ``pad`` around it.
+
+        Along axes without padding the grid is kept whole (the convolution is periodic there).
+        For an unknown and data that both live in the mask, the solution then does not depend
+        on how many zero voxels surround the mask, and they cost no FFT time.
+        """
+        inside = self.mask != 0
+        box = []
+        for axis in range(3):
+            if self.pad.before[axis] == 0:
+                box.append(slice(0, self.shape[axis]))
+                continue
+            others = tuple(a for a in range(3) if a != axis)
+            present = torch.nonzero(inside.any(dim=others[1]).any(dim=others[0])).flatten()
+            box.append(slice(int(present[0]), int(present[-1]) + 1))
+        region = tuple(box)
+        shape = tuple(b.stop - b.start for b in region)
+        problem = Problem(self.field[region], self.mask[region], self.voxel_size_mm, self.b0_dir,
+                          padding_for(shape, self.pad.before))
+        return problem, region  # type: ignore[return-value]
+
 
 def prepare(
     local_field_ppm,

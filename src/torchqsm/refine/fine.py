@@ -111,7 +111,8 @@ def fine(
     parameter = next(network.parameters(), None)
     if parameter is None:
         raise ParameterError("model has no parameters to fine-tune")
-    network.to(device=problem.field.device)
+    # channels-last 3-D convolutions: ~1.7x faster on CPU (models.inference.predict); a copy, so no restore
+    network.to(device=problem.field.device, memory_format=torch.channels_last_3d)
     for p in network.parameters():
         p.requires_grad_(True)
     dipole = problem.dipole()
