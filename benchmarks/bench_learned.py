@@ -212,9 +212,9 @@ def update_cards(rows, index: dict) -> list[Path]:
         path = weights_module.SHIPPED_DIR / f"{name}.json"
         card = json.loads(path.read_text(encoding="utf-8"))
         scores: dict[str, dict[str, dict[str, float]]] = {}
-        for r in rows:
+        for r in rows:  # "unet+fine:max_iterations=10" is stored as "fine:max_iterations=10"
             base, _, refinement = r.method.partition("+")
-            if base == architecture and ":" not in r.method:
+            if base == architecture:
                 scores.setdefault(refinement or "network", {})[r.case] = {
                     "nrmse": round(r.nrmse, 2), "hfen": round(r.hfen, 2), "ssim": round(r.ssim, 4)}
         if not scores.get("network"):

@@ -115,20 +115,34 @@ def test_plan_tiles_cover_the_volume_on_the_pooling_grid():
     assert int(covered.min()) >= 1
 
 
-def test_channels_last_gives_the_same_chi_and_restores_the_model(dfqsm_case):
+def test_channels_last_and_folded_batch_norm_give_the_same_chi(dfqsm_case):
     net, field, mask, whole = dfqsm_case
     contiguous = predict(net, field, mask, normalization=NORMALIZATION, max_memory_mb=float("inf"),
                          channels_last=False)
     assert relative_error(whole, contiguous, mask) < 1e-5  # default (channels-last): another summation order
-    weights = [p for p in net.parameters() if p.dim() == 5]
-    assert weights and all(p.is_contiguous() for p in weights)  # converted back after the call
+    with torch.inference_mode():  # the unfolded network itself, eval mode
+        x = (field * mask / NORMALIZATION.input_scale_ppm)[None, None]
+        direct = net.eval()(x)[0, 0] * NORMALIZATION.output_scale_ppm * mask
+    assert relative_error(whole, direct, mask) < 1e-5
 
 
-def test_channels_last_context_leaves_a_channels_last_model_alone():
-    from torchqsm.models.inference import channels_last_3d
+def test_inference_copy_folds_batch_norm_and_leaves_the_model_alone():
+    from torchqsm.models.inference import inference_copy
 
-    net = UNet3d(base_channels=2, depth=1).to(memory_format=torch.channels_last_3d)
-    with channels_last_3d(net):
-        pass
-    conv = next(p for p in net.parameters() if p.dim() == 5 and p.shape[1] > 1)
+    torch.manual_seed(3)
+    net = UNet3d(base_channels=2, depth=1).train()
+    for module in net.modules():  # non-trivial running statistics and affine
+        if isinstance(module, torch.nn.BatchNorm3d):
+            module.running_mean.uniform_(-1, 1)
+            module.running_var.uniform_(0.5, 2)
+            module.weight.data.uniform_(0.5, 2)
+            module.bias.data.uniform_(-1, 1)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    folded = inference_copy(net)
+    assert net.training and all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+    assert not any(isinstance(m, torch.nn.BatchNorm3d) for m in folded.modules())
+    conv = next(p for p in folded.parameters() if p.dim() == 5 and p.shape[1] > 1)
     assert conv.is_contiguous(memory_format=torch.channels_last_3d) and not conv.is_contiguous()
+    x = torch.randn(1, 1, 8, 8, 8)
+    with torch.inference_mode():
+        assert torch.allclose(folded(x), net.eval()(x), rtol=1e-4, atol=1e-5)
