@@ -9,8 +9,9 @@ whose time is reported as the first-call cost.
 Rows:
 
 * ``dfqsm-unet-16``: the paper-sized DF-QSM U-Net (16 → 256 channels, 5.65 M parameters,
-  random weights: time does not depend on them), eager; with ``channels_last_3d``; and with
-  ``torch.compile`` (first call includes compilation);
+  random weights: time does not depend on them), eager; with ``channels_last_3d``; with
+  ``torch.compile`` (inductor, freezing, channels-last; the first call includes compilation);
+  and through :func:`torchqsm.models.inference.predict` (batch norm folded, channels-last);
 * the shipped learned methods through the registry (``torchqsm.invert``): ``unet``,
   ``unet+dfqsm``, ``xqsm``, ``qsmnet`` (normalisation, padding and masking included);
 * training throughput (samples/s) of each shipped configuration in ``configs/``: 10 steps
@@ -97,15 +98,24 @@ def run_row(row: str, threads: int, repeats: int) -> dict:
         torch.manual_seed(0)
         model = UNet3d().eval()
         x, _ = pad_to_multiple(field[None, None] / 0.01, 16)
-        if row.endswith("channels-last"):
+        if row.endswith(("channels-last", "compile")):
             model = model.to(memory_format=torch.channels_last_3d)
             x = x.contiguous(memory_format=torch.channels_last_3d)
-        if row.endswith("compile"):
+        if row.endswith("compile"):  # inductor with freezing (constant weights folded and pre-packed)
+            import torch._inductor.config as inductor_config
+            inductor_config.freezing = True
             model = torch.compile(model)
+        if row.endswith("predict"):  # torchqsm's own path: batch norm folded, channels-last (models.inference)
+            from torchqsm.models import Normalization
+            from torchqsm.models.inference import predict
+            network = model
 
-        def call():
-            with torch.inference_mode():
-                model(x)
+            def call():
+                predict(network, field, mask, normalization=Normalization(input_scale_ppm=0.01))
+        else:
+            def call():
+                with torch.inference_mode():
+                    model(x)
         result["parameters"] = sum(p.numel() for p in UNet3d().parameters())
     else:
         from torchqsm.metrics import nrmse
@@ -172,7 +182,8 @@ def main() -> None:
         print(json.dumps(run_row(args.row, args.threads, args.repeats)))
         return
     from torchqsm.pipeline.registry import METHODS
-    rows = args.rows or (["dfqsm-unet-16", "dfqsm-unet-16:channels-last", "dfqsm-unet-16:compile"]
+    rows = args.rows or (["dfqsm-unet-16", "dfqsm-unet-16:channels-last", "dfqsm-unet-16:compile",
+                          "dfqsm-unet-16:predict"]
                          + [m for m in ("unet", "unet+dfqsm", "xqsm", "qsmnet") if m in METHODS]
                          + [f"train:configs/{n}-hybrid-cpu.toml" for n in ("unet", "xqsm", "qsmnet")])
     results = []

@@ -194,11 +194,29 @@ def _blend_weight(core: Region, shape: Sequence[int], overlap: int, device: torc
     return profiles[0][:, None, None] * profiles[1][None, :, None] * profiles[2][None, None, :]
 
 
-def _as_tensor(value, name: str) -> torch.Tensor:
+def _as_tensor(value, name: str, min_size: int) -> torch.Tensor:
     tensor = value if isinstance(value, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(value))
-    if tensor.ndim != 3:
-        raise InputError(f"{name} must be 3-D (X, Y, Z), got shape {tuple(tensor.shape)}")
+    if tensor.ndim != 3 or min(tensor.shape) < min_size:
+        least = "" if min_size <= 1 else f" with at least {min_size} voxels per axis"
+        raise InputError(f"{name} must be 3-D (X, Y, Z){least}, got shape {tuple(tensor.shape)}")
     return tensor
+
+
+def field_and_mask(local_field_ppm, mask, *, min_size: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """A network's inputs checked: (field, boolean mask) as tensors on the field's device.
+
+    :class:`InputError` for arrays that are not 3-D (or have fewer than ``min_size`` voxels along
+    an axis), differing shapes, an empty mask, or a non-finite field value inside the mask.
+    """
+    field = _as_tensor(local_field_ppm, "local_field_ppm", min_size)
+    inside = _as_tensor(mask, "mask", min_size).to(field.device) != 0
+    if inside.shape != field.shape:
+        raise InputError(f"mask shape {tuple(inside.shape)} differs from the field's {tuple(field.shape)}")
+    if not bool(inside.any()):
+        raise InputError("mask is empty")
+    if not bool(torch.isfinite(field[inside]).all()):
+        raise InputError("local field has non-finite values inside the mask")
+    return field, inside
 
 
 def predict(
@@ -285,14 +303,7 @@ def predict(
     ('ndarray', (10, 9, 7), dtype('float32'))
     """
     as_numpy = not isinstance(local_field_ppm, torch.Tensor)
-    field = _as_tensor(local_field_ppm, "local_field_ppm")
-    inside = _as_tensor(mask, "mask").to(field.device) != 0
-    if inside.shape != field.shape:
-        raise InputError(f"mask shape {tuple(inside.shape)} differs from the field's {tuple(field.shape)}")
-    if not bool(inside.any()):
-        raise InputError("mask is empty")
-    if not bool(torch.isfinite(field[inside]).all()):
-        raise InputError("local field has non-finite values inside the mask")
+    field, inside = field_and_mask(local_field_ppm, mask)
     if device is None:
         first = next(model.parameters(), None)
         device = first.device if first is not None else field.device

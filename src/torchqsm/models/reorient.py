@@ -39,6 +39,7 @@ from torch.nn import functional as F
 
 from ..errors import InputError, ParameterError, check_voxel_size
 from ..physics import normalize_b0_dir
+from .inference import field_and_mask
 
 __all__ = ["to_model_frame", "ModelFrame", "rotation_to_z"]
 
@@ -87,13 +88,6 @@ def _resample(volume: torch.Tensor, weight: torch.Tensor, target_shape: Sequence
     return torch.where(denominator > 1e-6, numerator / denominator.clamp_min(1e-6), 0.0), denominator
 
 
-def _as_tensor(value, name: str) -> torch.Tensor:
-    tensor = value if isinstance(value, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(value))
-    if tensor.ndim != 3 or min(tensor.shape) < 2:
-        raise InputError(f"{name} must be 3-D with at least 2 voxels per axis, got shape {tuple(tensor.shape)}")
-    return tensor
-
-
 @dataclass(frozen=True, eq=False)
 class ModelFrame:
     """How a volume was rotated and resampled by :func:`to_model_frame`; maps χ back.
@@ -123,7 +117,7 @@ class ModelFrame:
 
         Returns the type it receives (tensor or numpy array).
         """
-        chi = _as_tensor(chi_ppm, "chi_ppm")
+        chi = torch.as_tensor(chi_ppm)
         if tuple(chi.shape) != self.model_shape:
             raise InputError(f"chi_ppm has shape {tuple(chi.shape)}, the model grid is {self.model_shape}")
         dtype = chi.dtype if chi.is_floating_point() else torch.float32
@@ -182,18 +176,11 @@ def to_model_frame(
     >>> tuple(rotated.shape), frame.to_original(rotated).shape
     ((8, 8, 12), torch.Size([8, 8, 6]))
     """
-    field = _as_tensor(local_field_ppm, "local_field_ppm")
-    inside = _as_tensor(mask, "mask").to(field.device) != 0
-    if inside.shape != field.shape:
-        raise InputError(f"mask shape {tuple(inside.shape)} differs from the field's {tuple(field.shape)}")
-    if not bool(inside.any()):
-        raise InputError("mask is empty")
+    field, inside = field_and_mask(local_field_ppm, mask, min_size=2)
     voxel, model_voxel = check_voxel_size(voxel_size_mm), check_voxel_size(model_voxel_size_mm)
     rotation = rotation_to_z(b0_dir)
     dtype = field.dtype if field.is_floating_point() else torch.float32
     field = torch.where(inside, field.to(dtype), 0.0)
-    if not bool(torch.isfinite(field).all()):
-        raise InputError("local field has non-finite values inside the mask")
     # the rotated box: corners at ±N h / 2, the bounding box rounded up to whole model voxels
     half = np.asarray(field.shape, dtype=np.float64) * np.asarray(voxel) / 2
     corners = np.array([[sx, sy, sz] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)]) * half
