@@ -391,3 +391,14 @@ def test_neumann_gradient_is_zero_at_the_last_voxel_and_exact_on_ramps():
         interior = g[axis].narrow(axis, 0, GRID[axis] - 1)
         torch.testing.assert_close(interior, torch.full_like(interior, slope))
         assert torch.all(g[axis].narrow(axis, GRID[axis] - 1, 1) == 0)
+
+
+def test_bounding_box_holds_every_mask_voxel_and_nothing_more():
+    from torchqsm.physics.operators import bounding_box
+
+    mask = torch.zeros(9, 8, 7, dtype=torch.bool)
+    mask[2, 5, 1] = mask[6, 3, 4] = True
+    assert bounding_box(mask) == (slice(2, 7), slice(3, 6), slice(1, 5))
+    assert bounding_box(torch.stack([mask.float(), torch.zeros(9, 8, 7)])) == bounding_box(mask)  # leading axes
+    with pytest.raises(ValueError, match="empty"):
+        bounding_box(torch.zeros(4, 4, 4))

@@ -9,6 +9,7 @@ import torch
 
 from ..errors import InputError, ParameterError, check_positive, check_voxel_size
 from ..physics import DipoleOp, PadOp, dipole_kernel, normalize_b0_dir, padding_for
+from ..physics.operators import bounding_box
 
 __all__ = ["Problem", "prepare", "DEFAULT_PAD", "check_positive", "weights_from_magnitude"]
 
@@ -91,16 +92,8 @@ class Problem:
         For an unknown and data that both live in the mask, the solution then does not depend
         on how many zero voxels surround the mask, and they cost no FFT time.
         """
-        inside = self.mask != 0
-        box = []
-        for axis in range(3):
-            if self.pad.before[axis] == 0:
-                box.append(slice(0, self.shape[axis]))
-                continue
-            others = tuple(a for a in range(3) if a != axis)
-            present = torch.nonzero(inside.any(dim=others[1]).any(dim=others[0])).flatten()
-            box.append(slice(int(present[0]), int(present[-1]) + 1))
-        region = tuple(box)
+        region = tuple(b if p > 0 else slice(0, n)
+                       for b, p, n in zip(bounding_box(self.mask), self.pad.before, self.shape))
         shape = tuple(b.stop - b.start for b in region)
         problem = Problem(self.field[region], self.mask[region], self.voxel_size_mm, self.b0_dir,
                           padding_for(shape, self.pad.before))

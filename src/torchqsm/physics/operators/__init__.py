@@ -25,7 +25,7 @@ True
 from .base import IdentityOp, LinearOperator
 from .fourier import DipoleOp, FourierMultiplierOp, LaplacianOp
 from .gradient import GradientOp
-from .pointwise import MaskOp, PadOp, WeightOp, padding_for
+from .pointwise import MaskOp, PadOp, WeightOp, bounding_box, padding_for
 
 __all__ = [
     "LinearOperator",
@@ -34,6 +34,7 @@ __all__ = [
     "DipoleOp",
     "PadOp",
     "padding_for",
+    "bounding_box",
     "WeightOp",
     "MaskOp",
     "GradientOp",

@@ -10,7 +10,21 @@ import torch.nn.functional as F
 
 from .base import IdentityOp, LinearOperator, _BufferCache
 
-__all__ = ["PadOp", "padding_for", "WeightOp", "MaskOp"]
+__all__ = ["PadOp", "padding_for", "WeightOp", "MaskOp", "bounding_box"]
+
+
+def bounding_box(mask: torch.Tensor) -> tuple[slice, slice, slice]:
+    """Slices of the smallest box holding every non-zero voxel of a non-empty 3-D mask (last three axes)."""
+    inside = mask != 0
+    while inside.ndim > 3:
+        inside = inside.any(dim=0)
+    boxes = []
+    for axis in range(3):
+        where = torch.nonzero(inside.any(dim=tuple(a for a in range(3) if a != axis))).flatten()
+        if where.numel() == 0:
+            raise ValueError("bounding_box of an empty mask")
+        boxes.append(slice(int(where[0]), int(where[-1]) + 1))
+    return tuple(boxes)  # type: ignore[return-value]
 
 
 def _pad_amounts(pad: int | Sequence[int]) -> tuple[int, int, int]:

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 import torch
 
 from ...errors import InputError, ParameterError
+from ...physics.operators import bounding_box
 from ...solvers import StatusCallback, cg
 from ._common import SMV, BackgroundResult, Field, ball_reach, check_iterations, check_positive, prepare
 
@@ -195,7 +196,7 @@ def vsharp(
     largest = SMV(field.shape, radii[0], voxel_size_mm=field.voxel_size_mm, dtype=dtype, device=device)
     # The high-pass fields are only needed on eroded voxels, whose balls lie in the mask: work on
     # the mask's bounding box (exact there, and cheaper FFTs); deconvolve on the whole grid.
-    box = _bounding_box(field.mask)
+    box = bounding_box(field.mask)
     values, inside = field.field[box], field.mask[box]
     crop = tuple(values.shape)
     field_spectrum = torch.fft.rfftn(values, dim=_DIMS)
@@ -226,16 +227,6 @@ def vsharp(
     mask_full = torch.zeros_like(field.mask)
     mask_full[box] = assigned
     return field.result(_deconvolve(composite_full, largest, t), mask_full)
-
-
-def _bounding_box(mask: torch.Tensor) -> tuple[slice, slice, slice]:
-    """Slices of the smallest box holding every voxel of a non-empty mask."""
-    boxes = []
-    for axis in range(3):
-        others = tuple(a for a in range(3) if a != axis)
-        where = torch.nonzero(mask.any(dim=others)).flatten()
-        boxes.append(slice(int(where[0]), int(where[-1]) + 1))
-    return tuple(boxes)  # type: ignore[return-value]
 
 
 def resharp(

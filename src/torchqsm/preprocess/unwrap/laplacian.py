@@ -56,6 +56,7 @@ import torch
 
 from ...errors import ParameterError, check_voxel_size
 from ...physics import laplacian_symbol
+from ...physics.operators import bounding_box
 from ._common import as_mask, as_phase, edge_mask, forward_differences, wrap
 
 __all__ = ["laplacian_unwrap"]
@@ -222,8 +223,7 @@ def laplacian_unwrap(
     if not (isinstance(tolerance, (int, float)) and math.isfinite(tolerance) and tolerance > 0):
         raise ParameterError(f"tolerance must be a positive number, got {tolerance!r}")
     # Work on the bounding box of the mask: outside it nothing enters the (Neumann) problem.
-    nonzero = mask_b.nonzero()
-    box = tuple(slice(int(lo), int(hi) + 1) for lo, hi in zip(nonzero.min(0).values, nonzero.max(0).values))
+    box = bounding_box(mask_b)
     inside = mask_b[box]
     batch = phase[(...,) + box].reshape((-1,) + tuple(inside.shape))
     out = phase.new_zeros((batch.shape[0],) + tuple(phase.shape[-3:]))
