@@ -42,7 +42,7 @@ def dfqsm_case():
 def test_tiled_equals_whole_with_default_halo(dfqsm_case, caplog):
     net, field, mask, whole = dfqsm_case
     assert float(whole[mask].abs().max()) > 0
-    with caplog.at_level(logging.INFO, logger="torchqsm.models.inference"):
+    with caplog.at_level(logging.INFO, logger="torchqsm.models.tiling"):
         tiled = predict(net, field, mask, normalization=NORMALIZATION, tile_size=(48, 48, 32))
     # cores at 0, 32, 64, 96, 112 along the first axis; each window (core + 48) is shorter than 160
     assert "tiled inference: 5 tiles" in caplog.text
@@ -57,7 +57,7 @@ def test_tiles_automatically_over_memory_budget(caplog):
     field, mask = smooth_case((64, 48, 32), seed=3)
     whole = predict(net, field, mask, normalization=NORMALIZATION, max_memory_mb=float("inf"))
     budget = 0.8 * estimate_memory_mb(net, (64, 48, 32))
-    with caplog.at_level(logging.INFO, logger="torchqsm.models.inference"):
+    with caplog.at_level(logging.INFO, logger="torchqsm.models.tiling"):
         tiled = predict(net, field, mask, normalization=NORMALIZATION, max_memory_mb=budget, halo=8, overlap=8)
     assert "tiled inference: 3 tiles of (32, 48, 32)" in caplog.text  # windows of 48×48×32: 75 % of the volume
     assert relative_error(tiled, whole, mask) < 1e-4
