@@ -204,7 +204,7 @@ def test_missing_field_strength(four_d) -> None:
     _raises(
         InputError,
         "sub-1_part-phase_MEGRE.nii.gz",
-        "no field strength: give --b0 or MagneticFieldStrength",
+        "no field strength: give --b0-tesla or MagneticFieldStrength",
     )(*four_d)
     assert load_gre(*four_d, b0_tesla=3.0).b0_tesla == 3.0
 

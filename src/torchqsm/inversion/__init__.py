@@ -1,7 +1,10 @@
 """Classical dipole inversions: local field (ppm) → χ (ppm), one function per method.
 
-Every method shares ``method(local_field_ppm, mask, *, voxel_size_mm, b0_dir,
-pad, ...)``; COSMOS takes ``N`` fields and ``N`` directions.
+Every method shares ``method(local_field_ppm, mask, acquisition=None, *, voxel_size_mm=None,
+b0_dir=None, pad=None, kernel_form=None, ...)``: the acquisition record
+(:class:`torchqsm.Acquisition`) carries geometry, field strength, echo times, padding and
+kernel form, and the keywords override it; without a record, ``voxel_size_mm`` and
+``b0_dir`` are required. COSMOS takes ``N`` fields and the record's ``N`` orientations.
 """
 
 from .cosmos import cosmos

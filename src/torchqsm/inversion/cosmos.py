@@ -7,10 +7,12 @@ from typing import Literal
 
 import torch
 
+from ..acquisition import Acquisition
 from ..errors import InputError, ParameterError
-from ..physics import DipoleOp, MaskOp, normalize_b0_dir
+from ..physics import MaskOp
+from ..physics.kernels import KernelForm
 from ..solvers import StatusCallback, cg
-from ._common import DEFAULT_PAD, check_positive, prepare
+from ._common import check_positive, prepare
 
 __all__ = ["cosmos"]
 
@@ -18,10 +20,12 @@ __all__ = ["cosmos"]
 def cosmos(
     local_field_ppm: torch.Tensor,
     mask: torch.Tensor,
+    acquisition: Acquisition | None = None,
     *,
-    voxel_size_mm: Sequence[float] = (1.0, 1.0, 1.0),
-    b0_dir: Sequence[Sequence[float]] = ((0.0, 0.0, 1.0),),
-    pad: int | Sequence[int] = DEFAULT_PAD,
+    voxel_size_mm: Sequence[float] | None = None,
+    b0_dir: Sequence[Sequence[float]] | None = None,
+    pad: int | Sequence[int] | None = None,
+    kernel_form: KernelForm | None = None,
     regularization: float = 1e-6,
     solver: Literal["cg", "kspace"] = "cg",
     max_iterations: int = 30,
@@ -50,12 +54,11 @@ def cosmos(
         Fields (ppm), shape ``(N, X, Y, Z)``: one per orientation.
     mask
         ``(X, Y, Z)``, shared by all orientations.
-    voxel_size_mm
-        Voxel size (mm).
-    b0_dir
-        ``N`` B0 directions in the common voxel coordinates.
-    pad
-        Zero padding (voxels per side).
+    acquisition
+        The record; its ``orientations`` are the ``N`` B0 directions in the common voxel
+        coordinates (``Acquisition(voxel_size_mm=..., b0_dir=[[...], [...], ...])``).
+    voxel_size_mm, b0_dir, pad, kernel_form
+        Override the record's (``b0_dir``: ``N`` directions).
     regularization
         :math:`\epsilon`, guarding the k-space division.
     solver
@@ -71,30 +74,25 @@ def cosmos(
     susceptibility through multiple orientation sampling (COSMOS). MRM
     2009;61:196–204. doi:10.1002/mrm.21828
     """
-    problem = prepare(local_field_ppm, mask, voxel_size_mm=voxel_size_mm, b0_dir=(0.0, 0.0, 1.0), pad=pad,
-                      leading=1)
+    problem = prepare(local_field_ppm, mask, acquisition, method="cosmos", voxel_size_mm=voxel_size_mm,
+                      b0_dir=b0_dir, pad=pad, kernel_form=kernel_form, leading=1)
     eps = check_positive("regularization", regularization)
-    try:
-        directions = [normalize_b0_dir(b) for b in b0_dir]
-    except (TypeError, ValueError) as error:
-        raise ParameterError(f"b0_dir must be a list of 3-vectors, one per orientation: {error}") from None
+    directions = problem.acquisition.orientations
     count = problem.field.shape[0]
     if len(directions) != count:
         raise InputError(f"{count} field volumes but {len(directions)} B0 directions")
     if solver not in ("cg", "kspace"):
         raise ParameterError(f"solver must be 'cg' or 'kspace', got {solver!r}")
+    dipoles = [problem.dipole(b0_dir=direction) for direction in directions]
     numerator = 0.0
     denominator = 0.0
-    for index, direction in enumerate(directions):
-        kernel = problem.kernel(b0_dir=direction)
-        numerator = numerator + kernel * problem.rfft(problem.field[index])
-        denominator = denominator + kernel * kernel
-    chi = problem.finish(problem.irfft(numerator / (denominator + eps)))
+    for index, dipole in enumerate(dipoles):
+        numerator = numerator + dipole.kernel * dipole.spectrum(problem.field[index])
+        denominator = denominator + dipole.kernel * dipole.kernel
+    chi = problem.finish(dipoles[0].image(numerator / (denominator + eps)))
     if solver == "kspace":
         return chi
     support = MaskOp(problem.mask)
-    dipoles = [DipoleOp(problem.shape, voxel_size_mm=problem.voxel_size_mm, b0_dir=direction,
-                        pad=problem.pad.before, dtype=chi.dtype, device=chi.device) for direction in directions]
     data = [support @ dipole @ support for dipole in dipoles]
 
     def normal(x: torch.Tensor) -> torch.Tensor:

@@ -1,9 +1,11 @@
 r"""Closed-form dipole inversions in k-space: TKD, TSVD, Tikhonov.
 
-All share the signature ``method(local_field_ppm, mask, *, voxel_size_mm,
-b0_dir, pad, ...)``, take the local field in ppm and return χ in ppm (zero
-outside the mask). The field is zero-padded by ``pad`` voxels per side before
-the FFT to limit wrap-around.
+All share the signature ``method(local_field_ppm, mask, acquisition=None, *,
+voxel_size_mm=None, b0_dir=None, pad=None, kernel_form=None, ...)``, take the local
+field in ppm and return χ in ppm (zero outside the mask). Each is one diagonal operation
+in the k-space of the record's dipole operator (:meth:`torchqsm.physics.DipoleOp.apply_symbol`):
+the field is zero-padded by ``pad`` voxels per side before the FFT to limit wrap-around,
+and the kernel is the record's ``kernel_form``.
 """
 
 from __future__ import annotations
@@ -13,13 +15,14 @@ from typing import Literal
 
 import torch
 
+from ..acquisition import Acquisition
 from ..errors import ParameterError
 from ..physics import gradient_gram_symbol
-from ._common import DEFAULT_PAD, check_positive, prepare
+from ..physics.kernels import KernelForm
+from ._common import check_positive, prepare
 
 __all__ = ["tkd", "tsvd", "tikhonov"]
 
-Vector3 = Sequence[float]
 
 
 def _half_spectrum_mean(values: torch.Tensor, last_axis_length: int) -> torch.Tensor:
@@ -31,13 +34,22 @@ def _half_spectrum_mean(values: torch.Tensor, last_axis_length: int) -> torch.Te
     return (values * weights).sum() / (values[..., 0].numel() * last_axis_length)
 
 
+def _threshold(threshold: float) -> float:
+    t = check_positive("threshold", threshold)
+    if t > 2.0 / 3.0:
+        raise ParameterError(f"threshold must be at most 2/3 (the largest |D|), got {t}")
+    return t
+
+
 def tkd(
     local_field_ppm: torch.Tensor,
     mask: torch.Tensor,
+    acquisition: Acquisition | None = None,
     *,
-    voxel_size_mm: Vector3 = (1.0, 1.0, 1.0),
-    b0_dir: Vector3 = (0.0, 0.0, 1.0),
-    pad: int | Sequence[int] = DEFAULT_PAD,
+    voxel_size_mm: Sequence[float] | None = None,
+    b0_dir: Sequence[float] | None = None,
+    pad: int | Sequence[int] | None = None,
+    kernel_form: KernelForm | None = None,
     threshold: float = 0.19,
     correct_bias: bool = False,
 ) -> torch.Tensor:
@@ -59,12 +71,17 @@ def tkd(
         Local field (ppm of B0), shape ``(X, Y, Z)``.
     mask
         Region of interest ``(X, Y, Z)``; the field outside is ignored.
+    acquisition
+        The acquisition record (:class:`torchqsm.Acquisition`): voxel size, B0 direction,
+        padding and kernel form. Required unless ``voxel_size_mm`` and ``b0_dir`` are given.
     voxel_size_mm
-        Voxel size (mm).
+        Voxel size (mm); overrides the record's.
     b0_dir
-        B0 direction in voxel coordinates.
+        B0 direction in voxel coordinates; overrides the record's.
     pad
-        Zero padding (voxels per side).
+        Zero padding (voxels per side); None: the record's (16).
+    kernel_form
+        ``kspace`` or ``image`` (:func:`torchqsm.physics.dipole_kernel`); None: the record's (``kspace``).
     threshold
         :math:`t`, in (0, 2/3].
     correct_bias
@@ -92,19 +109,19 @@ def tkd(
     >>> from torchqsm.simulate import sphere, forward_field
     >>> chi = 0.1 * sphere((32, 32, 32), radius=6)
     >>> field = forward_field(chi, pad=16)
-    >>> out = tkd(field, torch.ones_like(chi), threshold=0.1)
+    >>> out = tkd(field, torch.ones_like(chi), voxel_size_mm=(1, 1, 1), b0_dir=(0, 0, 1), threshold=0.1)
     >>> round(float(out[16, 16, 16]), 3)
     0.096
     """
-    problem = prepare(local_field_ppm, mask, voxel_size_mm=voxel_size_mm, b0_dir=b0_dir, pad=pad)
-    t = check_positive("threshold", threshold)
-    if t > 2.0 / 3.0:
-        raise ParameterError(f"threshold must be at most 2/3 (the largest |D|), got {t}")
-    kernel = problem.kernel()
+    problem = prepare(local_field_ppm, mask, acquisition, method="tkd", voxel_size_mm=voxel_size_mm, b0_dir=b0_dir,
+                      pad=pad, kernel_form=kernel_form)
+    t = _threshold(threshold)
+    dipole = problem.dipole()
+    kernel = dipole.kernel
     inverse = torch.where(kernel.abs() > t, 1.0 / torch.where(kernel == 0, 1.0, kernel), torch.sign(kernel) / t)
-    chi = problem.irfft(problem.rfft(problem.field) * inverse)
+    chi = dipole.apply_symbol(problem.field, inverse)
     if correct_bias:
-        factor = _half_spectrum_mean(torch.clamp(kernel.abs() / t, max=1.0), problem.padded_shape[2])
+        factor = _half_spectrum_mean(torch.clamp(kernel.abs() / t, max=1.0), dipole.pad.padded_shape[2])
         chi = chi / factor
     return problem.finish(chi)
 
@@ -112,10 +129,12 @@ def tkd(
 def tsvd(
     local_field_ppm: torch.Tensor,
     mask: torch.Tensor,
+    acquisition: Acquisition | None = None,
     *,
-    voxel_size_mm: Vector3 = (1.0, 1.0, 1.0),
-    b0_dir: Vector3 = (0.0, 0.0, 1.0),
-    pad: int | Sequence[int] = DEFAULT_PAD,
+    voxel_size_mm: Sequence[float] | None = None,
+    b0_dir: Sequence[float] | None = None,
+    pad: int | Sequence[int] | None = None,
+    kernel_form: KernelForm | None = None,
     threshold: float = 0.05,
 ) -> torch.Tensor:
     r"""Truncated singular value decomposition of the dipole convolution.
@@ -131,7 +150,7 @@ def tsvd(
 
     Parameters
     ----------
-    local_field_ppm, mask, voxel_size_mm, b0_dir, pad
+    local_field_ppm, mask, acquisition, voxel_size_mm, b0_dir, pad, kernel_form
         As :func:`tkd`.
     threshold
         :math:`t`, in (0, 2/3]. The default 0.05 gave NRMSE 33.2 % on the analytic
@@ -147,26 +166,29 @@ def tsvd(
     --------
     >>> from torchqsm.simulate import sphere, forward_field
     >>> chi = 0.1 * sphere((32, 32, 32), radius=6)
-    >>> out = tsvd(forward_field(chi, pad=16), torch.ones_like(chi), threshold=0.05)
+    >>> acq = Acquisition(voxel_size_mm=(1, 1, 1), b0_dir=(0, 0, 1))
+    >>> out = tsvd(forward_field(chi, pad=16), torch.ones_like(chi), acq, threshold=0.05)
     >>> bool(out.abs().max() < 0.2)
     True
     """
-    problem = prepare(local_field_ppm, mask, voxel_size_mm=voxel_size_mm, b0_dir=b0_dir, pad=pad)
-    t = check_positive("threshold", threshold)
-    if t > 2.0 / 3.0:
-        raise ParameterError(f"threshold must be at most 2/3 (the largest |D|), got {t}")
-    kernel = problem.kernel()
+    problem = prepare(local_field_ppm, mask, acquisition, method="tsvd", voxel_size_mm=voxel_size_mm, b0_dir=b0_dir,
+                      pad=pad, kernel_form=kernel_form)
+    t = _threshold(threshold)
+    dipole = problem.dipole()
+    kernel = dipole.kernel
     inverse = torch.where(kernel.abs() > t, 1.0 / torch.where(kernel.abs() > t, kernel, 1.0), 0.0)
-    return problem.finish(problem.irfft(problem.rfft(problem.field) * inverse))
+    return problem.finish(dipole.apply_symbol(problem.field, inverse))
 
 
 def tikhonov(
     local_field_ppm: torch.Tensor,
     mask: torch.Tensor,
+    acquisition: Acquisition | None = None,
     *,
-    voxel_size_mm: Vector3 = (1.0, 1.0, 1.0),
-    b0_dir: Vector3 = (0.0, 0.0, 1.0),
-    pad: int | Sequence[int] = DEFAULT_PAD,
+    voxel_size_mm: Sequence[float] | None = None,
+    b0_dir: Sequence[float] | None = None,
+    pad: int | Sequence[int] | None = None,
+    kernel_form: KernelForm | None = None,
     regularization: float = 3e-3,
     regularizer: Literal["identity", "gradient"] = "identity",
 ) -> torch.Tensor:
@@ -185,7 +207,7 @@ def tikhonov(
 
     Parameters
     ----------
-    local_field_ppm, mask, voxel_size_mm, b0_dir, pad
+    local_field_ppm, mask, acquisition, voxel_size_mm, b0_dir, pad, kernel_form
         As :func:`tkd`.
     regularization
         :math:`\lambda` (dimensionless for ``"identity"``, mm² for ``"gradient"``). The
@@ -206,20 +228,23 @@ def tikhonov(
     --------
     >>> from torchqsm.simulate import sphere, forward_field
     >>> chi = 0.1 * sphere((32, 32, 32), radius=6)
-    >>> out = tikhonov(forward_field(chi, pad=16), torch.ones_like(chi), regularization=0.001)
+    >>> acq = Acquisition(voxel_size_mm=(1, 1, 1), b0_dir=(0, 0, 1))
+    >>> out = tikhonov(forward_field(chi, pad=16), torch.ones_like(chi), acq, regularization=0.001)
     >>> round(float(out[16, 16, 16]), 3)
     0.095
     """
-    problem = prepare(local_field_ppm, mask, voxel_size_mm=voxel_size_mm, b0_dir=b0_dir, pad=pad)
+    problem = prepare(local_field_ppm, mask, acquisition, method="tikhonov", voxel_size_mm=voxel_size_mm, b0_dir=b0_dir,
+                      pad=pad, kernel_form=kernel_form)
     lam = check_positive("regularization", regularization)
-    kernel = problem.kernel()
+    dipole = problem.dipole()
+    kernel = dipole.kernel
     if regularizer == "identity":
         penalty = torch.ones_like(kernel)
     elif regularizer == "gradient":
-        penalty = gradient_gram_symbol(problem.padded_shape, voxel_size_mm=problem.voxel_size_mm,
+        penalty = gradient_gram_symbol(dipole.pad.padded_shape, voxel_size_mm=problem.voxel_size_mm,
                                        dtype=kernel.dtype, device=kernel.device)
     else:
         raise ParameterError(f"regularizer must be 'identity' or 'gradient', got {regularizer!r}")
     denominator = kernel * kernel + lam * penalty
     inverse = torch.where(denominator > 0, kernel / torch.where(denominator > 0, denominator, 1.0), 0.0)
-    return problem.finish(problem.irfft(problem.rfft(problem.field) * inverse))
+    return problem.finish(dipole.apply_symbol(problem.field, inverse))

@@ -10,22 +10,25 @@ from collections.abc import Sequence
 
 import torch
 
-from ..physics import GradientOp, MaskOp, WeightOp, radians_per_ppm
+from ..acquisition import Acquisition
+from ..physics import GradientOp, MaskOp, WeightOp
+from ..physics.kernels import KernelForm
 from ..solvers import StatusCallback, cg, gradient_descent
-from ._common import DEFAULT_PAD, check_positive, prepare, weights_from_magnitude
+from ._common import check_positive, prepare, weights_from_magnitude
 
 __all__ = ["l2", "ndi"]
 
-Vector3 = Sequence[float]
 
 
 def l2(
     local_field_ppm: torch.Tensor,
     mask: torch.Tensor,
+    acquisition: Acquisition | None = None,
     *,
-    voxel_size_mm: Vector3 = (1.0, 1.0, 1.0),
-    b0_dir: Vector3 = (0.0, 0.0, 1.0),
-    pad: int | Sequence[int] = DEFAULT_PAD,
+    voxel_size_mm: Sequence[float] | None = None,
+    b0_dir: Sequence[float] | None = None,
+    pad: int | Sequence[int] | None = None,
+    kernel_form: KernelForm | None = None,
     regularization: float = 1e-4,
     magnitude: torch.Tensor | None = None,
     support: bool = True,
@@ -51,7 +54,7 @@ def l2(
 
     Parameters
     ----------
-    local_field_ppm, mask, voxel_size_mm, b0_dir, pad
+    local_field_ppm, mask, acquisition, voxel_size_mm, b0_dir, pad, kernel_form
         As :func:`~torchqsm.inversion.tkd`.
     regularization
         :math:`\lambda` (mm²; gradients in mm⁻¹). 0 disables it.
@@ -74,7 +77,8 @@ def l2(
     voxel estimation of magnetic susceptibility distributions from MRI field
     maps. IEEE TMI 2010;29:273–281. doi:10.1109/TMI.2009.2023787
     """
-    problem = prepare(local_field_ppm, mask, voxel_size_mm=voxel_size_mm, b0_dir=b0_dir, pad=pad)
+    problem = prepare(local_field_ppm, mask, acquisition, method="l2", voxel_size_mm=voxel_size_mm, b0_dir=b0_dir,
+                      pad=pad, kernel_form=kernel_form)
     lam = check_positive("regularization", regularization, allow_zero=True)
     weights = weights_from_magnitude(magnitude, problem)
     dipole = problem.dipole()
@@ -92,18 +96,18 @@ def l2(
 def ndi(
     local_field_ppm: torch.Tensor,
     mask: torch.Tensor,
+    acquisition: Acquisition | None = None,
     *,
-    voxel_size_mm: Vector3 = (1.0, 1.0, 1.0),
-    b0_dir: Vector3 = (0.0, 0.0, 1.0),
-    pad: int | Sequence[int] = DEFAULT_PAD,
+    voxel_size_mm: Sequence[float] | None = None,
+    b0_dir: Sequence[float] | None = None,
+    pad: int | Sequence[int] | None = None,
+    kernel_form: KernelForm | None = None,
     regularization: float = 1e-4,
     magnitude: torch.Tensor | None = None,
     support: bool = True,
     step_size: float = 4.0,
     max_iterations: int = 300,
     tolerance: float = 3e-4,
-    echo_time_s: float = 0.02,
-    b0_tesla: float = 3.0,
     callback: StatusCallback | None = None,
 ) -> torch.Tensor:
     r"""Nonlinear dipole inversion by gradient descent.
@@ -114,7 +118,8 @@ def ndi(
        \qquad \tfrac{1}{s^2}\big(1-\cos(s\,r)\big) = \tfrac12\,\lvert e^{isD\chi} - e^{isf}\rvert^2/s^2,
 
     the complex-exponential data term of NDI written in ppm: :math:`s` (rad/ppm)
-    converts the field to the phase at ``echo_time_s`` and ``b0_tesla``, and for
+    converts the field to the phase at the record's echo time
+    (:attr:`~torchqsm.Acquisition.echo_time_s`: the shortest TE) and field strength, and for
     small residuals :math:`E` reduces to :math:`\tfrac12\lVert W(D\chi-f)\rVert^2`.
     :math:`S` is the support constraint (the mask when ``support``; see :func:`l2`).
     Gradient: :math:`\nabla E = S D\,W^2\sin(s(DS\chi-f))/s + \lambda S\chi`.
@@ -133,7 +138,7 @@ def ndi(
 
     Parameters
     ----------
-    local_field_ppm, mask, voxel_size_mm, b0_dir, pad
+    local_field_ppm, mask, acquisition, voxel_size_mm, b0_dir, pad, kernel_form
         As :func:`~torchqsm.inversion.tkd`.
     regularization
         :math:`\lambda` of the Tikhonov term (dimensionless).
@@ -145,8 +150,6 @@ def ndi(
         :math:`\tau`.
     max_iterations, tolerance
         The stopping rule above.
-    echo_time_s, b0_tesla
-        Where the exponential is evaluated (sets :math:`s`).
     callback
         Receives a :class:`~torchqsm.solvers.SolverStatus` per iteration; returning ``True`` stops.
 
@@ -156,11 +159,11 @@ def ndi(
     enables robust quantitative susceptibility mapping (QSM). NMR Biomed
     2020;33:e4271. doi:10.1002/nbm.4271
     """
-    problem = prepare(local_field_ppm, mask, voxel_size_mm=voxel_size_mm, b0_dir=b0_dir, pad=pad)
+    problem = prepare(local_field_ppm, mask, acquisition, method="ndi", voxel_size_mm=voxel_size_mm, b0_dir=b0_dir,
+                      pad=pad, kernel_form=kernel_form)
     lam = check_positive("regularization", regularization, allow_zero=True)
     tau = check_positive("step_size", step_size)
-    scale = radians_per_ppm(echo_time_s=check_positive("echo_time_s", echo_time_s),
-                            b0_tesla=check_positive("b0_tesla", b0_tesla))
+    scale = problem.acquisition.radians_per_ppm(method="ndi")
     weights = weights_from_magnitude(magnitude, problem)
     weights2 = (weights / weights.max()) ** 2  # NDI's weights peak at 1, which bounds the stable step
     dipole = problem.dipole()

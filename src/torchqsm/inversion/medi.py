@@ -7,11 +7,13 @@ from collections.abc import Sequence
 
 import torch
 
+from ..acquisition import Acquisition
 from ..errors import ParameterError
-from ..physics import GradientOp, MaskOp, radians_per_ppm
+from ..physics import GradientOp, MaskOp
+from ..physics.kernels import KernelForm
 from ..solvers import SolverStatus, StatusCallback, cg
 from ..solvers.status import relative_update
-from ._common import DEFAULT_PAD, check_positive, prepare, weights_from_magnitude
+from ._common import check_positive, prepare, weights_from_magnitude
 
 __all__ = ["medi", "edge_mask"]
 
@@ -42,10 +44,12 @@ def edge_mask(magnitude: torch.Tensor, mask: torch.Tensor, *, voxel_size_mm: Seq
 def medi(
     local_field_ppm: torch.Tensor,
     mask: torch.Tensor,
+    acquisition: Acquisition | None = None,
     *,
-    voxel_size_mm: Sequence[float] = (1.0, 1.0, 1.0),
-    b0_dir: Sequence[float] = (0.0, 0.0, 1.0),
-    pad: int | Sequence[int] = DEFAULT_PAD,
+    voxel_size_mm: Sequence[float] | None = None,
+    b0_dir: Sequence[float] | None = None,
+    pad: int | Sequence[int] | None = None,
+    kernel_form: KernelForm | None = None,
     magnitude: torch.Tensor | None = None,
     support: bool = True,
     regularization: float = 2e3,
@@ -55,8 +59,6 @@ def medi(
     tolerance: float = 0.1,
     cg_max_iterations: int = 100,
     cg_tolerance: float = 0.01,
-    echo_time_s: float = 0.02,
-    b0_tesla: float = 3.0,
     callback: StatusCallback | None = None,
 ) -> torch.Tensor:
     r"""MEDI: TV weighted by the magnitude's edges, nonlinear data term, Gauss–Newton with CG.
@@ -68,7 +70,8 @@ def medi(
 
     with :math:`M_G` from :func:`edge_mask`, :math:`W` the mask times the
     magnitude (scaled to mean 1), and :math:`s` the rad/ppm factor at
-    ``echo_time_s`` and ``b0_tesla`` (the exponential data term of MEDI
+    the record's echo time (:attr:`~torchqsm.Acquisition.echo_time_s`) and field
+    strength (the exponential data term of MEDI
     written in ppm). Each Gauss–Newton step solves, by CG,
 
     .. math::
@@ -81,7 +84,7 @@ def medi(
 
     Parameters
     ----------
-    local_field_ppm, mask, voxel_size_mm, b0_dir, pad
+    local_field_ppm, mask, acquisition, voxel_size_mm, b0_dir, pad, kernel_form
         As :func:`~torchqsm.inversion.tkd`.
     magnitude
         Magnitude image ``(X, Y, Z)`` (required): edges and data weights.
@@ -97,8 +100,6 @@ def medi(
         Gauss–Newton iterations and the relative-update stop (MEDI: 10, 0.1).
     cg_max_iterations, cg_tolerance
         Of each inner CG solve (MEDI: 100, 0.01).
-    echo_time_s, b0_tesla
-        Where the exponential is evaluated.
     callback
         Receives a :class:`~torchqsm.solvers.SolverStatus` per Gauss–Newton step.
 
@@ -113,13 +114,13 @@ def medi(
     to source relationship for robust quantitative susceptibility mapping.
     MRM 2013;69:467–476. doi:10.1002/mrm.24272
     """
-    problem = prepare(local_field_ppm, mask, voxel_size_mm=voxel_size_mm, b0_dir=b0_dir, pad=pad)
+    problem = prepare(local_field_ppm, mask, acquisition, method="medi", voxel_size_mm=voxel_size_mm, b0_dir=b0_dir,
+                      pad=pad, kernel_form=kernel_form)
     if magnitude is None:
         raise ParameterError("medi needs a magnitude image (parameter 'magnitude', CLI --magnitude)")
     lam = check_positive("regularization", regularization)
     eps = check_positive("smoothing", smoothing)
-    scale = radians_per_ppm(echo_time_s=check_positive("echo_time_s", echo_time_s),
-                            b0_tesla=check_positive("b0_tesla", b0_tesla))
+    scale = problem.acquisition.radians_per_ppm(method="medi")
     weights = weights_from_magnitude(magnitude, problem)
     weights2 = weights * weights
     edges = edge_mask(weights, problem.mask, voxel_size_mm=problem.voxel_size_mm, edge_fraction=edge_fraction)

@@ -7,9 +7,11 @@ from dataclasses import replace
 
 import torch
 
-from ..physics import GradientOp, gradient_gram_symbol, radians_per_ppm
+from ..acquisition import Acquisition
+from ..physics import GradientOp, gradient_gram_symbol
+from ..physics.kernels import KernelForm
 from ..solvers import SolverStatus, StatusCallback, admm
-from ._common import DEFAULT_PAD, check_positive, prepare, weights_from_magnitude
+from ._common import check_positive, prepare, weights_from_magnitude
 
 __all__ = ["tv"]
 
@@ -27,10 +29,12 @@ def _shrink(values: torch.Tensor, threshold: float) -> torch.Tensor:
 def tv(
     local_field_ppm: torch.Tensor,
     mask: torch.Tensor,
+    acquisition: Acquisition | None = None,
     *,
-    voxel_size_mm: Sequence[float] = (1.0, 1.0, 1.0),
-    b0_dir: Sequence[float] = (0.0, 0.0, 1.0),
-    pad: int | Sequence[int] = DEFAULT_PAD,
+    voxel_size_mm: Sequence[float] | None = None,
+    b0_dir: Sequence[float] | None = None,
+    pad: int | Sequence[int] | None = None,
+    kernel_form: KernelForm | None = None,
     regularization: float = 1e-4,
     magnitude: torch.Tensor | None = None,
     nonlinear: bool = False,
@@ -38,8 +42,6 @@ def tv(
     data_penalty: float = 1.0,
     max_iterations: int = 100,
     tolerance: float = 1e-3,
-    echo_time_s: float = 0.02,
-    b0_tesla: float = 3.0,
     callback: StatusCallback | None = None,
 ) -> torch.Tensor:
     r"""Weighted total-variation inversion (FANSI) by ADMM.
@@ -57,14 +59,15 @@ def tv(
 
     With ``nonlinear=True`` the data term is FANSI's nonlinear one,
     :math:`\frac{1}{s^2}\sum W^2(1-\cos(s(v-f)))` (the complex exponential written
-    in ppm; :math:`s` = rad/ppm at ``echo_time_s``, ``b0_tesla``), and the
+    in ppm; :math:`s` = rad/ppm at the record's echo time and field strength, so the
+    acquisition must carry both), and the
     :math:`v` step takes three Newton iterations per ADMM iteration.
 
     Stopping rule: relative update of :math:`\chi` ≤ ``tolerance`` or ``max_iterations``.
 
     Parameters
     ----------
-    local_field_ppm, mask, voxel_size_mm, b0_dir, pad
+    local_field_ppm, mask, acquisition, voxel_size_mm, b0_dir, pad, kernel_form
         As :func:`~torchqsm.inversion.tkd`.
     regularization
         :math:`\alpha` (ppm·mm). The default 1e-4 gave the lowest NRMSE of 1e-4, 3e-4
@@ -79,8 +82,6 @@ def tv(
         :math:`\mu_2` (FANSI's default 1).
     max_iterations, tolerance
         The stopping rule.
-    echo_time_s, b0_tesla
-        For the nonlinear data term.
     callback
         Receives a :class:`~torchqsm.solvers.SolverStatus` per iteration.
 
@@ -94,18 +95,20 @@ def tv(
     mapping with L1-regularization and automatic parameter selection. MRM
     2014;72:1444–1459. doi:10.1002/mrm.25029
     """
-    problem = prepare(local_field_ppm, mask, voxel_size_mm=voxel_size_mm, b0_dir=b0_dir, pad=pad)
+    problem = prepare(local_field_ppm, mask, acquisition, method="tv", voxel_size_mm=voxel_size_mm, b0_dir=b0_dir,
+                      pad=pad, kernel_form=kernel_form)
     alpha = check_positive("regularization", regularization)
     mu1 = 100.0 * alpha if gradient_penalty is None else check_positive("gradient_penalty", gradient_penalty)
     mu2 = check_positive("data_penalty", data_penalty)
-    scale = radians_per_ppm(echo_time_s=check_positive("echo_time_s", echo_time_s),
-                            b0_tesla=check_positive("b0_tesla", b0_tesla))
+    scale = problem.acquisition.radians_per_ppm(method="tv with nonlinear=True") if nonlinear else 1.0
 
     # Everything lives on the padded periodic grid; the data weights are zero outside the mask.
-    shape = problem.padded_shape
-    field = problem.pad.forward(problem.field)
-    weights2 = problem.pad.forward(weights_from_magnitude(magnitude, problem)) ** 2
-    kernel = problem.kernel()
+    dipole = problem.dipole()
+    padding = dipole.pad
+    shape = padding.padded_shape
+    field = padding.forward(problem.field)
+    weights2 = padding.forward(weights_from_magnitude(magnitude, problem)) ** 2
+    kernel = dipole.kernel
     gradient = GradientOp(voxel_size_mm=problem.voxel_size_mm)
     grad_symbol = gradient_gram_symbol(shape, voxel_size_mm=problem.voxel_size_mm, dtype=kernel.dtype,
                                        device=kernel.device)
@@ -151,9 +154,9 @@ def tv(
     # Each block has its own penalty (mu1, mu2); in scaled form the dual updates are the same
     # for both, so the generic ADMM applies with the penalties inside x_step and prox.
     def report(status: SolverStatus) -> bool | None:  # callbacks see χ on the image grid
-        return callback(replace(status, solution=problem.pad.adjoint(status.solution)))
+        return callback(replace(status, solution=padding.adjoint(status.solution)))
 
     chi = admm(x_step=x_step, prox=prox, split=split, initial=torch.zeros_like(field),
                max_iterations=int(max_iterations), tolerance=float(tolerance),
                callback=None if callback is None else report)
-    return problem.finish(problem.pad.adjoint(chi))
+    return problem.finish(padding.adjoint(chi))

@@ -1,11 +1,14 @@
-"""Input and output: NIfTI images, validation, JSON provenance sidecars.
+"""Input and output: NIfTI images, validation, JSON provenance sidecars, the acquisition record.
 
 The numpy edge of torchqsm. :func:`load_nifti` and :func:`load_mask` read and
 validate inputs (every problem is an :class:`~torchqsm.errors.InputError`
-naming the file); :func:`save_nifti` and :func:`write_sidecar` write outputs
-atomically and never replace a file unless asked to.
+naming the file); :func:`acquisition_from_nifti` and :func:`load_gre` make the
+:class:`~torchqsm.acquisition.Acquisition` from the header and the BIDS sidecars;
+:func:`save_nifti` and :func:`write_sidecar` write outputs atomically and never
+replace a file unless asked to.
 """
 
+from torchqsm.io.acquisition import acquisition_from_nifti
 from torchqsm.io.bids import GRE_SUFFIXES, GreRun, discover_gre
 from torchqsm.io.derivatives import BIDS_VERSION, DERIVATIVE_SUFFIXES, derivative_path, write_dataset_description
 from torchqsm.io.gre import GreData, load_gre
@@ -21,6 +24,7 @@ from torchqsm.io.sidecar import (
 )
 
 __all__ = [
+    "acquisition_from_nifti",
     "Volume",
     "load_nifti",
     "load_mask",

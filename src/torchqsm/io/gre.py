@@ -14,7 +14,6 @@ units (e.g. 0…4095) to radians belongs to preprocessing.
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -24,20 +23,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from torchqsm.acquisition import Acquisition
 from torchqsm.errors import InputError, ParameterError
+from torchqsm.io.acquisition import OverrideSource, build_acquisition, resolve_b0, resolve_echo_times, sidecars_beside
 from torchqsm.io.nifti import Volume, check_same_grid, load_nifti
-from torchqsm.io.sidecar import read_sidecar, sidecar_path_for
 
 __all__ = ["GreData", "load_gre"]
 
 PathLike = str | os.PathLike[str]
-# Each file's JSON sidecar path and its entries (None where there is no sidecar).
-Sidecars = list[tuple[Path, dict[str, Any] | None]]
-
-# Echo times above this are almost surely milliseconds given as seconds.
-_MAX_ECHO_TIME_S = 1.0
-# Relative difference below which two echo times (or field strengths) agree.
-_RELATIVE_TOLERANCE = 1e-4
 
 
 @dataclass(frozen=True, eq=False)
@@ -51,16 +44,13 @@ class GreData:
     phase
         Shape ``(E, X, Y, Z)``, float32, the values as stored (radians or
         scanner units; not rescaled here).
-    echo_times_s
-        ``E`` echo times in seconds, increasing.
-    b0_tesla
-        Main field strength (T).
+    acquisition
+        The :class:`~torchqsm.acquisition.Acquisition`: echo times and field strength (from the
+        sidecars or the arguments), voxel size and B0 direction (from the first magnitude
+        file's header), with the source of each value. :attr:`echo_times_s`,
+        :attr:`b0_tesla`, :attr:`voxel_size_mm` and :attr:`b0_dir` read it.
     affine
         4×4 voxel-to-world matrix (mm).
-    voxel_size_mm
-        Voxel size (mm) along X, Y, Z.
-    b0_dir
-        Unit B0 direction in voxel coordinates, from the affine.
     reference
         A 3-D :class:`~torchqsm.io.nifti.Volume` (the first magnitude echo)
         whose header and affine place outputs on the same grid
@@ -79,15 +69,32 @@ class GreData:
 
     magnitude: torch.Tensor
     phase: torch.Tensor
-    echo_times_s: tuple[float, ...]
-    b0_tesla: float
+    acquisition: Acquisition
     affine: np.ndarray
-    voxel_size_mm: tuple[float, float, float]
-    b0_dir: tuple[float, float, float]
     reference: Volume
     sources: Mapping[str, str]
     sidecar: Mapping[str, Any]
     notes: tuple[str, ...] = ()
+
+    @property
+    def echo_times_s(self) -> tuple[float, ...]:
+        """``E`` echo times in seconds, increasing."""
+        return self.acquisition.echo_times_s  # type: ignore[return-value]
+
+    @property
+    def b0_tesla(self) -> float:
+        """Main field strength (T)."""
+        return self.acquisition.b0_tesla  # type: ignore[return-value]
+
+    @property
+    def voxel_size_mm(self) -> tuple[float, float, float]:
+        """Voxel size (mm) along X, Y, Z, from the header."""
+        return self.acquisition.voxel_size_mm
+
+    @property
+    def b0_dir(self) -> tuple[float, float, float]:
+        """Unit B0 direction in voxel coordinates, from the affine."""
+        return self.acquisition.b0_dir
 
     @property
     def header(self):
@@ -121,170 +128,13 @@ def _load_part(paths: list[Path], role: str) -> tuple[np.ndarray, list[Volume]]:
     return np.stack([volume.data for volume in volumes]), volumes
 
 
-def _sidecars(volumes: list[Volume]) -> Sidecars:
-    """The BIDS JSON beside each file, and its entries (``None`` where there is no such file)."""
-    found = []
-    for volume in volumes:
-        json_path = sidecar_path_for(volume.path)
-        found.append((json_path, read_sidecar(json_path) if json_path.is_file() else None))
-    return found
-
-
-def _positive_numbers(value: Any, *, key: str, source: Path) -> list[float]:
-    values = value if isinstance(value, list) else [value]
-    try:
-        numbers = [float(item) for item in values]
-    except (TypeError, ValueError):
-        raise InputError(
-            f"{key} must be a number or a list of numbers, got {value!r}", source=str(source)
-        ) from None
-    if not numbers or not all(math.isfinite(n) and n > 0 for n in numbers):
-        raise InputError(f"{key} must be positive and finite, got {value!r}", source=str(source))
-    return numbers
-
-
-def _echo_times_from(sidecars: Sidecars) -> tuple[list[float], str] | None:
-    """Echo times from one part's sidecars: one listing every echo, or one per echo file."""
-    if not any(record is not None and "EchoTime" in record for _, record in sidecars):
-        return None
-    if len(sidecars) == 1:  # one file for every echo: EchoTime is a number or a list
-        path, record = sidecars[0]
-        return _positive_numbers(record["EchoTime"], key="EchoTime", source=path), path.name
-    times = []
-    for path, record in sidecars:
-        if record is None or "EchoTime" not in record:
-            raise InputError(
-                "no EchoTime for this echo (the other echoes' sidecars have one)", source=str(path)
-            )
-        value = _positive_numbers(record["EchoTime"], key="EchoTime", source=path)
-        if len(value) != 1:
-            raise InputError(
-                f"EchoTime lists {len(value)} values for a one-echo file", source=str(path)
-            )
-        times += value
-    return times, f"{sidecars[0][0].name} … {sidecars[-1][0].name}"
-
-
-def _differ(a: Sequence[float], b: Sequence[float]) -> bool:
-    return len(a) != len(b) or any(
-        abs(x - y) > _RELATIVE_TOLERANCE * max(abs(x), abs(y)) for x, y in zip(a, b)
-    )
-
-
-def _check_echo_times(
-    times: Sequence[float], *, echo_count: int, where: str, source: str | None
-) -> tuple[float, ...]:
-    times = tuple(float(t) for t in times)
-    if len(times) != echo_count:
-        raise InputError(
-            f"{len(times)} echo times ({where}) for {echo_count} echoes", source=source
-        )
-    if not all(math.isfinite(t) and t > 0 for t in times):
-        raise ParameterError(
-            f"echo times must be positive and finite seconds, got {times}", source=source
-        )
-    if max(times) > _MAX_ECHO_TIME_S:
-        raise ParameterError(
-            f"echo times are in seconds; {max(times):g} s looks like milliseconds (e.g. 0.004, not 4)",
-            source=source,
-        )
-    if any(later <= earlier for earlier, later in zip(times, times[1:])):
-        raise ParameterError(
-            f"echo times must increase from echo to echo, got {times}", source=source
-        )
-    return times
-
-
-def _field_strength_from(sidecars: Sidecars) -> tuple[float, Path] | None:
-    found = [
-        (path, record["MagneticFieldStrength"])
-        for path, record in sidecars
-        if record is not None and "MagneticFieldStrength" in record
-    ]
-    if not found:
-        return None
-    values = [
-        (path, _positive_numbers(value, key="MagneticFieldStrength", source=path))
-        for path, value in found
-    ]
-    first_path, first = values[0]
-    for path, value in values[1:]:
-        if _differ(value, first):
-            raise InputError(
-                f"MagneticFieldStrength {value[0]:g} T disagrees with {first[0]:g} T "
-                f"in {first_path.name}",
-                source=str(path),
-            )
-    return first[0], first_path
-
-
-def _resolve_echo_times(
-    given: Sequence[float] | None,
-    phase_sidecars: Sidecars,
-    magnitude_sidecars: Sidecars,
-    *,
-    echo_count: int,
-    source: str,
-    notes: list[str],
-) -> tuple[float, ...]:
-    """The argument if given (noting a differing sidecar), else the phase's or magnitude's sidecars."""
-    if given is not None:
-        times = _check_echo_times(given, echo_count=echo_count, where="given", source=None)
-        try:
-            from_files = _echo_times_from(phase_sidecars) or _echo_times_from(magnitude_sidecars)
-        except InputError as error:  # the argument wins: a broken sidecar only earns a note
-            notes.append(f"echo times given; sidecar EchoTime ignored ({error})")
-            return times
-        if from_files is not None and _differ(times, from_files[0]):
-            notes.append(
-                f"echo times {list(times)} s given override EchoTime {from_files[0]} s "
-                f"in {from_files[1]}"
-            )
-        return times
-    from_files = _echo_times_from(phase_sidecars) or _echo_times_from(magnitude_sidecars)
-    json_path = phase_sidecars[0][0]
-    if from_files is None:
-        raise InputError(
-            f"no echo times: give --echo-times or EchoTime in {json_path.name}", source=source
-        )
-    return _check_echo_times(
-        from_files[0], echo_count=echo_count, where=f"EchoTime in {from_files[1]}", source=source
-    )
-
-
-def _resolve_b0(given: float | None, sidecars: Sidecars, *, source: str, notes: list[str]) -> float:
-    """The argument if given (noting a differing sidecar), else ``MagneticFieldStrength``."""
-    if given is not None:
-        b0 = float(given)
-        if not (math.isfinite(b0) and b0 > 0):
-            raise ParameterError(f"b0_tesla must be positive and finite, got {given!r}")
-        try:
-            from_files = _field_strength_from(sidecars)
-        except InputError as error:
-            notes.append(f"b0_tesla given; sidecar MagneticFieldStrength ignored ({error})")
-            return b0
-        if from_files is not None and _differ([b0], [from_files[0]]):
-            notes.append(
-                f"b0_tesla {b0:g} T given overrides MagneticFieldStrength {from_files[0]:g} T "
-                f"in {from_files[1].name}"
-            )
-        return b0
-    from_files = _field_strength_from(sidecars)
-    if from_files is None:
-        json_path = sidecars[0][0]
-        raise InputError(
-            f"no field strength: give --b0 or MagneticFieldStrength in {json_path.name}",
-            source=source,
-        )
-    return from_files[0]
-
-
 def load_gre(
     magnitude: PathLike | Sequence[PathLike],
     phase: PathLike | Sequence[PathLike],
     *,
     echo_times_s: Sequence[float] | None = None,
     b0_tesla: float | None = None,
+    override_source: OverrideSource = "given",
 ) -> GreData:
     """Read a (multi-echo) GRE acquisition: magnitude, phase, echo times, field strength.
 
@@ -301,12 +151,15 @@ def load_gre(
         Field strength (T). Default: ``MagneticFieldStrength`` from the sidecars.
         An argument always wins over a sidecar; a disagreement is recorded in
         :attr:`GreData.notes`.
+    override_source
+        How arguments are recorded in ``acquisition.sources``: ``given`` (Python) or
+        ``flag`` (the command line).
 
     Returns
     -------
     GreData
-        Tensors shaped ``(E, X, Y, Z)``, geometry from the first magnitude
-        file's affine, and provenance (files, sidecar entries, notes).
+        Tensors shaped ``(E, X, Y, Z)``, the acquisition record (geometry from the
+        first magnitude file's header), and provenance (files, sidecar entries, notes).
 
     Raises
     ------
@@ -330,6 +183,8 @@ def load_gre(
     >>> gre = load_gre(mag, phs, echo_times_s=[0.004, 0.008], b0_tesla=3.0)
     >>> tuple(gre.phase.shape), gre.echo_times_s, gre.b0_dir
     ((2, 4, 4, 4), (0.004, 0.008), (0.0, 0.0, 1.0))
+    >>> gre.acquisition.sources["b0_tesla"], gre.acquisition.sources["b0_dir"]
+    ('given', 'header')
     """
     magnitude_data, magnitude_volumes = _load_part(_as_paths(magnitude, "magnitude"), "magnitude")
     phase_data, phase_volumes = _load_part(_as_paths(phase, "phase"), "phase")
@@ -351,19 +206,17 @@ def load_gre(
                     f"{which}the {volume.role} image is all zero", source=str(volume.path)
                 )
 
-    phase_sidecars, magnitude_sidecars = _sidecars(phase_volumes), _sidecars(magnitude_volumes)
+    phase_sidecars = sidecars_beside([v.path for v in phase_volumes])
+    magnitude_sidecars = sidecars_beside([v.path for v in magnitude_volumes])
     notes: list[str] = []
-    times = _resolve_echo_times(
-        echo_times_s,
-        phase_sidecars,
-        magnitude_sidecars,
-        echo_count=echo_count,
-        source=phase_source,
-        notes=notes,
-    )
-    b0 = _resolve_b0(
-        b0_tesla, phase_sidecars + magnitude_sidecars, source=phase_source, notes=notes
-    )
+    times, times_origin = resolve_echo_times(echo_times_s, phase_sidecars, magnitude_sidecars,
+                                             echo_count=echo_count, source=phase_source, notes=notes, required=True)
+    b0, b0_origin = resolve_b0(b0_tesla, phase_sidecars + magnitude_sidecars, source=phase_source, notes=notes,
+                               required=True)
+    acquisition = build_acquisition(
+        voxel_size_mm=reference.voxel_size_mm, b0_dir=reference.b0_dir, echo_times_s=times, b0_tesla=b0,
+        origins={"voxel_size_mm": "header", "b0_dir": "header", "echo_times_s": times_origin, "b0_tesla": b0_origin},
+        override_source=override_source)
     sources: dict[str, str] = {}
     for role, volumes, sidecars in (
         ("magnitude", magnitude_volumes, magnitude_sidecars),
@@ -381,11 +234,8 @@ def load_gre(
     return GreData(
         magnitude=torch.from_numpy(magnitude_data),
         phase=torch.from_numpy(phase_data),
-        echo_times_s=times,
-        b0_tesla=b0,
+        acquisition=acquisition,
         affine=reference.affine,
-        voxel_size_mm=reference.voxel_size_mm,
-        b0_dir=reference.b0_dir,
         reference=reference,
         sources=sources,
         sidecar=phase_sidecars[0][1] or magnitude_sidecars[0][1] or {},

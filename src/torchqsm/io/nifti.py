@@ -28,11 +28,10 @@ from nibabel.spatialimages import HeaderDataError
 from torchqsm.errors import InputError
 from torchqsm.physics.geometry import b0_dir_from_affine
 
-__all__ = ["Volume", "load_nifti", "load_mask", "check_same_grid"]
+__all__ = ["Volume", "load_nifti", "load_mask", "check_same_grid", "open_nifti", "header_voxel_size_mm", "affine_b0_dir"]
 
 # What nibabel, gzip and zlib raise on a damaged, truncated or foreign file.
 _READ_ERRORS = (ImageFileError, HeaderDataError, OSError, EOFError, zlib.error, ValueError)
-
 
 
 def format_shape(shape: Sequence[int]) -> str:
@@ -84,23 +83,32 @@ class Volume:
 
     @property
     def voxel_size_mm(self) -> tuple[float, float, float]:
-        """Voxel size (mm) along the first three axes, from the header's zooms.
-
-        The header stores float32; each value is returned as the shortest
-        decimal that round-trips it (``0.7``, not ``0.699999988``).
-        """
-        zooms = [float(str(np.float32(z))) for z in self.header.get_zooms()[:3]]
-        zooms += [1.0] * (3 - len(zooms))
-        return tuple(zooms)  # type: ignore[return-value]
+        """Voxel size (mm) along the first three axes, from the header's zooms (:func:`header_voxel_size_mm`)."""
+        return header_voxel_size_mm(self.header)
 
     @property
     def b0_dir(self) -> tuple[float, float, float]:
         """Unit B0 direction in voxel coordinates, from the affine (B0 along world z)."""
-        try:
-            return b0_dir_from_affine(self.affine)
-        except ValueError as error:
-            source = str(self.path) if self.path is not None else None
-            raise InputError(f"cannot derive the B0 direction: {error}", source=source) from None
+        return affine_b0_dir(self.affine, source=str(self.path) if self.path is not None else None)
+
+
+def header_voxel_size_mm(header: nib.Nifti1Header) -> tuple[float, float, float]:
+    """Voxel size (mm) along the first three axes, from a header's zooms.
+
+    The header stores float32; each value is returned as the shortest decimal
+    that round-trips it (``0.7``, not ``0.699999988``).
+    """
+    zooms = [float(str(np.float32(z))) for z in header.get_zooms()[:3]]
+    zooms += [1.0] * (3 - len(zooms))
+    return tuple(zooms)  # type: ignore[return-value]
+
+
+def affine_b0_dir(affine: np.ndarray, *, source: str | None = None) -> tuple[float, float, float]:
+    """Unit B0 direction in voxel coordinates from an affine, or :class:`InputError` naming ``source``."""
+    try:
+        return b0_dir_from_affine(affine)
+    except ValueError as error:
+        raise InputError(f"cannot derive the B0 direction: {error}", source=source) from None
 
 
 def _needed(allowed: tuple[int, ...]) -> str:
@@ -126,6 +134,31 @@ def _read_array(image: nib.Nifti1Image, dtype: np.dtype, *, role: str, source: s
         raise InputError(
             f"the {role} file is damaged or truncated: {error}", source=source
         ) from error
+
+
+def open_nifti(path: str | os.PathLike[str], *, role: str = "image", mmap: bool = True) -> nib.Nifti1Image:
+    """The NIfTI image at ``path``, its voxels not yet read (header and affine only, for geometry).
+
+    Raises
+    ------
+    InputError
+        The file is missing, a folder, not readable as NIfTI, or another image format.
+    """
+    path = Path(path)
+    source = str(path)
+    if not path.exists():
+        raise InputError(f"the {role} file does not exist", source=source)
+    if path.is_dir():
+        raise InputError(f"the {role} path is a folder, not a NIfTI file", source=source)
+    try:
+        image = nib.load(path, mmap=mmap)
+    except _READ_ERRORS as error:
+        raise InputError(f"the {role} file cannot be read as NIfTI: {error}", source=source) from error
+    if not isinstance(image, nib.Nifti1Image):
+        raise InputError(
+            f"the {role} file is a {type(image).__name__}, not a NIfTI image", source=source
+        )
+    return image
 
 
 def load_nifti(
@@ -178,19 +211,7 @@ def load_nifti(
     path = Path(path)
     source = str(path)
     dtype = np.dtype(dtype)
-    if not path.exists():
-        raise InputError(f"the {role} file does not exist", source=source)
-    if path.is_dir():
-        raise InputError(f"the {role} path is a folder, not a NIfTI file", source=source)
-    try:
-        image = nib.load(path, mmap=False)
-    except _READ_ERRORS as error:
-        raise InputError(f"the {role} file cannot be read as NIfTI: {error}", source=source) from error
-    if not isinstance(image, nib.Nifti1Image):
-        raise InputError(
-            f"the {role} file is a {type(image).__name__}, not a NIfTI image", source=source
-        )
-
+    image = open_nifti(path, role=role, mmap=False)
     data = _read_array(image, dtype, role=role, source=source)
     stored_shape = data.shape
     if ndim is not None:

@@ -12,6 +12,8 @@ from typing import Union
 import numpy as np
 import torch
 
+from torchqsm import validation
+
 __all__ = ["ArrayLike", "as_tensor", "as_float64", "as_mask", "prepare", "relative_error_percent"]
 
 #: What every metric accepts for an image, a mask or a label volume.
@@ -19,18 +21,9 @@ ArrayLike = Union[torch.Tensor, np.ndarray]
 
 
 def as_tensor(array: ArrayLike, *, name: str) -> torch.Tensor:
-    """``array`` as a real-valued tensor (no copy where none is needed), detached."""
-    if isinstance(array, torch.Tensor):
-        tensor = array.detach()
-    else:
-        values = np.asarray(array)
-        if values.dtype.kind not in "biuf":
-            raise ValueError(f"{name} must be a real numeric array, got dtype {values.dtype}")
-        # NIfTI data are often big-endian or read-only memory maps; torch wants neither.
-        values = np.ascontiguousarray(values, dtype=values.dtype.newbyteorder("="))
-        if not values.flags.writeable:
-            values = values.copy()
-        tensor = torch.from_numpy(values)
+    """``array`` as a real-valued tensor (no copy where none is needed), detached
+    (:func:`torchqsm.validation.as_tensor`: big-endian and read-only numpy arrays are copied)."""
+    tensor = validation.as_tensor(array, name).detach()
     if tensor.is_complex():
         raise ValueError(f"{name} must be real-valued, got dtype {tensor.dtype}")
     return tensor
@@ -47,21 +40,13 @@ def as_mask(mask: ArrayLike | None, *, shape: tuple[int, ...], device: torch.dev
     Raises
     ------
     ValueError
-        If the shape differs, a value is neither 0 nor 1, or no voxel is selected.
+        If the shape differs, a value is neither 0 nor 1, or no voxel is selected
+        (:func:`torchqsm.validation.check_mask` with ``binary=True``).
     """
     if mask is None:
         return torch.ones(shape, dtype=torch.bool, device=device)
-    tensor = as_tensor(mask, name="mask")
-    if tuple(tensor.shape) != shape:
-        raise ValueError(f"mask has shape {tuple(tensor.shape)} but the images have shape {shape}")
-    if tensor.dtype != torch.bool:
-        if not bool(((tensor == 0) | (tensor == 1)).all()):
-            raise ValueError("mask must be boolean or contain only the values 0 and 1")
-        tensor = tensor != 0
-    tensor = tensor.to(device)
-    if not bool(tensor.any()):
-        raise ValueError("mask is empty: it selects no voxel")
-    return tensor
+    return validation.check_mask(as_tensor(mask, name="mask"), shape, device=device, binary=True,
+                                 grid="the images' shape")
 
 
 def prepare(

@@ -23,7 +23,8 @@ from torch import nn
 from torch.nn import functional as F
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from ..errors import InputError, ParameterError
+from .. import validation
+from ..errors import ParameterError
 from .normalization import Normalization
 from .tiling import Region, Tile, _round_up, _triple, plan_tiles, tiled
 
@@ -119,29 +120,15 @@ def _default_budget_mb(device: torch.device) -> float:
         return math.inf
 
 
-def _as_tensor(value, name: str, min_size: int) -> torch.Tensor:
-    tensor = value if isinstance(value, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(value))
-    if tensor.ndim != 3 or min(tensor.shape) < min_size:
-        least = "" if min_size <= 1 else f" with at least {min_size} voxels per axis"
-        raise InputError(f"{name} must be 3-D (X, Y, Z){least}, got shape {tuple(tensor.shape)}")
-    return tensor
-
-
 def field_and_mask(local_field_ppm, mask, *, min_size: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-    """A network's inputs checked: (field, boolean mask) as tensors on the field's device.
+    """A network's inputs checked by :func:`torchqsm.validation.field_and_mask`: (field, boolean mask)
+    on the field's device.
 
     :class:`InputError` for arrays that are not 3-D (or have fewer than ``min_size`` voxels along
-    an axis), differing shapes, an empty mask, or a non-finite field value inside the mask.
+    an axis), differing shapes, an empty mask, or a NaN/infinite field value inside the mask; such
+    values outside the mask are set to zero (and logged).
     """
-    field = _as_tensor(local_field_ppm, "local_field_ppm", min_size)
-    inside = _as_tensor(mask, "mask", min_size).to(field.device) != 0
-    if inside.shape != field.shape:
-        raise InputError(f"mask shape {tuple(inside.shape)} differs from the field's {tuple(field.shape)}")
-    if not bool(inside.any()):
-        raise InputError("mask is empty")
-    if not bool(torch.isfinite(field[inside]).all()):
-        raise InputError("local field has non-finite values inside the mask")
-    return field, inside
+    return validation.field_and_mask(local_field_ppm, mask, name="local_field_ppm", min_size=min_size)
 
 
 def predict(
@@ -172,7 +159,8 @@ def predict(
         it runs as :func:`inference_copy` (eval mode, batch norm folded; the model itself is not
         changed) under ``torch.inference_mode``.
     local_field_ppm
-        Local field (ppm of B0), shape ``(X, Y, Z)``, tensor or numpy array; finite in the mask.
+        Local field (ppm of B0), shape ``(X, Y, Z)``, tensor or numpy array; finite in the mask
+        (NaN outside it is set to zero).
     mask
         Region of interest, shape ``(X, Y, Z)`` (non-zero = inside); the field is zeroed outside.
     normalization
@@ -217,7 +205,7 @@ def predict(
     Raises
     ------
     InputError
-        Not 3-D, shapes differ, empty mask, or a non-finite field value in the mask.
+        Not 3-D, shapes differ, empty mask, or a NaN/infinite field value in the mask.
 
     Examples
     --------

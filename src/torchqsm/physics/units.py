@@ -35,6 +35,7 @@ __all__ = [
     "phase_to_ppm",
     "ppm_to_phase",
     "radians_per_ppm",
+    "rad_per_s_to_ppm",
 ]
 
 #: Proton gyromagnetic ratio over 2π, in MHz/T (CODATA 2018, shielded in water ≈ this).
@@ -88,3 +89,15 @@ def phase_to_ppm(phase_rad: T, *, echo_time_s: float, b0_tesla: float) -> T:
 def ppm_to_phase(field_ppm: T, *, echo_time_s: float, b0_tesla: float) -> T:
     """Field in ppm of B0 → phase (rad) at ``echo_time_s`` (s) and ``b0_tesla`` (T)."""
     return field_ppm * radians_per_ppm(echo_time_s=echo_time_s, b0_tesla=b0_tesla)
+
+
+def rad_per_s_to_ppm(frequency_rad_per_s: T, *, b0_tesla: float) -> T:
+    r"""Angular frequency offset :math:`\omega` (rad/s) → field in ppm of B0 at ``b0_tesla`` (T).
+
+    :math:`\omega / (2\pi\,\bar\gamma B_0 \cdot 10^{-6})`: the unit of an echo fit's slope
+    (phase per second) to the unit of every field map.
+
+    >>> round(rad_per_s_to_ppm(2 * math.pi * 127.7324, b0_tesla=3.0), 6)
+    1.0
+    """
+    return frequency_rad_per_s / (2.0 * math.pi * hz_per_ppm(b0_tesla))

@@ -9,7 +9,7 @@ import torch
 from scipy import ndimage
 
 from ..errors import InputError, check_positive
-from .masking import _as_mask, _check_nonempty, _erode
+from .masking import _as_mask, _erode
 
 __all__ = ["extract_brain"]
 
@@ -65,7 +65,7 @@ def extract_brain(
     mask = _as_mask(head_mask, "head_mask")
     radius = check_positive("radius_mm", radius_mm)
     spacing = tuple(float(h) for h in voxel_size_mm)
-    binary = _check_nonempty(mask.cpu().numpy(), "brain extraction (the head mask is empty)")
+    binary = mask.cpu().numpy()
     core = _erode(binary, radius, spacing)
     labels, count = ndimage.label(core)
     if count == 0:

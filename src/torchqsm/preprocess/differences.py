@@ -9,15 +9,15 @@ unwrapped echoes themselves, is :func:`torchqsm.preprocess.echoes.combine_echoes
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
 from ..errors import InputError, ParameterError
+from ..validation import array_and_mask, check_magnitude
 from .echoes import _echo_times
-from .masking import _as_real
+from .unwrap._common import wrap
 
 __all__ = ["EchoDifferences", "echo_differences", "combine_differences"]
 
@@ -73,17 +73,15 @@ def echo_differences(
     >>> [round(v, 3) for v in d.phase_rad.flatten().tolist()], [round(t, 6) for t in d.delta_te_s]
     ([2.0, 2.0], [0.01, 0.01])
     """
-    phase = _as_real(phase_rad, "phase_rad")
+    phase, _ = array_and_mask(phase_rad, name="phase_rad", unit="radians", leading=None)
     if phase.ndim != 4 or phase.shape[0] < 2:
         raise InputError(f"echo differences need (E, X, Y, Z) phase with at least 2 echoes, got {tuple(phase.shape)}")
     times = _echo_times(echo_times_s, phase.shape[0])
-    difference = torch.remainder(phase[1:] - phase[:-1] + math.pi, 2 * math.pi) - math.pi
+    difference = wrap(phase[1:] - phase[:-1])
     if magnitude is None:
         weights = torch.ones_like(difference)
     else:
-        mag = _as_real(magnitude, "magnitude").to(device=phase.device, dtype=phase.dtype)
-        if mag.shape != phase.shape:
-            raise InputError(f"magnitude shape {tuple(mag.shape)} does not match the phase {tuple(phase.shape)}")
+        mag = check_magnitude(magnitude, tuple(phase.shape), dtype=phase.dtype, device=phase.device)
         a, b = mag[:-1].square(), mag[1:].square()
         weights = a * b / (a + b).clamp_min(torch.finfo(phase.dtype).tiny)
     delta = tuple(t1 - t0 for t0, t1 in zip(times[:-1], times[1:]))
@@ -110,7 +108,8 @@ def combine_differences(
     >>> combine_differences(torch.full((2, 1, 1, 1), 2.0), delta_te_s=[0.01, 0.01]).item()
     200.0
     """
-    difference = _as_real(unwrapped_difference_rad, "unwrapped_difference_rad")
+    difference, _ = array_and_mask(unwrapped_difference_rad, name="unwrapped_difference_rad", unit="radians",
+                                   leading=None)
     delta = torch.tensor([float(t) for t in delta_te_s], dtype=difference.dtype, device=difference.device)
     if delta.numel() != difference.shape[0] or bool((delta <= 0).any()):
         raise ParameterError(f"need {difference.shape[0]} positive echo spacings, got {list(delta_te_s)}")

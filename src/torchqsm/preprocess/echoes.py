@@ -29,8 +29,9 @@ from typing import Literal
 import torch
 
 from ..errors import InputError, ParameterError
-from ..physics.units import hz_to_ppm
-from .masking import _as_mask, _as_real
+from ..physics.units import rad_per_s_to_ppm
+from ..validation import array_and_mask, as_tensor, check_magnitude
+from .masking import _as_mask
 
 __all__ = ["EchoFit", "combine_echoes", "per_echo_frequencies", "field_ppm_from_frequency"]
 
@@ -62,7 +63,7 @@ def field_ppm_from_frequency(frequency_rad_per_s: torch.Tensor, *, b0_tesla: flo
     if isinstance(b0_tesla, bool) or not isinstance(b0_tesla, (int, float)) \
             or not math.isfinite(b0_tesla) or b0_tesla <= 0:
         raise ParameterError(f"b0_tesla must be a positive number of tesla, got {b0_tesla!r}")
-    return hz_to_ppm(frequency_rad_per_s / (2 * math.pi), b0_tesla=float(b0_tesla))
+    return rad_per_s_to_ppm(frequency_rad_per_s, b0_tesla=float(b0_tesla))
 
 
 @dataclass(frozen=True)
@@ -111,16 +112,19 @@ def _echo_times(echo_times_s, echo_count: int | None) -> list[float]:
     return times
 
 
-def _phase_and_times(unwrapped_phase_rad, echo_times_s) -> tuple[torch.Tensor, torch.Tensor]:
-    """Validated phase ``(..., E, X, Y, Z)`` (a 3-D single echo gains E = 1) and TEs shaped to broadcast."""
-    phase = _as_real(unwrapped_phase_rad, "unwrapped_phase_rad")
+def _phase_and_times(unwrapped_phase_rad, echo_times_s, mask=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Validated phase ``(..., E, X, Y, Z)`` (a 3-D single echo gains E = 1), its mask (all True if
+    None, from a 0/1 array) and TEs shaped to broadcast."""
+    phase = as_tensor(unwrapped_phase_rad, "unwrapped_phase_rad")
     if phase.ndim == 3:  # one echo
         phase = phase.unsqueeze(0)
     if phase.ndim < 4:
         raise InputError(f"unwrapped_phase_rad must be (E, X, Y, Z) with echoes first, got shape {tuple(phase.shape)}")
+    region = None if mask is None else _as_mask(mask, "mask", phase.shape[-3:])
+    phase, inside = array_and_mask(phase, region, name="unwrapped_phase_rad", unit="radians", leading=None)
     times = _echo_times(echo_times_s, phase.shape[_ECHO_DIM])
     te = torch.tensor(times, dtype=phase.dtype, device=phase.device).reshape(-1, 1, 1, 1)
-    return phase, te
+    return phase, inside, te
 
 
 def per_echo_frequencies(unwrapped_phase_rad: torch.Tensor, *, echo_times_s: Sequence[float]) -> torch.Tensor:
@@ -149,7 +153,7 @@ def per_echo_frequencies(unwrapped_phase_rad: torch.Tensor, *, echo_times_s: Seq
     >>> per_echo_frequencies(torch.ones(2, 1, 1, 1), echo_times_s=[0.01, 0.02]).flatten().tolist()
     [100.0, 50.0]
     """
-    phase, te = _phase_and_times(unwrapped_phase_rad, echo_times_s)
+    phase, _, te = _phase_and_times(unwrapped_phase_rad, echo_times_s)
     return (phase / te).reshape(unwrapped_phase_rad.shape)
 
 
@@ -197,7 +201,8 @@ def combine_echoes(
     unwrapped_phase_rad
         Unwrapped phase (rad), ``(..., E, X, Y, Z)`` with echoes at dim −4; a
         3-D ``(X, Y, Z)`` array is one echo. Echoes must be unwrapped
-        consistently (no 2π jumps between echoes).
+        consistently (no 2π jumps between echoes). Finite in the mask; NaN
+        outside it is set to zero (and logged).
     echo_times_s
         ``E`` echo times (s), positive and strictly increasing.
     magnitude
@@ -249,7 +254,7 @@ def combine_echoes(
     """
     if method not in ("weighted_fit", "fit", "average"):
         raise ParameterError(f"method must be 'weighted_fit', 'fit' or 'average', got {method!r}")
-    phase, te = _phase_and_times(unwrapped_phase_rad, echo_times_s)
+    phase, inside, te = _phase_and_times(unwrapped_phase_rad, echo_times_s, mask)
     echo_count = phase.shape[_ECHO_DIM]
     if fit_offset is None:
         fit_offset = method != "average" and echo_count > 1
@@ -261,15 +266,12 @@ def combine_echoes(
     if method == "weighted_fit":
         if magnitude is None:
             raise InputError("magnitude is required for method='weighted_fit'; pass it or use method='fit'")
-        mag = _as_real(magnitude, "magnitude").to(device=phase.device, dtype=phase.dtype)
-        if mag.shape != phase.shape:
-            raise InputError(f"magnitude shape {tuple(mag.shape)} does not match the phase's {tuple(phase.shape)}")
-        if bool((mag < 0).any()):
-            raise InputError("magnitude has negative values")
+        mag = check_magnitude(magnitude, tuple(phase.shape), None if mask is None else inside, dtype=phase.dtype,
+                              device=phase.device)
         weights = mag**2
     else:
         weights = torch.ones_like(phase)
-    region = None if mask is None else _as_mask(mask, "mask", phase.shape[-3:]).to(phase.device)
+    region = None if mask is None else inside
 
     if method == "average":
         frequency = (phase / te).mean(dim=_ECHO_DIM)

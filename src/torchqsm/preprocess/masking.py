@@ -27,6 +27,7 @@ from scipy import ndimage
 from skimage.filters import threshold_otsu
 
 from ..errors import InputError, ParameterError
+from ..validation import array_and_mask, as_tensor, check_magnitude, check_mask
 
 __all__ = ["magnitude_mask", "quality_mask", "erode_mask"]
 
@@ -35,29 +36,12 @@ ROBUST_MAX_PERCENTILE = 99.0
 
 
 def _as_mask(mask, name: str, shape: Sequence[int] | None = None) -> torch.Tensor:
-    """A boolean (X, Y, Z) tensor from a bool or 0/1 array, else :class:`InputError`."""
-    tensor = mask if isinstance(mask, torch.Tensor) else torch.as_tensor(np.asarray(mask))
+    """A non-empty boolean (X, Y, Z) mask from a bool or 0/1 array (:func:`torchqsm.validation.check_mask`)."""
+    tensor = as_tensor(mask, name)
     if tensor.ndim != 3:
         raise InputError(f"{name} must be 3-D (X, Y, Z), got shape {tuple(tensor.shape)}")
-    if shape is not None and tuple(tensor.shape) != tuple(shape):
-        raise InputError(f"{name} shape {tuple(tensor.shape)} does not match the data's grid {tuple(shape)}")
-    if tensor.dtype != torch.bool:
-        if tensor.is_complex() or not bool(((tensor == 0) | (tensor == 1)).all()):
-            raise InputError(f"{name} must be boolean or hold only 0 and 1")
-        tensor = tensor != 0
-    return tensor
-
-
-def _as_real(data, name: str) -> torch.Tensor:
-    """A finite real floating tensor (integers become float32), else :class:`InputError`."""
-    tensor = data if isinstance(data, torch.Tensor) else torch.as_tensor(np.asarray(data))
-    if tensor.is_complex():
-        raise InputError(f"{name} must be real, got a complex array")
-    if not tensor.is_floating_point():
-        tensor = tensor.to(torch.float32)
-    if not bool(torch.isfinite(tensor).all()):
-        raise InputError(f"{name} has {int((~torch.isfinite(tensor)).sum())} NaN or infinite voxels")
-    return tensor
+    return check_mask(tensor, tuple(tensor.shape) if shape is None else tuple(shape), name=name, binary=True,
+                      grid="the data's grid")
 
 
 def _erode(binary: np.ndarray, radius: float, spacing: Sequence[float] = (1.0, 1.0, 1.0)) -> np.ndarray:
@@ -164,6 +148,7 @@ def magnitude_mask(
     ------
     InputError
         Bad shape, NaN, negative values, or a mask that ends up empty (the message names the step).
+        Without a brain mask yet, every voxel must be finite.
     ParameterError
         Unknown ``method``/``echoes``, missing or out-of-range ``threshold``, negative radii.
 
@@ -198,11 +183,10 @@ def magnitude_mask(
             raise ParameterError(f"threshold must be a fraction in (0, 1), got {threshold!r}")
     elif threshold is not None:
         raise ParameterError("threshold is only used with method='threshold'")
-    mag = _as_real(magnitude, "magnitude")
+    mag = as_tensor(magnitude, "magnitude")
     if mag.ndim not in (3, 4):
         raise InputError(f"magnitude must be (X, Y, Z) or (E, X, Y, Z), got shape {tuple(mag.shape)}")
-    if bool((mag < 0).any()):
-        raise InputError("magnitude has negative values; pass the magnitude (abs) of the signal")
+    mag = check_magnitude(mag, tuple(mag.shape))
     if mag.ndim == 4:
         mag = mag[0] if echoes == "first" else torch.sqrt((mag.to(torch.float64) ** 2).sum(dim=0))
     values = mag.detach().cpu().numpy().astype(np.float64)
@@ -274,9 +258,7 @@ def quality_mask(
     """
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold < 1:
         raise ParameterError(f"threshold must be in [0, 1), got {threshold!r}")
-    q = _as_real(quality, "quality")
-    if q.ndim != 3:
-        raise InputError(f"quality must be 3-D (X, Y, Z), got shape {tuple(q.shape)}")
+    q, _ = array_and_mask(quality, name="quality", unit="dimensionless")
     if bool((q < 0).any()) or bool((q > 1).any()):
         raise InputError(f"quality must lie in [0, 1], got values in [{float(q.min()):.4g}, {float(q.max()):.4g}]")
     values = q.detach().cpu().numpy()
@@ -345,8 +327,6 @@ def erode_mask(
             raise ParameterError(f"voxel_size_mm must be three positive numbers, got {voxel_size_mm!r}")
         radius_units, spacing = float(radius_mm), voxel
         what = f"erosion by {radius_mm:g} mm"
-    if not bool(m.any()):
-        raise InputError("mask is empty before erosion")
     if radius_units < min(spacing):  # the ball holds only its centre
         return m.clone()
     eroded = _erode(m.cpu().numpy(), radius_units, spacing)

@@ -26,6 +26,7 @@ from typing import Literal
 import torch
 
 from ..errors import InputError, ParameterError
+from ..validation import as_tensor, check_finite
 
 __all__ = ["PhaseScaling", "rescale_phase", "apply_phase_sign", "wrap_phase"]
 
@@ -182,16 +183,14 @@ def rescale_phase(
     """
     if assume not in ("auto", "radians", "integer", "arbitrary"):
         raise ParameterError(f"assume must be 'auto', 'radians', 'integer' or 'arbitrary', got {assume!r}")
-    data = phase if isinstance(phase, torch.Tensor) else torch.as_tensor(phase)
+    data = as_tensor(phase, name)
     if data.is_complex():
         raise InputError(f"{name} is complex; pass the phase angle (or torch.angle of the signal)")
     if data.numel() == 0:
         raise InputError(f"{name} is empty")
     out_dtype = data.dtype if data.is_floating_point() else torch.float32
-    values = data.to(torch.float64)
-    if not bool(torch.isfinite(values).all()):
-        bad = int((~torch.isfinite(values)).sum())
-        raise InputError(f"{name} has {bad} NaN or infinite values")
+    # No mask exists yet at this stage, so every voxel must be finite (torchqsm.validation's policy).
+    values = check_finite(data.to(torch.float64), name=name)
     vmin, vmax = float(values.min()), float(values.max())
     if vmin == vmax:
         raise InputError(f"{name} is constant (all values {_describe(vmin)}): there is no phase to rescale")

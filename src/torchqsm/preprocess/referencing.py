@@ -21,9 +21,17 @@ from typing import Literal
 import torch
 
 from ..errors import InputError, ParameterError
-from .masking import _as_mask, _as_real
+from ..validation import array_and_mask, as_tensor
+from .masking import _as_mask
 
 __all__ = ["reference", "reference_value"]
+
+
+def _chi_and_mask(chi_ppm, mask, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """χ ``(..., X, Y, Z)`` and a 0/1 region by :mod:`torchqsm.validation` (NaN only outside the region)."""
+    chi = as_tensor(chi_ppm, "chi_ppm")
+    region = _as_mask(mask, name, chi.shape[-3:] if chi.ndim >= 3 else None)
+    return array_and_mask(chi, region, name="chi_ppm", unit="ppm", leading=None)
 
 
 def reference_value(chi_ppm: torch.Tensor, region: torch.Tensor) -> torch.Tensor:
@@ -48,13 +56,8 @@ def reference_value(chi_ppm: torch.Tensor, region: torch.Tensor) -> torch.Tensor
     >>> float(reference_value(chi, chi > 5))
     6.5
     """
-    chi = _as_real(chi_ppm, "chi_ppm")
-    if chi.ndim < 3:
-        raise InputError(f"chi_ppm must be (..., X, Y, Z), got shape {tuple(chi.shape)}")
-    r = _as_mask(region, "region", chi.shape[-3:]).to(chi.device)
+    chi, r = _chi_and_mask(chi_ppm, region, "region")
     count = int(r.sum())
-    if count == 0:
-        raise InputError("the reference region is empty")
     # accumulate in float64: float32 sums over millions of voxels drift by ~1e-7 relative
     total = torch.where(r, chi, chi.new_zeros(())).sum(dim=(-3, -2, -1), dtype=torch.float64)
     return (total / count).to(chi.dtype)
@@ -126,12 +129,7 @@ def reference(
         raise ParameterError(f"csf_mask is only used with method='csf', not {method!r}")
     if method == "none":
         return chi_ppm
-    chi = _as_real(chi_ppm, "chi_ppm")
-    if chi.ndim < 3:
-        raise InputError(f"chi_ppm must be (..., X, Y, Z), got shape {tuple(chi.shape)}")
-    brain = _as_mask(mask, "mask", chi.shape[-3:]).to(chi.device)
-    if not bool(brain.any()):
-        raise InputError("mask is empty")
+    chi, brain = _chi_and_mask(chi_ppm, mask, "mask")
     if method == "csf":
         region = _as_mask(csf_mask, "csf_mask", chi.shape[-3:]).to(chi.device) & brain
         if not bool(region.any()):

@@ -1,4 +1,7 @@
-r"""Validation, the result record and spherical-mean-value (SMV) helpers shared by the methods.
+r"""The validated input, the result record and spherical-mean-value (SMV) helpers shared by the methods.
+
+Inputs are checked by :mod:`torchqsm.validation` (one policy for every method: NaN inside the
+mask is an error, outside it is zeroed and logged; iteration limits ≥ 0, 0 returning the start).
 
 The SMV kernel of radius :math:`r` (mm) is the normalised indicator of the
 voxels whose centres lie in the ball :math:`\sum_a (n_a h_a)^2 \le r^2`
@@ -19,8 +22,9 @@ import torch
 
 from ...errors import InputError, ParameterError, check_positive, check_voxel_size
 from ...physics import normalize_b0_dir
+from ...validation import check_iterations, check_tolerance, field_and_mask
 
-__all__ = ["BackgroundResult", "Field", "prepare", "check_positive", "check_iterations", "SMV", "ball_reach"]
+__all__ = ["BackgroundResult", "Field", "prepare", "check_positive", "check_loop", "SMV", "ball_reach"]
 
 _DIMS = (-3, -2, -1)
 Vector3 = Sequence[float]
@@ -64,46 +68,22 @@ class Field:
         return BackgroundResult((local * mask).to(self.field.dtype), mask)
 
 
-def check_iterations(max_iterations: int, tolerance: float) -> tuple[int, float]:
-    """A positive integer iteration limit and a non-negative tolerance, else :class:`ParameterError`."""
-    if isinstance(max_iterations, bool) or not isinstance(max_iterations, int) or max_iterations < 1:
-        raise ParameterError(f"max_iterations must be a positive integer, got {max_iterations!r}")
-    return max_iterations, check_positive("tolerance", tolerance, allow_zero=True)
+def check_loop(max_iterations: int, tolerance: float) -> tuple[int, float]:
+    """The loop rule of :mod:`torchqsm.validation`: an iteration limit ≥ 0 (0: the starting point
+    is returned) and a tolerance ≥ 0, else :class:`ParameterError`."""
+    return check_iterations("max_iterations", max_iterations), check_tolerance("tolerance", tolerance)
 
 
 def prepare(total_field_ppm, mask, *, voxel_size_mm: Vector3, b0_dir: Vector3) -> Field:
-    """Validate a total field and its mask; the field becomes floating point, the mask boolean."""
-    field = total_field_ppm if isinstance(total_field_ppm, torch.Tensor) else _tensor(total_field_ppm,
-                                                                                       "total_field_ppm")
-    mask_t = mask if isinstance(mask, torch.Tensor) else _tensor(mask, "mask")
-    if field.is_complex():
-        raise InputError("total_field_ppm must be real (ppm), got a complex array")
-    if not field.is_floating_point():
-        field = field.to(torch.float32)
-    if field.ndim != 3:
-        raise InputError(f"total_field_ppm is {field.ndim}-D {tuple(field.shape)}; a 3-D field is needed")
-    if tuple(mask_t.shape) != tuple(field.shape):
-        raise InputError(f"mask shape {tuple(mask_t.shape)} does not match the field's grid {tuple(field.shape)}")
-    mask_b = (mask_t != 0).to(field.device)
-    if not bool(mask_b.any()):
-        raise InputError("mask is empty (no non-zero voxel)")
-    bad = int((~torch.isfinite(field[mask_b])).sum())
-    if bad:
-        raise InputError(f"total_field_ppm has {bad} NaN or infinite voxels in the mask")
+    """Validate a total field and its mask (:func:`torchqsm.validation.field_and_mask`) and the geometry."""
+    field, mask_b = field_and_mask(total_field_ppm, mask, name="total_field_ppm")
     voxel = check_voxel_size(voxel_size_mm)
     try:
         b0 = normalize_b0_dir(b0_dir)
     except ValueError as error:
         raise ParameterError(str(error)) from None
-    # Values outside the mask are ignored: zero them so NaN there cannot leak through an FFT.
+    # Values outside the mask are ignored: zero them so that they cannot leak through an FFT.
     return Field(torch.where(mask_b, field, 0.0), mask_b, voxel, b0)  # type: ignore[arg-type]
-
-
-def _tensor(value, name: str) -> torch.Tensor:
-    try:
-        return torch.as_tensor(value)
-    except (TypeError, ValueError, RuntimeError) as error:
-        raise InputError(f"{name} is not an array: {error}") from None
 
 
 def ball_reach(radius_mm: float, voxel_size_mm: Vector3) -> tuple[int, int, int]:

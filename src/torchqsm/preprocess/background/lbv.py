@@ -20,7 +20,7 @@ import torch
 
 from ...errors import InputError, ParameterError
 from ...solvers import StatusCallback, cg
-from ._common import SMV, BackgroundResult, check_iterations, prepare
+from ._common import SMV, BackgroundResult, check_loop, prepare
 
 __all__ = ["lbv", "ismv"]
 
@@ -89,7 +89,8 @@ def lbv(
         mask, where the local field is least reliable.
     max_iterations, tolerance
         Of CG (relative residual). CG on the Laplacian needs about as many
-        iterations as the mask is wide in voxels.
+        iterations as the mask is wide in voxels. ``max_iterations=0`` removes no
+        background (:math:`b = 0`, CG's starting point): the total field on :math:`\Omega^\circ`.
     callback
         Receives a :class:`~torchqsm.solvers.SolverStatus` per CG iteration.
 
@@ -117,7 +118,7 @@ def lbv(
     True
     """
     field = prepare(total_field_ppm, mask, voxel_size_mm=voxel_size_mm, b0_dir=b0_dir)
-    max_iterations, tolerance = check_iterations(max_iterations, tolerance)
+    max_iterations, tolerance = check_loop(max_iterations, tolerance)
     if isinstance(peel, bool) or not isinstance(peel, int) or peel < 0:
         raise ParameterError(f"peel must be a non-negative integer, got {peel!r}")
     interior = _interior(field.mask)
@@ -173,7 +174,8 @@ def ismv(
     radius_mm
         SMV ball radius :math:`r` (mm); the mask is eroded by it.
     max_iterations, tolerance
-        Of CG (relative residual).
+        Of CG (relative residual). ``max_iterations=0`` removes no background
+        (:math:`b = 0`, CG's starting point): the total field on :math:`M_r`.
     callback
         Receives a :class:`~torchqsm.solvers.SolverStatus` per CG iteration.
 
@@ -196,7 +198,7 @@ def ismv(
     True
     """
     field = prepare(total_field_ppm, mask, voxel_size_mm=voxel_size_mm, b0_dir=b0_dir)
-    max_iterations, tolerance = check_iterations(max_iterations, tolerance)
+    max_iterations, tolerance = check_loop(max_iterations, tolerance)
     smv = SMV(field.shape, radius_mm, voxel_size_mm=field.voxel_size_mm, dtype=field.field.dtype,
               device=field.field.device)
     eroded = smv.erode(field.mask)

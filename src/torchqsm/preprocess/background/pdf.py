@@ -18,7 +18,8 @@ from ...errors import InputError, ParameterError
 from ...physics import DipoleOp, padding_for
 from ...physics.kernels import KernelForm
 from ...solvers import StatusCallback, cg
-from ._common import BackgroundResult, check_iterations, prepare
+from ...validation import check_magnitude
+from ._common import BackgroundResult, check_loop, prepare
 
 __all__ = ["pdf"]
 
@@ -43,13 +44,8 @@ def _weights(magnitude, mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     mask_f = mask.to(like.dtype)
     if magnitude is None:
         return mask_f
-    mag = torch.as_tensor(magnitude).to(device=like.device, dtype=like.dtype)
-    if tuple(mag.shape) != tuple(mask.shape):
-        raise InputError(f"magnitude shape {tuple(mag.shape)} does not match the field's grid {tuple(mask.shape)}")
-    inside = mag[mask]
-    if not bool(torch.isfinite(inside).all()) or bool((inside < 0).any()):
-        raise InputError("magnitude must be finite and non-negative in the mask")
-    mean = inside.mean()
+    mag = check_magnitude(magnitude, tuple(mask.shape), mask, dtype=like.dtype, device=like.device)
+    mean = mag[mask].mean()
     if float(mean) <= 0:
         raise InputError("magnitude is zero everywhere in the mask")
     return torch.where(mask, mag / mean, 0.0)
@@ -98,7 +94,8 @@ def pdf(
         Zero padding (voxels per side; rounded up to fast FFT sizes) of the grid
         on which background sources are fitted.
     max_iterations, tolerance
-        Of CG (relative residual of the normal equations).
+        Of CG (relative residual of the normal equations). ``max_iterations=0`` fits no
+        background (:math:`\chi_b = 0`): the total field is returned on the mask.
     form
         Dipole kernel of the fit: ``"kspace"`` (sampled continuous kernel) or
         ``"image"`` (voxel-integrated); see :func:`~torchqsm.physics.dipole_kernel`.
@@ -130,7 +127,7 @@ def pdf(
     True
     """
     field = prepare(total_field_ppm, mask, voxel_size_mm=voxel_size_mm, b0_dir=b0_dir)
-    max_iterations, tolerance = check_iterations(max_iterations, tolerance)
+    max_iterations, tolerance = check_loop(max_iterations, tolerance)
     padding = padding_for(field.shape, _pad_amounts(pad))
     dtype, device = field.field.dtype, field.field.device
     weights2 = padding.forward(_weights(magnitude, field.mask, field.field)) ** 2

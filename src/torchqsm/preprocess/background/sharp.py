@@ -22,7 +22,7 @@ import torch
 from ...errors import InputError, ParameterError
 from ...physics.operators import bounding_box
 from ...solvers import StatusCallback, cg
-from ._common import SMV, BackgroundResult, Field, ball_reach, check_iterations, check_positive, prepare
+from ._common import SMV, BackgroundResult, Field, ball_reach, check_loop, check_positive, prepare
 
 __all__ = ["sharp", "vsharp", "resharp"]
 
@@ -263,7 +263,8 @@ def resharp(
         4 mm ball) the local-field NRMSE was 37.4 % for 1e-2, 18.3 % for 1e-3 and
         14.8 % for 1e-4 (the authors' code suggests 5e-4 to 1e-3).
     max_iterations, tolerance
-        Of CG (relative residual of the normal equations).
+        Of CG (relative residual of the normal equations). ``max_iterations=0`` returns
+        CG's starting point, a zero local field on :math:`M_r`.
     callback
         Receives a :class:`~torchqsm.solvers.SolverStatus` per CG iteration.
 
@@ -287,7 +288,7 @@ def resharp(
     """
     field = prepare(total_field_ppm, mask, voxel_size_mm=voxel_size_mm, b0_dir=b0_dir)
     lam = check_positive("regularization", regularization)
-    max_iterations, tolerance = check_iterations(max_iterations, tolerance)
+    max_iterations, tolerance = check_loop(max_iterations, tolerance)
     smv = SMV(field.shape, radius_mm, voxel_size_mm=field.voxel_size_mm, dtype=field.field.dtype,
               device=field.field.device)
     eroded = _erode(field, smv)

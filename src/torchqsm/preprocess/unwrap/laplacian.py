@@ -48,16 +48,16 @@ MRM 2013;69:1582–1594. doi:10.1002/mrm.24405
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 
-from ...errors import ParameterError, check_voxel_size
+from ...errors import check_voxel_size
 from ...physics import laplacian_symbol
 from ...physics.operators import bounding_box
-from ._common import as_mask, as_phase, edge_mask, forward_differences, wrap
+from ...validation import check_iterations, check_tolerance
+from ._common import edge_mask, forward_differences, phase_and_mask, wrap
 
 __all__ = ["laplacian_unwrap"]
 
@@ -215,13 +215,10 @@ def laplacian_unwrap(
     >>> bool((unwrapped - phase).abs().max() < 1e-9)
     True
     """
-    phase = as_phase(phase_rad)
-    mask_b = as_mask(mask, phase)
+    phase, mask_b = phase_and_mask(phase_rad, mask, leading=None)
     voxel = _voxel(voxel_size_mm)
-    if isinstance(max_iterations, bool) or not isinstance(max_iterations, int) or max_iterations < 0:
-        raise ParameterError(f"max_iterations must be a non-negative integer, got {max_iterations!r}")
-    if not (isinstance(tolerance, (int, float)) and math.isfinite(tolerance) and tolerance > 0):
-        raise ParameterError(f"tolerance must be a positive number, got {tolerance!r}")
+    max_iterations = check_iterations("max_iterations", max_iterations)
+    tolerance = check_tolerance("tolerance", tolerance)
     # Work on the bounding box of the mask: outside it nothing enters the (Neumann) problem.
     box = bounding_box(mask_b)
     inside = mask_b[box]

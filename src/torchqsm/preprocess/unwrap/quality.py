@@ -37,7 +37,8 @@ from collections.abc import Sequence
 import torch
 
 from ...errors import InputError, ParameterError
-from ._common import as_magnitude, as_mask, as_phase, edge_mask, forward_differences, wrap
+from ...validation import as_tensor
+from ._common import as_magnitude, edge_mask, forward_differences, phase_and_mask, wrap
 
 __all__ = ["romeo_quality", "voxel_quality"]
 
@@ -108,23 +109,23 @@ def romeo_quality(
     >>> round(float(romeo_quality(torch.angle(torch.exp(3.1j * x)))[0, 0, 0, 0]), 3)
     0.013
     """
-    phase = as_phase(phase_rad, min_ndim=3, max_ndim=3)
-    mask_b = as_mask(mask, phase)
+    phase, mask_b = phase_and_mask(phase_rad, mask)
     difference = wrap(forward_differences(phase))
     quality = 1.0 - difference.abs() / math.pi
     if phase2_rad is not None:
         if echo_times_s is None:
             raise ParameterError("phase2_rad needs echo_times_s = (t1, t2) in seconds")
         t1, t2 = _echo_pair(echo_times_s)
-        phase2 = as_phase(phase2_rad, name="phase2_rad", min_ndim=3, max_ndim=3)
+        phase2 = as_tensor(phase2_rad, "phase2_rad")
         if phase2.shape != phase.shape:
             raise InputError(f"phase2_rad shape {tuple(phase2.shape)} does not match phase_rad {tuple(phase.shape)}")
+        phase2, _ = phase_and_mask(phase2, mask_b, name="phase2_rad")
         difference2 = wrap(forward_differences(phase2.to(device=phase.device, dtype=phase.dtype)))
         quality = quality * torch.clamp(1.0 - (difference - difference2 * (t1 / t2)).abs(), min=0.0)
     elif echo_times_s is not None:
         raise ParameterError("echo_times_s is only used with phase2_rad")
     if magnitude is not None:
-        mag = as_magnitude(magnitude, phase) * mask_b
+        mag = as_magnitude(magnitude, phase, mask_b)
         inside = mag[mask_b]
         reference = inside.kthvalue(max(1, math.ceil(0.99 * inside.numel()))).values
         if float(reference) <= 0:

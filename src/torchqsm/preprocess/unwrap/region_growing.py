@@ -52,7 +52,7 @@ import torch
 from scipy.sparse.csgraph import breadth_first_order, connected_components, minimum_spanning_tree
 
 from ...errors import InputError, ParameterError
-from ._common import as_mask, as_phase, edge_mask
+from ._common import edge_mask, phase_and_mask
 from .quality import romeo_quality, voxel_quality
 
 __all__ = ["UnwrapResult", "region_growing_unwrap"]
@@ -175,8 +175,7 @@ def region_growing_unwrap(
     >>> bool(torch.allclose(jumps, jumps.flatten()[0].round(), atol=1e-9)), bool(result.low_quality.any())
     (True, False)
     """
-    phase = as_phase(phase_rad, min_ndim=3, max_ndim=3)
-    mask_b = as_mask(mask, phase)
+    phase, mask_b = phase_and_mask(phase_rad, mask)
     threshold = float(low_quality_threshold)
     if not (math.isfinite(threshold) and 0.0 <= threshold < 1.0):
         raise ParameterError(f"low_quality_threshold must be in [0, 1), got {low_quality_threshold!r}")

@@ -43,7 +43,7 @@ from typing import Literal
 import torch
 
 from ...errors import ParameterError
-from ._common import TWO_PI, as_magnitude, as_mask, as_phase
+from ._common import TWO_PI, as_magnitude, phase_and_mask
 from .laplacian import laplacian_unwrap
 from .quality import romeo_quality
 from .region_growing import region_growing_unwrap
@@ -129,9 +129,8 @@ def unwrap_echoes(
     >>> bool(torch.allclose(unwrapped, phase))
     True
     """
-    phase = as_phase(phase_rad, min_ndim=4, max_ndim=4)
+    phase, mask_b = phase_and_mask(phase_rad, mask, leading=1)
     times = _echo_times(echo_times_s, phase.shape[0])
-    mask_b = as_mask(mask, phase)
     if method not in ("region_growing", "laplacian"):
         raise ParameterError(f"method must be 'region_growing' or 'laplacian', got {method!r}")
     if mode not in ("temporal", "individual"):
@@ -139,9 +138,9 @@ def unwrap_echoes(
     magnitudes: list[torch.Tensor | None] = [None] * phase.shape[0]
     if magnitude is not None:
         if isinstance(magnitude, torch.Tensor) and magnitude.ndim == 3:
-            magnitudes = [as_magnitude(magnitude, phase[0])] * phase.shape[0]
+            magnitudes = [as_magnitude(magnitude, phase[0], mask_b)] * phase.shape[0]
         else:
-            mag = as_magnitude(magnitude, phase)
+            mag = as_magnitude(magnitude, phase, mask_b)
             magnitudes = list(mag)
     second = (phase[1], times[:2]) if phase.shape[0] > 1 else (None, None)
     first = _spatial(phase[0], magnitudes[0], mask_b, method=method, voxel_size_mm=voxel_size_mm,
