@@ -40,7 +40,7 @@ import torch
 from .errors import InputError, ParameterError
 
 __all__ = ["as_tensor", "field_and_mask", "array_and_mask", "check_finite", "check_mask", "check_magnitude",
-           "check_iterations", "check_tolerance", "check_loop_parameter", "LOG"]
+           "check_echo_times", "check_iterations", "check_tolerance", "check_loop_parameter", "LOG"]
 
 LOG = logging.getLogger("torchqsm")
 
@@ -187,6 +187,35 @@ def check_magnitude(magnitude: Any, shape: tuple[int, ...], mask: torch.Tensor |
     if bool(bad.any()):
         mag = torch.where(bad, torch.zeros((), dtype=mag.dtype, device=mag.device), mag)
     return mag
+
+
+def check_echo_times(echo_times_s: Any, count: int | None = None) -> tuple[float, ...]:
+    """Echo times (s): positive, finite, under 1 s (milliseconds are a mistake), strictly increasing.
+
+    ``count``: the number of echoes of the data. Missing times or the wrong number of them are an
+    :class:`InputError` (the data and its sidecars disagree); bad values a :class:`ParameterError`.
+
+    >>> check_echo_times([0.004, 0.008], 2)
+    (0.004, 0.008)
+    """
+    if echo_times_s is None:
+        raise InputError("echo times are missing: pass echo_times_s, one per echo, in seconds")
+    try:
+        values = echo_times_s.reshape(-1).tolist() if isinstance(echo_times_s, torch.Tensor) else echo_times_s
+        times = tuple(float(t) for t in values)
+    except (TypeError, ValueError):
+        raise ParameterError(f"echo_times_s must be a sequence of numbers (s), got {echo_times_s!r}") from None
+    if not times:
+        raise InputError("echo times are missing: echo_times_s is empty")
+    if count is not None and len(times) != count:
+        raise InputError(f"{len(times)} echo times for {count} echoes (echo_times_s must have one per echo)")
+    if not all(math.isfinite(t) and t > 0 for t in times):
+        raise ParameterError(f"echo times must be positive and finite (s), got {list(times)}")
+    if any(t > 1.0 for t in times):
+        raise ParameterError(f"echo times must be in seconds, got {list(times)} (milliseconds?)")
+    if any(b <= a for a, b in zip(times, times[1:])):
+        raise ParameterError(f"echo times must be strictly increasing, got {list(times)}")
+    return times
 
 
 def check_iterations(name: str, value: Any) -> int:

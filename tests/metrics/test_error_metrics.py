@@ -124,7 +124,7 @@ def test_errors(metric):
         metric(volume, torch.rand(3, 3, 4))
     with pytest.raises(ValueError, match="empty"):
         metric(volume, volume, torch.zeros(3, 3, 3, dtype=torch.bool))
-    with pytest.raises(ValueError, match="mask has shape"):
+    with pytest.raises(ValueError, match="mask shape"):
         metric(volume, volume, torch.ones(3, 3, dtype=torch.bool))
     with pytest.raises(ValueError, match="0 and 1"):
         metric(volume, volume, 2 * torch.ones(3, 3, 3))

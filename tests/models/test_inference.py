@@ -95,11 +95,11 @@ def test_bad_inputs_raise_input_error():
         predict(net, field, torch.zeros_like(mask), normalization=NORMALIZATION)
     nan_field = field.clone()
     nan_field[4, 4, 4] = float("nan")
-    with pytest.raises(InputError, match="non-finite"):
+    with pytest.raises(InputError, match="1 NaN or infinite voxels inside the mask"):
         predict(net, nan_field, mask, normalization=NORMALIZATION)
     with pytest.raises(InputError, match="3-D"):
         predict(net, field[None], mask, normalization=NORMALIZATION)
-    with pytest.raises(InputError, match="differs"):
+    with pytest.raises(InputError, match="does not match"):
         predict(net, field, mask[:, :, :4], normalization=NORMALIZATION)
 
 

@@ -89,7 +89,7 @@ def test_bad_inputs():
     field, mask = torch.zeros(8, 8, 8), torch.ones(8, 8, 8)
     with pytest.raises(InputError, match="empty"):
         to_model_frame(field, 0 * mask, voxel_size_mm=(1, 1, 1), b0_dir=(0, 0, 1))
-    with pytest.raises(InputError, match="differs"):
+    with pytest.raises(InputError, match="does not match"):
         to_model_frame(field, mask[:4], voxel_size_mm=(1, 1, 1), b0_dir=(0, 0, 1))
     with pytest.raises(InputError, match="3-D"):
         to_model_frame(field[0], mask[0], voxel_size_mm=(1, 1, 1), b0_dir=(0, 0, 1))

@@ -166,7 +166,7 @@ def test_validation(truth):
         combine_echoes(phase, echo_times_s=TE)
     with pytest.raises(InputError, match="magnitude shape"):
         combine_echoes(phase, echo_times_s=TE, magnitude=magnitude[:3])
-    with pytest.raises(InputError, match="magnitude has negative values"):
+    with pytest.raises(InputError, match="magnitude must be finite and non-negative"):
         combine_echoes(phase, echo_times_s=TE, magnitude=-magnitude)
     with pytest.raises(ParameterError, match="method must be"):
         combine_echoes(phase, echo_times_s=TE, method="median")  # type: ignore[arg-type]
@@ -202,3 +202,19 @@ def test_shared_invivo_echoes(shared_data):
     # frequency 1st..99th percentile -106..65 Hz
     assert float(fit.residual_rad[bright].mean()) < 0.025
     assert -150 < float(frequency_hz.quantile(0.01)) < float(frequency_hz.quantile(0.99)) < 150
+
+
+def test_nan_outside_the_mask_is_ignored(truth):
+    omega, offset, magnitude = truth
+    phase = _phase(omega, offset)
+    mask = torch.zeros(phase.shape[-3:], dtype=torch.bool)
+    mask[1:-1, 1:-1, 1:-1] = True
+    outside = ~mask
+    clean = combine_echoes(phase, echo_times_s=TE, magnitude=magnitude, mask=mask)
+    dirty = combine_echoes(torch.where(outside, torch.nan, phase), echo_times_s=TE,
+                           magnitude=torch.where(outside, -1.0, magnitude), mask=mask)
+    assert torch.equal(clean.frequency_rad_per_s, dirty.frequency_rad_per_s)
+    inside_nan = phase.clone()
+    inside_nan[0, 2, 2, 2] = float("nan")
+    with pytest.raises(InputError, match="1 NaN or infinite voxels inside the mask"):
+        combine_echoes(inside_nan, echo_times_s=TE, magnitude=magnitude, mask=mask)

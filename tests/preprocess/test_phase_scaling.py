@@ -125,7 +125,7 @@ def test_bad_values_are_errors():
     phase = torch.zeros(4, 4, 4)
     phase[0, 0, 0] = float("nan")
     phase[1, 0, 0] = 1.0
-    with pytest.raises(InputError, match="phase has 1 NaN or infinite values"):
+    with pytest.raises(InputError, match="phase has 1 NaN or infinite voxels"):
         rescale_phase(phase)
     with pytest.raises(InputError, match="complex"):
         rescale_phase(torch.ones(3, dtype=torch.complex64))

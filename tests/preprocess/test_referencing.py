@@ -77,5 +77,11 @@ def test_validation(phantom):
     bad[16, 16, 16] = float("nan")
     with pytest.raises(InputError, match="chi_ppm has 1 NaN"):
         reference(bad, mask)
-    with pytest.raises(InputError, match="reference region is empty"):
+    with pytest.raises(InputError, match="region is empty"):
         reference_value(chi, torch.zeros(SHAPE, dtype=torch.bool))
+
+
+def test_nan_outside_the_mask_is_ignored(phantom):
+    chi, mask, _ = phantom
+    dirty = torch.where(mask, chi, torch.nan)
+    torch.testing.assert_close(reference(dirty, mask), reference(chi, mask), rtol=0, atol=0)

@@ -30,7 +30,7 @@ import torch
 
 from ..errors import InputError, ParameterError
 from ..physics.units import rad_per_s_to_ppm
-from ..validation import array_and_mask, as_tensor, check_magnitude
+from ..validation import array_and_mask, as_tensor, check_echo_times, check_magnitude
 from .masking import _as_mask
 
 __all__ = ["EchoFit", "combine_echoes", "per_echo_frequencies", "field_ppm_from_frequency"]
@@ -92,24 +92,7 @@ class EchoFit:
 
 
 def _echo_times(echo_times_s, echo_count: int | None) -> list[float]:
-    if echo_times_s is None:
-        raise InputError("echo times are missing: pass echo_times_s, one per echo, in seconds")
-    try:
-        times = [float(t) for t in (echo_times_s.reshape(-1).tolist() if isinstance(echo_times_s, torch.Tensor)
-                                    else echo_times_s)]
-    except (TypeError, ValueError):
-        raise ParameterError(f"echo_times_s must be a sequence of numbers (s), got {echo_times_s!r}") from None
-    if not times:
-        raise InputError("echo times are missing: echo_times_s is empty")
-    if echo_count is not None and len(times) != echo_count:
-        raise InputError(f"{len(times)} echo times for {echo_count} echoes (echo_times_s must have one per echo)")
-    if not all(math.isfinite(t) and t > 0 for t in times):
-        raise ParameterError(f"echo times must be positive and finite (s), got {times}")
-    if any(t > 1.0 for t in times):
-        raise ParameterError(f"echo times must be in seconds, got {times} (milliseconds?)")
-    if any(b <= a for a, b in zip(times, times[1:])):
-        raise ParameterError(f"echo times must be strictly increasing, got {times}")
-    return times
+    return list(check_echo_times(echo_times_s, echo_count))
 
 
 def _phase_and_times(unwrapped_phase_rad, echo_times_s, mask=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -108,7 +108,7 @@ def test_vsharp_radii(data):
     ("sharp", {"threshold": 1.0}, "threshold"),
     ("vsharp", {"threshold": 0.0}, "threshold"),
     ("resharp", {"regularization": -1e-3}, "regularization"),
-    ("resharp", {"max_iterations": 0}, "max_iterations"),
+    ("resharp", {"max_iterations": -1}, "max_iterations"),
     ("pdf", {"tolerance": -1.0}, "tolerance"),
     ("pdf", {"pad": -1}, "pad"),
     ("pdf", {"pad": (1, 2)}, "pad"),
@@ -159,3 +159,17 @@ def test_smv_kernel_and_erosion():
     full = torch.ones(16, 16, 16, dtype=torch.bool)
     eroded = smv.erode(full)
     assert int(eroded.sum()) == 14**3 and not bool(eroded[0].any())
+
+
+@pytest.mark.parametrize("name", ["resharp", "lbv", "ismv", "pdf"])
+def test_zero_iterations_return_the_starting_point(name, data):
+    """``max_iterations=0`` runs no CG step: the background (or, for RESHARP, the local field) stays 0."""
+    field, mask = data
+    params = {"resharp": {"radius_mm": 3}, "ismv": {"radius_mm": 3}}.get(name, {})
+    method = BACKGROUND_METHODS[name]
+    start = method(field, mask, max_iterations=0, **params)
+    assert bool(start.mask.any())
+    expected = torch.zeros_like(field) if name == "resharp" else torch.where(start.mask, field, 0.0)
+    assert torch.equal(start.local_field_ppm, expected)
+    # one iteration already moves away from it
+    assert not torch.equal(method(field, mask, max_iterations=1, **params).local_field_ppm, expected)

@@ -108,7 +108,7 @@ def test_validation():
     with pytest.raises(ParameterError, match="max_iterations"):
         laplacian_unwrap(phase, max_iterations=-1)
     with pytest.raises(ParameterError, match="tolerance"):
-        laplacian_unwrap(phase, tolerance=0.0)
+        laplacian_unwrap(phase, tolerance=-1.0)
 
 
 @pytest.mark.parametrize("shape", [(17, 20, 23), (32, 16, 9)])
@@ -120,3 +120,18 @@ def test_cosine_transform_solve_equals_mirrored_fft(shape):
     by_fft = _solve_by_mirror(rho, (1.0, 0.8, 2.0))
     assert by_dct.dtype == torch.float64 and by_dct.shape == shape
     assert float((by_dct - by_fft).abs().max()) < 1e-10 * float(by_fft.abs().max())
+
+
+def test_nan_outside_the_mask_is_ignored(caplog):
+    x = torch.arange(12, dtype=torch.float64)
+    phase = torch.angle(torch.exp(1j * (0.6 * x)[:, None, None].expand(12, 6, 6)))
+    mask = torch.zeros(12, 6, 6, dtype=torch.bool)
+    mask[1:11, 1:5, 1:5] = True
+    dirty = torch.where(mask, phase, torch.nan)
+    with caplog.at_level("INFO", logger="torchqsm"):
+        result = laplacian_unwrap(dirty, mask=mask)
+    assert torch.equal(result, laplacian_unwrap(phase, mask=mask))
+    assert "outside the mask set to zero" in caplog.text
+    dirty[5, 2, 2] = torch.nan
+    with pytest.raises(InputError, match="1 NaN or infinite voxels inside the mask"):
+        laplacian_unwrap(dirty, mask=mask)

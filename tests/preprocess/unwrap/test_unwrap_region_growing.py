@@ -175,3 +175,14 @@ def test_validation():
         region_growing_unwrap(phase, mask=torch.ones(6, 6, 6), seed=(9, 0, 0))
     with pytest.raises(ParameterError, match="threshold"):
         region_growing_unwrap(phase, low_quality_threshold=1.5)
+
+
+def test_nan_outside_the_mask_becomes_zero_and_the_inside_is_unchanged():
+    x = torch.arange(10, dtype=torch.float64)
+    phase = torch.angle(torch.exp(1j * (0.8 * x)[:, None, None].expand(10, 6, 6)))
+    mask = torch.zeros(10, 6, 6, dtype=torch.bool)
+    mask[1:9, 1:5, 1:5] = True
+    clean = region_growing_unwrap(phase, mask=mask)
+    dirty = region_growing_unwrap(torch.where(mask, phase, torch.nan), mask=mask)
+    assert torch.equal(dirty.phase_rad[mask], clean.phase_rad[mask])
+    assert bool((dirty.phase_rad[~mask] == 0).all())

@@ -71,8 +71,10 @@ def test_single_echo_and_three_dimensional_magnitude(helpers):
 
 def test_validation():
     phase = torch.zeros(2, 6, 6, 6)
-    with pytest.raises(ParameterError, match="2 echoes"):
+    with pytest.raises(InputError, match="1 echo times for 2 echoes"):
         unwrap_echoes(phase, echo_times_s=(0.004,))
+    with pytest.raises(ParameterError, match="milliseconds"):
+        unwrap_echoes(phase, echo_times_s=(4.0, 8.0))
     with pytest.raises(ParameterError, match="increasing"):
         unwrap_echoes(phase, echo_times_s=(0.008, 0.004))
     with pytest.raises(ParameterError, match="method"):

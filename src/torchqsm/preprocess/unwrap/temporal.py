@@ -36,31 +36,19 @@ doi:10.1002/mrm.28563
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Literal
 
 import torch
 
 from ...errors import ParameterError
+from ...validation import check_echo_times
 from ._common import TWO_PI, as_magnitude, phase_and_mask
 from .laplacian import laplacian_unwrap
 from .quality import romeo_quality
 from .region_growing import region_growing_unwrap
 
 __all__ = ["unwrap_echoes"]
-
-
-def _echo_times(echo_times_s, n_echoes: int) -> tuple[float, ...]:
-    try:
-        times = tuple(float(t) for t in echo_times_s)
-    except (TypeError, ValueError):
-        raise ParameterError(f"echo_times_s must be a sequence of numbers (s), got {echo_times_s!r}") from None
-    if len(times) != n_echoes:
-        raise ParameterError(f"echo_times_s has {len(times)} values for {n_echoes} echoes")
-    if any(not (math.isfinite(t) and t > 0) for t in times) or any(b <= a for a, b in zip(times, times[1:])):
-        raise ParameterError(f"echo_times_s must be positive and increasing (s), got {echo_times_s!r}")
-    return times
 
 
 def _nearest(wrapped: torch.Tensor, prediction: torch.Tensor) -> torch.Tensor:
@@ -130,7 +118,7 @@ def unwrap_echoes(
     True
     """
     phase, mask_b = phase_and_mask(phase_rad, mask, leading=1)
-    times = _echo_times(echo_times_s, phase.shape[0])
+    times = check_echo_times(echo_times_s, phase.shape[0])
     if method not in ("region_growing", "laplacian"):
         raise ParameterError(f"method must be 'region_growing' or 'laplacian', got {method!r}")
     if mode not in ("temporal", "individual"):
