@@ -9,8 +9,6 @@ once appears everywhere.
 from __future__ import annotations
 
 import inspect
-import math
-import operator
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -22,6 +20,7 @@ import torch
 from .. import inversion
 from . import learned
 from ..errors import ParameterError
+from ..validation import check_loop_parameter
 
 __all__ = ["MethodSpec", "ParameterSpec", "METHODS", "register", "get_method", "invert", "coerce_parameter", "describe"]
 
@@ -191,7 +190,7 @@ def get_method(name: str) -> MethodSpec:
 def coerce_parameter(spec: ParameterSpec, text: str) -> Any:
     """Turn a command-line string into the parameter's type (bool, int, float, choice, numbers)."""
     value = _coerce(spec, text)
-    _check_loop_parameter(spec.name, value)
+    check_loop_parameter(spec.name, value)
     return value
 
 
@@ -225,28 +224,6 @@ def _coerce(spec: ParameterSpec, text: str) -> Any:
         article = "an" if kind[:1] in "aeiou" else "a"
         raise ParameterError(f"parameter '{spec.name}' needs {article} {kind} value, got '{value}'") from None
     return value
-
-
-def _check_loop_parameter(name: str, value: Any) -> None:
-    """The shared loop vocabulary: ``*max_iterations`` a non-negative integer, ``*tolerance`` a number ≥ 0.
-
-    Checked here, once for every method, so a bad value is a :class:`ParameterError`
-    naming the parameter rather than an error from deep inside a solver.
-    """
-    if name == "max_iterations" or name.endswith("_max_iterations"):
-        try:
-            count = operator.index(value)
-        except TypeError:
-            raise ParameterError(f"parameter '{name}' must be an integer, got {value!r}") from None
-        if isinstance(value, bool) or count < 0:
-            raise ParameterError(f"parameter '{name}' must be a non-negative integer, got {value!r}")
-    elif name == "tolerance" or name.endswith("_tolerance"):
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            raise ParameterError(f"parameter '{name}' must be a number, got {value!r}") from None
-        if math.isnan(number) or number < 0:
-            raise ParameterError(f"parameter '{name}' must be a non-negative number, got {value!r}")
 
 
 def invert(
@@ -295,7 +272,7 @@ def invert(
     for name in params:
         if name != "callback":  # progress reporting, accepted by every iterative method
             spec.parameter(name)
-            _check_loop_parameter(name, params[name])
+            check_loop_parameter(name, params[name])
     as_numpy = isinstance(local_field_ppm, np.ndarray)
     field = torch.as_tensor(local_field_ppm)
     mask_t = torch.as_tensor(np.asarray(mask) if isinstance(mask, np.ndarray) else mask)
