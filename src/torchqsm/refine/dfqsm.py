@@ -11,10 +11,13 @@ from collections.abc import Sequence
 
 import torch
 
-from ..errors import InputError, ParameterError
-from ..inversion._common import DEFAULT_PAD, Problem, check_positive, prepare
+from ..acquisition import Acquisition
+from ..errors import InputError
+from ..inversion._common import Problem, check_positive, prepare
 from ..physics import LinearOperator, MaskOp
+from ..physics.kernels import KernelForm
 from ..solvers import SolverStatus, StatusCallback
+from ..validation import check_iterations, check_tolerance
 
 __all__ = ["dfqsm", "DEFAULT_TOLERANCE"]
 
@@ -47,10 +50,12 @@ def dfqsm(
     chi_ppm: torch.Tensor,
     local_field_ppm: torch.Tensor,
     mask: torch.Tensor,
+    acquisition: Acquisition | None = None,
     *,
-    voxel_size_mm: Vector3 = (1.0, 1.0, 1.0),
-    b0_dir: Vector3 = (0.0, 0.0, 1.0),
-    pad: int | Sequence[int] = DEFAULT_PAD,
+    voxel_size_mm: Vector3 | None = None,
+    b0_dir: Vector3 | None = None,
+    pad: int | Sequence[int] | None = None,
+    kernel_form: KernelForm | None = None,
     step_size: float = 1.0,
     tolerance: float = DEFAULT_TOLERANCE,
     max_iterations: int = 200,
@@ -98,8 +103,10 @@ def dfqsm(
         Local field :math:`f` (ppm of B0), shape ``(X, Y, Z)``.
     mask
         Region of interest ``(X, Y, Z)`` (non-zero = inside).
-    voxel_size_mm, b0_dir, pad
-        As :func:`~torchqsm.inversion.tkd`. With ``support``, the iterations run on the mask's
+    acquisition, voxel_size_mm, b0_dir, pad, kernel_form
+        The acquisition record and its overrides, as :func:`~torchqsm.inversion.tkd`: the
+        dipole operator of the data term is the record's (its B0 direction, voxel size,
+        padding and kernel form). With ``support``, the iterations run on the mask's
         bounding box padded by ``pad`` (along axes where it is > 0): zero voxels around the
         mask change neither the result nor the time. On the 176×176×160 head of
         ``benchmarks/bench_learned_inference.py`` that cut the FFT grid from 216×216×192 to
@@ -130,18 +137,21 @@ def dfqsm(
 
     Examples
     --------
+    >>> from torchqsm.acquisition import Acquisition
     >>> from torchqsm.simulate import forward_field, shapes_phantom
     >>> chi, mask = shapes_phantom((32, 32, 32), dtype=torch.float64)
     >>> field = forward_field(chi, pad=16) * mask
     >>> seen = []
-    >>> refined = dfqsm(0.5 * chi, field, mask, pad=8, callback=lambda s: seen.append(s.iteration))
+    >>> axial = Acquisition(voxel_size_mm=(1, 1, 1), b0_dir=(0, 0, 1), pad=8)
+    >>> refined = dfqsm(0.5 * chi, field, mask, axial, callback=lambda s: seen.append(s.iteration))
     >>> seen[-1] > 0, bool((refined[~mask] == 0).all())
     (True, True)
     """
-    whole = prepare(local_field_ppm, mask, voxel_size_mm=voxel_size_mm, b0_dir=b0_dir, pad=pad)
+    whole = prepare(local_field_ppm, mask, acquisition, method="dfqsm", voxel_size_mm=voxel_size_mm, b0_dir=b0_dir,
+                    pad=pad, kernel_form=kernel_form)
     alpha = check_positive("step_size", step_size)
-    threshold = check_positive("tolerance", tolerance, allow_zero=True)
-    limit = _iteration_limit(max_iterations)
+    threshold = check_tolerance("tolerance", tolerance)
+    limit = check_iterations("max_iterations", max_iterations)
     chi = initial_estimate(chi_ppm, whole)
     region = tuple(slice(0, n) for n in whole.shape)
     problem = whole
@@ -176,12 +186,6 @@ def _embed(chi: torch.Tensor, region, whole: Problem) -> torch.Tensor:
     result[region] = chi
     return result
 
-
-def _iteration_limit(max_iterations) -> int:
-    count = check_positive("max_iterations", max_iterations, allow_zero=True)
-    if count != int(count):
-        raise ParameterError(f"max_iterations must be a whole number, got {max_iterations!r}")
-    return int(count)
 
 
 def _data_operator(problem: Problem, *, support: bool) -> LinearOperator:

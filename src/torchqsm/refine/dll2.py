@@ -7,11 +7,14 @@ from typing import Literal
 
 import torch
 
+from ..acquisition import Acquisition
 from ..errors import ParameterError
-from ..inversion._common import DEFAULT_PAD, check_positive, prepare, weights_from_magnitude
+from ..inversion._common import check_positive, prepare, weights_from_magnitude
 from ..physics import MaskOp, WeightOp
+from ..physics.kernels import KernelForm
 from ..solvers import StatusCallback, cg
-from .dfqsm import _iteration_limit, initial_estimate
+from ..validation import check_iterations, check_tolerance
+from .dfqsm import initial_estimate
 
 __all__ = ["dll2"]
 
@@ -22,10 +25,12 @@ def dll2(
     chi_ppm: torch.Tensor,
     local_field_ppm: torch.Tensor,
     mask: torch.Tensor,
+    acquisition: Acquisition | None = None,
     *,
-    voxel_size_mm: Vector3 = (1.0, 1.0, 1.0),
-    b0_dir: Vector3 = (0.0, 0.0, 1.0),
-    pad: int | Sequence[int] = DEFAULT_PAD,
+    voxel_size_mm: Vector3 | None = None,
+    b0_dir: Vector3 | None = None,
+    pad: int | Sequence[int] | None = None,
+    kernel_form: KernelForm | None = None,
     regularization: float = 0.01,
     weighting: Literal["identity", "mask"] = "identity",
     magnitude: torch.Tensor | None = None,
@@ -62,8 +67,8 @@ def dll2(
     chi_ppm
         Initial estimate :math:`\chi_0` (ppm), shape ``(X, Y, Z)`` of the field; zero
         outside the mask is assumed (it is masked).
-    local_field_ppm, mask, voxel_size_mm, b0_dir, pad
-        As :func:`~torchqsm.inversion.tkd` (field in ppm of B0, voxel size in mm).
+    local_field_ppm, mask, acquisition, voxel_size_mm, b0_dir, pad, kernel_form
+        As :func:`~torchqsm.inversion.tkd` (field in ppm of B0; the record's dipole operator).
     regularization
         :math:`\lambda` (dimensionless, > 0: the dipole kernel is dimensionless).
         With 0.01 the data decide wherever :math:`|D| \gtrsim 0.1`, the estimate
@@ -94,14 +99,17 @@ def dll2(
 
     Examples
     --------
+    >>> from torchqsm.acquisition import Acquisition
     >>> from torchqsm.simulate import forward_field, shapes_phantom
     >>> chi, mask = shapes_phantom((32, 32, 32), dtype=torch.float64)
     >>> field = forward_field(chi, pad=16) * mask
-    >>> same = dll2(chi, field, mask, pad=8, regularization=1e9)   # λ → ∞ keeps χ0
+    >>> same = dll2(chi, field, mask, Acquisition(voxel_size_mm=(1, 1, 1), b0_dir=(0, 0, 1), pad=8),
+    ...             regularization=1e9)   # λ → ∞ keeps χ0
     >>> bool(torch.allclose(same, chi, atol=1e-9))
     True
     """
-    problem = prepare(local_field_ppm, mask, voxel_size_mm=voxel_size_mm, b0_dir=b0_dir, pad=pad)
+    problem = prepare(local_field_ppm, mask, acquisition, method="dll2", voxel_size_mm=voxel_size_mm, b0_dir=b0_dir,
+                      pad=pad, kernel_form=kernel_form)
     lam = check_positive("regularization", regularization)
     chi0 = initial_estimate(chi_ppm, problem)
     if weighting not in ("identity", "mask"):
@@ -109,12 +117,13 @@ def dll2(
     if weighting == "identity" and magnitude is not None:
         raise ParameterError("magnitude weights apply inside the mask: pass weighting='mask' with magnitude")
     if weighting == "identity":
-        kernel = problem.kernel()
-        spectrum = (kernel * problem.rfft(problem.field) + lam * problem.rfft(chi0)) / (kernel * kernel + lam)
-        return problem.finish(problem.irfft(spectrum))
+        dipole = problem.dipole()
+        kernel = dipole.kernel
+        spectrum = (kernel * dipole.spectrum(problem.field) + lam * dipole.spectrum(chi0)) / (kernel * kernel + lam)
+        return problem.finish(dipole.image(spectrum))
     data_weights = weights_from_magnitude(magnitude, problem)  # the mask when None
-    limit = _iteration_limit(max_iterations)
-    threshold = check_positive("tolerance", tolerance, allow_zero=True)
+    limit = check_iterations("max_iterations", max_iterations)
+    threshold = check_tolerance("tolerance", tolerance)
     inside = MaskOp(problem.mask)
     data = WeightOp(data_weights) @ problem.dipole() @ inside
     normal = data.gram + lam * inside  # CG from masked vectors stays in the mask, where this is SPD

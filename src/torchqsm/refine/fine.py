@@ -8,12 +8,14 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from ..acquisition import Acquisition
 from ..errors import ParameterError
-from ..inversion._common import DEFAULT_PAD, check_positive, prepare, weights_from_magnitude
+from ..inversion._common import check_positive, prepare, weights_from_magnitude
 from ..models.inference import pad_to_multiple
 from ..models.normalization import Normalization
+from ..physics.kernels import KernelForm
 from ..solvers import SolverStatus, StatusCallback
-from .dfqsm import _iteration_limit
+from ..validation import check_iterations
 
 __all__ = ["fine"]
 
@@ -24,11 +26,13 @@ def fine(
     model: nn.Module,
     local_field_ppm: torch.Tensor,
     mask: torch.Tensor,
+    acquisition: Acquisition | None = None,
     *,
     normalization: Normalization,
-    voxel_size_mm: Vector3 = (1.0, 1.0, 1.0),
-    b0_dir: Vector3 = (0.0, 0.0, 1.0),
-    pad: int | Sequence[int] = DEFAULT_PAD,
+    voxel_size_mm: Vector3 | None = None,
+    b0_dir: Vector3 | None = None,
+    pad: int | Sequence[int] | None = None,
+    kernel_form: KernelForm | None = None,
     magnitude: torch.Tensor | None = None,
     learning_rate: float = 1e-4,
     max_iterations: int = 100,
@@ -57,8 +61,9 @@ def fine(
     model
         A trained network ``(N, 1, X, Y, Z) → (N, 1, X, Y, Z)`` in normalised units,
         e.g. :class:`~torchqsm.models.UNet3d`; sizes multiple of ``model.multiple`` (if it has one).
-    local_field_ppm, mask, voxel_size_mm, b0_dir, pad
-        As :func:`~torchqsm.inversion.tkd` (field in ppm of B0, voxel size in mm).
+    local_field_ppm, mask, acquisition, voxel_size_mm, b0_dir, pad, kernel_form
+        As :func:`~torchqsm.inversion.tkd` (field in ppm of B0; the data term uses the
+        record's dipole operator, so its B0 direction, whatever the network was trained on).
     normalization
         The network's :class:`~torchqsm.models.Normalization` (from its card).
     magnitude
@@ -89,13 +94,15 @@ def fine(
 
     Examples
     --------
+    >>> from torchqsm.acquisition import Acquisition
     >>> from torchqsm.models import Normalization, UNet3d
     >>> from torchqsm.simulate import forward_field, shapes_phantom
     >>> chi, mask = shapes_phantom((16, 16, 16))
     >>> field = forward_field(chi, pad=8) * mask
     >>> net = UNet3d(base_channels=2, depth=2)
     >>> steps = []
-    >>> out = fine(net, field, mask, normalization=Normalization(), pad=4, max_iterations=3,
+    >>> out = fine(net, field, mask, Acquisition(voxel_size_mm=(1, 1, 1), b0_dir=(0, 0, 1), pad=4),
+    ...            normalization=Normalization(), max_iterations=3,
     ...            callback=lambda s: steps.append(s.iteration))
     >>> steps, out.shape
     ([1, 2, 3], torch.Size([16, 16, 16]))
@@ -104,9 +111,10 @@ def fine(
         raise ParameterError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(normalization, Normalization):
         raise ParameterError(f"normalization must be a Normalization, got {type(normalization).__name__}")
-    problem = prepare(local_field_ppm, mask, voxel_size_mm=voxel_size_mm, b0_dir=b0_dir, pad=pad)
+    problem = prepare(local_field_ppm, mask, acquisition, method="fine", voxel_size_mm=voxel_size_mm, b0_dir=b0_dir,
+                      pad=pad, kernel_form=kernel_form)
     rate = check_positive("learning_rate", learning_rate)
-    limit = _iteration_limit(max_iterations)
+    limit = check_iterations("max_iterations", max_iterations)
     weights = weights_from_magnitude(magnitude, problem)
     multiple = int(getattr(model, "multiple", 1))
 
