@@ -9,7 +9,8 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from .acquisition import Acquisition  # noqa: E402
 from .errors import InputError, ParameterError, TorchQSMError  # noqa: E402
 from .pipeline.registry import METHODS, get_method, invert  # noqa: E402
 
-__all__ = ["__version__", "invert", "METHODS", "get_method", "TorchQSMError", "InputError", "ParameterError"]
+__all__ = ["__version__", "Acquisition", "invert", "METHODS", "get_method", "TorchQSMError", "InputError", "ParameterError"]

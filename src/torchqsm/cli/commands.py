@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import math
 import shlex
@@ -17,26 +16,14 @@ import torch
 from ..errors import InputError, ParameterError
 from ..io import Volume, check_same_grid, load_mask, load_nifti, save_nifti, sidecar_path_for, write_sidecar
 from ..io._atomic import check_output_path
+from ..io.acquisition import acquisition_from_nifti
 from ..metrics import METRIC_DESCRIPTIONS, score
 from ..physics import normalize_b0_dir
-from ..pipeline.registry import IMAGE_PARAMETERS, METHODS, MethodSpec, coerce_parameter, get_method, invert
+from ..pipeline.registry import METHODS, MethodSpec, get_method, invert
+from ..pipeline.specs import REQUIRED, parse_assignments
 from .progress import progress_callback
 
 __all__ = ["run_invert", "run_methods", "run_score"]
-
-
-def _parse_params(spec: MethodSpec, items: list[str]) -> dict[str, Any]:
-    params: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        key = key.strip().replace("-", "_")
-        if not sep or not key:
-            raise ParameterError(f"--param takes KEY=VALUE, got '{item}'")
-        parameter = spec.parameter(key)
-        if key in IMAGE_PARAMETERS:
-            raise ParameterError(f"'{key}' is an image: pass it with --{key} FILE")
-        params[key] = coerce_parameter(parameter, value)
-    return params
 
 
 def _geometry(args: argparse.Namespace, field: Volume, spec: MethodSpec) -> tuple[tuple[float, ...], Any]:
@@ -79,7 +66,7 @@ def run_invert(args: argparse.Namespace) -> int:
     """``torchqsm invert``: read field and mask, invert, write χ and its JSON sidecar."""
     started = time.perf_counter()
     spec = get_method(args.method)
-    params = _parse_params(spec, args.param)
+    params = parse_assignments(spec.parameters, args.param, owner=spec.name)
     device = _device(args.device)
     output = check_output_path(args.output, overwrite=args.overwrite)
     if not (output.name.endswith(".nii") or output.name.endswith(".nii.gz")):
@@ -100,6 +87,13 @@ def run_invert(args: argparse.Namespace) -> int:
     elif spec.needs_magnitude:
         raise ParameterError(f"method '{spec.name}' needs a magnitude image: pass --magnitude MAG.nii.gz")
     voxel, b0_dir = _geometry(args, field, spec)
+    acquisition = acquisition_from_nifti(field, voxel_size_mm=voxel if args.voxel_size else None,
+                                         b0_dir=b0_dir if args.b0_dir else None, echo_times_s=args.echo_times,
+                                         b0_tesla=args.b0_tesla, override_source="flag")
+    values = spec.values(params)  # checked before the work starts (e.g. a missing image)
+    needs = [n for n in values.acquisition_needs() if getattr(acquisition, n) is None]
+    if needs:
+        acquisition.require(*needs, method=spec.name)
 
     data = torch.from_numpy(field.data)
     if spec.multi_orientation:
@@ -111,8 +105,8 @@ def run_invert(args: argparse.Namespace) -> int:
         callback, bar = progress_callback(total=total, description=spec.name)
     chi = None
     try:
-        chi = invert(data, torch.from_numpy(mask.data), spec.name, voxel_size_mm=voxel, b0_dir=b0_dir,
-                     device=device, **params, **({"callback": callback} if callback else {}))
+        chi = invert(data, torch.from_numpy(mask.data), spec.name, acquisition, device=device, callback=callback,
+                     **params)
     finally:
         if callback is not None:
             bar.close()
@@ -121,15 +115,15 @@ def run_invert(args: argparse.Namespace) -> int:
         raise InputError(f"method '{spec.name}' produced non-finite values; check the field's units (ppm) "
                          "and the parameters", source=args.field)
     elapsed = time.perf_counter() - started
-    recorded = {p.name: params.get(p.name, p.default) for p in spec.parameters}
-    if "magnitude" in recorded:
-        recorded["magnitude"] = args.magnitude  # the file (or None), not the array
+    recorded = values.record(acquisition=acquisition, images={"magnitude": args.magnitude})
     command = shlex.join(["torchqsm", *getattr(args, "argv", sys.argv[1:])])
     save_nifti(output, chi_np, like=mask, overwrite=args.overwrite)
     try:
         write_sidecar(sidecar, method=spec.name, parameters=recorded, inputs=inputs,
                       outputs={"chi": str(output.resolve()), "unit": "ppm"},
-                      extra={"VoxelSizeMM": list(voxel), "B0Direction": b0_dir, "Device": str(device),
+                      extra={"Acquisition": acquisition.as_dict(), "VoxelSizeMM": list(voxel),
+                             "B0Direction": [list(d) for d in b0_dir] if spec.multi_orientation else list(b0_dir),
+                             "Device": str(device),
                              "ElapsedSeconds": round(elapsed, 3), "Command": command},
                       overwrite=args.overwrite)
     except BaseException:
@@ -141,16 +135,13 @@ def run_invert(args: argparse.Namespace) -> int:
 
 
 def _iteration_limit(spec: MethodSpec, params: dict[str, Any]) -> int | None:
-    if "callback" not in inspect.signature(spec.function).parameters:
-        return None
-    names = [p.name for p in spec.parameters]
-    if "max_iterations" not in names:
+    if not spec.progress or "max_iterations" not in spec.parameters.names():
         return None
     return int(params.get("max_iterations", spec.parameter("max_iterations").default))
 
 
 def _format_default(value: Any) -> str:
-    if value is inspect.Parameter.empty:
+    if value is REQUIRED:
         return "required"
     if value is None:
         return "none"
@@ -166,16 +157,18 @@ def run_methods(args: argparse.Namespace) -> int:
         payload = [{
             "name": s.name, "kind": s.kind, "summary": s.summary, "multi_orientation": s.multi_orientation,
             "parameters": [{"name": p.name, "default": None if p.default is None else _format_default(p.default),
-                            "type": p.type_name, "description": p.description} for p in s.parameters],
-            "references": s.references,
+                            "type": p.type_name, "unit": p.unit, "bounds": p.bounds, "description": p.description}
+                           for p in s.specs],
+            "references": list(s.references),
         } for s in specs]
         print(json.dumps(payload, indent=2, ensure_ascii=False))
         return 0
     for s in specs:
         print(f"{s.name}  ({s.kind}{', several orientations' if s.multi_orientation else ''})")
         print(f"    {s.summary}")
-        for p in s.parameters:
-            print(f"    --param {p.name}={_format_default(p.default):<10} {p.type_name:<10} {p.description}")
+        for p in s.specs:
+            unit = f" [{p.unit}]" if p.unit else ""
+            print(f"    --param {p.name}={_format_default(p.default):<10} {p.type_name:<10} {p.description}{unit}")
         if s.references:
             print(f"    ref: {s.references[0]}")
         print()

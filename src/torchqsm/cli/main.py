@@ -45,6 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
     invert.add_argument("--voxel-size", type=float, nargs=3, metavar=("X", "Y", "Z"), help="voxel size in mm")
     invert.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                         help="a method parameter (repeatable), e.g. --param threshold=0.15")
+    invert.add_argument("--echo-times", type=float, nargs="+", metavar="TE_S",
+                        help="echo times in s (default: EchoTime of the field's JSON sidecar); used by tv (nonlinear), "
+                             "ndi and medi")
+    invert.add_argument("--b0-tesla", type=float, metavar="T",
+                        help="field strength in T (default: MagneticFieldStrength of the field's JSON sidecar)")
     invert.add_argument("--magnitude", metavar="MAG", help="magnitude NIfTI for data weights (required by medi)")
     invert.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     invert.add_argument("--overwrite", action="store_true", help="replace existing output files")

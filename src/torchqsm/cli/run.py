@@ -8,11 +8,11 @@ import sys
 from typing import Any
 
 from ..errors import InputError, ParameterError
-from .commands import _device
 from ..pipeline.recipes import RECIPES, get_recipe, with_overrides
-from ..pipeline.registry import IMAGE_PARAMETERS, coerce_parameter, describe, get_method
-from ..preprocess.background import BACKGROUND_METHODS
-from ..preprocess.unwrap import laplacian_unwrap, region_growing_unwrap
+from ..pipeline.registry import get_method
+from ..pipeline.specs import parse_assignments
+from ..pipeline.steps import BACKGROUND, UNWRAP
+from .commands import _device
 
 __all__ = ["add_run_parser", "run_pipeline"]
 
@@ -62,7 +62,7 @@ def add_run_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentPar
     steps.add_argument("--unwrap-param", action="append", default=[], metavar="KEY=VALUE",
                        help="an unwrapping parameter (repeatable), e.g. max_iterations=20 for laplacian")
     steps.add_argument("--combine", choices=("phase_difference", "weighted_fit", "per_echo"), help="echo combination")
-    steps.add_argument("--background", help=f"background removal: {', '.join(sorted(BACKGROUND_METHODS))}")
+    steps.add_argument("--background", help=f"background removal: {', '.join(sorted(BACKGROUND))}")
     steps.add_argument("--background-param", action="append", default=[], metavar="KEY=VALUE",
                        help="a background-removal parameter (repeatable)")
     steps.add_argument("--inversion", help="dipole inversion method (see `torchqsm methods`)")
@@ -80,39 +80,30 @@ def add_run_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentPar
     return run
 
 
-def _params(spec, items: list[str], flag: str) -> dict[str, Any]:
-    params: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        key = key.strip().replace("-", "_")
-        if not sep or not key:
-            raise ParameterError(f"{flag} takes KEY=VALUE, got '{item}'")
-        if key in IMAGE_PARAMETERS:
-            raise ParameterError(f"'{key}' is an image and is set by the pipeline")
-        params[key] = coerce_parameter(spec.parameter(key), value)
-    return params
+def _params(specs, items: list[str], flag: str, owner: str) -> dict[str, Any]:
+    return parse_assignments([spec for spec in specs if not spec.image], items, flag=flag, owner=owner)
 
 
 def build_recipe(args: argparse.Namespace):
     """The recipe of ``args.recipe`` with every step option applied."""
     recipe = get_recipe(args.recipe)
     background = args.background or recipe.background
-    if background not in BACKGROUND_METHODS:
-        raise ParameterError(f"unknown background method '{background}'; choose one of "
-                             f"{', '.join(sorted(BACKGROUND_METHODS))}")
-    inversion = get_method(args.inversion or recipe.inversion)
+    if background not in BACKGROUND:
+        raise ParameterError(f"unknown background method '{background}'; choose one of {', '.join(sorted(BACKGROUND))}")
     unwrap = args.unwrap or recipe.unwrap
-    unwrapper = describe(unwrap, laplacian_unwrap if unwrap == "laplacian" else region_growing_unwrap)
+    if unwrap not in UNWRAP:
+        raise ParameterError(f"unknown unwrap method '{unwrap}'; choose one of {', '.join(sorted(UNWRAP))}")
+    inversion = get_method(args.inversion or recipe.inversion)
     if inversion.multi_orientation:
         raise ParameterError(f"'{inversion.name}' needs several head orientations and cannot run in the pipeline")
     return with_overrides(
-        recipe, mask=args.mask_method, mask_erode_voxels=args.erode, brain_extraction_mm=args.brain_extraction, unwrap=args.unwrap, combine=args.combine,
-        background=args.background, inversion=args.inversion,
+        recipe, mask=args.mask_method, mask_erode_voxels=args.erode, brain_extraction_mm=args.brain_extraction,
+        unwrap=args.unwrap, combine=args.combine, background=args.background, inversion=args.inversion,
         reference=args.reference or ("region" if args.reference_mask else None),
-        background_params=_params(describe(background, BACKGROUND_METHODS[background]), args.background_param,
-                                  "--background-param") or None,
-        inversion_params=_params(inversion, args.inversion_param, "--inversion-param") or None,
-        unwrap_params=_params(unwrapper, args.unwrap_param, "--unwrap-param") or None)
+        background_params=_params(BACKGROUND[background].parameters, args.background_param, "--background-param",
+                                  background) or None,
+        inversion_params=_params(inversion.specs, args.inversion_param, "--inversion-param", inversion.name) or None,
+        unwrap_params=_params(UNWRAP[unwrap].parameters, args.unwrap_param, "--unwrap-param", unwrap) or None)
 
 
 def run_pipeline(args: argparse.Namespace) -> int:

@@ -25,9 +25,8 @@ from .. import __version__
 from ..errors import InputError, ParameterError, TorchQSMError
 from ..io import load_mask
 from ..io.bids import discover_gre
-from ..io.derivatives import derivative_path, write_dataset_description
+from ..io.derivatives import DERIVATIVE_SUFFIXES, derivative_path, write_dataset_description
 from ..io.gre import load_gre
-from ..io.derivatives import DERIVATIVE_SUFFIXES
 from .outputs import OUTPUT_UNITS, is_finished, write_result
 from .recipes import Recipe
 from .subject import process_gre
@@ -79,7 +78,7 @@ def run_job(job: Job, *, log: Logger | None = _stderr, threads: int | None = Non
     if not job.overwrite and is_finished(job.outputs["chi"]):
         return Outcome(job.key, "skipped", "already finished")
     gre = load_gre(list(job.magnitude_files), list(job.phase_files), echo_times_s=job.echo_times_s,
-                   b0_tesla=job.b0_tesla)
+                   b0_tesla=job.b0_tesla, override_source="flag")
     mask = None
     if job.mask_file is not None:
         mask = torch.from_numpy(load_mask(job.mask_file, like=gre.reference).data)
@@ -90,17 +89,15 @@ def run_job(job: Job, *, log: Logger | None = _stderr, threads: int | None = Non
     if log is not None:
         log(f"{prefix}{gre.magnitude.shape[0]} echo(es) {tuple(gre.magnitude.shape[1:])}, TE "
             f"{', '.join(f'{t * 1e3:g}' for t in gre.echo_times_s)} ms, {gre.b0_tesla:g} T, recipe {job.recipe.name}")
-    result = process_gre(gre.magnitude, gre.phase, echo_times_s=gre.echo_times_s, b0_tesla=gre.b0_tesla,
-                         voxel_size_mm=gre.voxel_size_mm, b0_dir=gre.b0_dir, recipe=job.recipe, mask=mask,
-                         reference_mask=reference_mask,
-                         phase_sign=job.phase_sign, device=job.device, log=log, prefix=prefix,
-                         source=str(job.phase_files[0]))
+    result = process_gre(gre.magnitude, gre.phase, gre.acquisition, recipe=job.recipe, mask=mask,
+                         reference_mask=reference_mask, phase_sign=job.phase_sign, device=job.device, log=log,
+                         prefix=prefix, source=str(job.phase_files[0]))
     inputs = {role: str(path) for role, path in gre.sources.items()}
     if job.mask_file:
         inputs["mask"] = job.mask_file
     if job.reference_mask_file:
         inputs["reference_mask"] = job.reference_mask_file
-    extra = {**job.extra, "EchoTime": list(gre.echo_times_s), "MagneticFieldStrength": gre.b0_tesla,
+    extra = {**job.extra, "Acquisition": gre.acquisition.as_dict(), "EchoTime": list(gre.echo_times_s), "MagneticFieldStrength": gre.b0_tesla,
              "B0Direction": list(gre.b0_dir), "VoxelSizeMM": list(gre.voxel_size_mm), "PhaseSign": job.phase_sign,
              "Device": job.device, "InputNotes": list(gre.notes), "ElapsedSeconds": round(time.perf_counter() - started, 3)}
     write_result(result, job.outputs, like=gre.reference, qc_path=job.qc_path, voxel_size_mm=gre.voxel_size_mm,

@@ -1,105 +1,46 @@
-r"""Learned dipole inversions in the method registry, alone and with a refinement.
+r"""Learned dipole inversions in the method registry, alone and composed with a refinement.
 
 Each shipped model card (``torchqsm models``) whose architecture is ``unet``, ``xqsm`` or
-``qsmnet`` makes a method of that name (the first card of the architecture, by name, is the
-default ``weights``), and every such method ``NET`` also appears as ``NET+dfqsm``,
-``NET+dll2`` and ``NET+fine``: the network's χ refined by
-:func:`torchqsm.refine.dfqsm` / :func:`~torchqsm.refine.dll2`, or the network itself
-fine-tuned on the data by :func:`~torchqsm.refine.fine`. An architecture without shipped
-weights is not registered, so every listed method runs.
+``qsmnet`` makes a method of that name (the first card of the architecture, by name, gives
+the default ``weights``), and every such method ``NET`` also appears as ``NET+dfqsm``,
+``NET+dll2`` and ``NET+fine``: a composition of the network's spec and the refinement's
+(:func:`torchqsm.refine.dfqsm`, :func:`~torchqsm.refine.dll2`, :func:`~torchqsm.refine.fine`).
+The registry reads the cards on the first lookup of a learned method (:func:`learned_specs`),
+never at import; a card that cannot be read makes its method raise one
+:class:`~torchqsm.errors.InputError` naming the file, and leaves every other method working.
 
-Orientation and resolution: by default the network runs on the data's own grid and B0
-direction (the shipped networks were trained on oblique B0 and apply at any direction; a
-voxel size other than the training one is used as is). ``reorient=True`` instead rotates
-B0 onto the third axis and resamples to the card's voxel size first and back after
-(AFTER-QSM style, :func:`torchqsm.models.reorient.to_model_frame`), at the cost of two
-interpolations.
+Geometry. Every method takes the acquisition record. The refinements always apply the
+record's dipole operator (its B0 direction, voxel size, padding). The plain network runs on
+the data's own grid when B0 lies within the tilt the network was trained on (the card's
+``training.config.data.max_tilt_deg``; 0 when the card does not say), and otherwise, by
+default (``reorient`` = none), first rotates B0 onto the third axis and resamples to the
+card's voxel size, and back after (AFTER-QSM style, :func:`torchqsm.models.to_model_frame`).
+``reorient=true`` always does so; ``reorient=false`` never, and then says in one warning line
+that the network was not trained at this direction.
 """
 
 from __future__ import annotations
 
 import functools
-import inspect
-from collections.abc import Callable, Sequence
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, make_dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 
+from ..acquisition import Acquisition
+from ..errors import InputError
 from ..inversion._common import prepare
-from ..models.inference import predict
-from ..models.reorient import to_model_frame
-from ..models.weights import LoadedModel, list_models, load_weights
-from ..refine import dfqsm, dll2, fine
+from ..validation import LOG
+from .methods import DFQSMParameters, DLL2Parameters, FINEParameters
+from .specs import Parameters, param
 
-__all__ = ["LEARNED_ARCHITECTURES", "REFINEMENTS", "learned_method", "refined_method", "shipped_defaults",
-           "load_cached"]
+__all__ = ["LEARNED_ARCHITECTURES", "REFINEMENTS", "WeightsParameters", "NetworkParameters", "learned_specs",
+           "load_cached", "network_inversion", "training_tilt_deg"]
 
 LEARNED_ARCHITECTURES = ("unet", "xqsm", "qsmnet")
-REFINEMENTS: dict[str, Callable[..., torch.Tensor]] = {"dfqsm": dfqsm, "dll2": dll2, "fine": fine}
-_SHARED = ("local_field_ppm", "mask", "voxel_size_mm", "b0_dir", "callback", "chi_ppm", "model", "normalization")
-
-
-def shipped_defaults() -> dict[str, str]:
-    """Architecture → the name of its default shipped weights (first by name)."""
-    defaults: dict[str, str] = {}
-    for card in list_models():
-        defaults.setdefault(card["architecture"], card["name"])
-    return {a: defaults[a] for a in LEARNED_ARCHITECTURES if a in defaults}
-
-
-@functools.lru_cache(maxsize=8)
-def load_cached(weights: str, device: str) -> LoadedModel:
-    """Shipped weights by name on a device, loaded once per process."""
-    return load_weights(weights, device=device)
-
-
-def _network_chi(loaded: LoadedModel, field: torch.Tensor, mask: torch.Tensor, *, voxel_size_mm, b0_dir,
-                 tile_size: int, reorient: bool) -> torch.Tensor:
-    options = {"normalization": loaded.normalization, "tile_size": tile_size or None, "device": field.device}
-    if not reorient:
-        return predict(loaded.model, field, mask, **options)
-    voxel = tuple(loaded.card.get("voxel_size_mm", (1.0, 1.0, 1.0)))
-    rotated, rotated_mask, frame = to_model_frame(field, mask, voxel_size_mm=voxel_size_mm, b0_dir=b0_dir,
-                                                  model_voxel_size_mm=voxel)
-    return frame.to_original(predict(loaded.model, rotated, rotated_mask, **options)) * mask
-
-
-def learned_method(architecture: str, default_weights: str) -> Callable[..., torch.Tensor]:
-    """The registry function of a learned method (shared signature, see the module)."""
-
-    def method(local_field_ppm: torch.Tensor, mask: torch.Tensor, *, voxel_size_mm: Sequence[float] = (1.0, 1.0, 1.0),
-               b0_dir: Sequence[float] = (0.0, 0.0, 1.0), weights: str = default_weights, tile_size: int = 0,
-               reorient: bool = False) -> torch.Tensor:
-        problem = prepare(local_field_ppm, mask, voxel_size_mm=voxel_size_mm, b0_dir=b0_dir, pad=0)
-        loaded = load_cached(weights, str(problem.field.device))
-        chi = _network_chi(loaded, problem.field.float(), problem.mask, voxel_size_mm=problem.voxel_size_mm,
-                           b0_dir=problem.b0_dir, tile_size=tile_size, reorient=reorient)
-        return problem.finish(chi)
-
-    method.__name__ = method.__qualname__ = architecture
-    method.__doc__ = f"""The {architecture} network (shipped weights '{default_weights}'): local field → χ.
-
-    Parameters
-    ----------
-    weights
-        Shipped weights name or path to a .json card (``torchqsm models`` lists them).
-    tile_size
-        Tile edge in voxels for memory-bounded inference (0: whole volume, tiled automatically
-        when it would not fit).
-    reorient
-        Rotate B0 onto the third axis and resample to the card's voxel size first (and back).
-
-    Returns
-    -------
-    torch.Tensor
-        χ (ppm), zero outside the mask.
-
-    References
-    ----------
-    {_REFERENCES[architecture]}
-    """
-    return method
-
 
 _REFERENCES = {
     "unet": "Paluru N, Mathew RS, Yalavarthy PK. DF-QSM: data fidelity based hybrid approach for improved "
@@ -112,70 +53,153 @@ _REFERENCES = {
 }
 
 
-def _keyword_parameters(function: Callable) -> list[inspect.Parameter]:
-    return [p for name, p in inspect.signature(function).parameters.items()
-            if p.kind is inspect.Parameter.KEYWORD_ONLY and name not in _SHARED]
+@dataclass(frozen=True, kw_only=True)
+class WeightsParameters(Parameters):
+    weights: str = param("", description="shipped weights name, or path to a .json card (torchqsm models)")
 
 
-def refined_method(name: str, network: Callable[..., torch.Tensor], refinement: str) -> Callable[..., torch.Tensor]:
-    """``network`` followed by ``refinement`` (``dfqsm``, ``dll2`` or ``fine``), as one registry function."""
-    refine_function = REFINEMENTS[refinement]
-    network_parameters = _keyword_parameters(network)
-    refine_parameters = [p for p in _keyword_parameters(refine_function)
-                         if p.name not in {q.name for q in network_parameters}]
-    network_names = {p.name for p in network_parameters}
-
-    def method(local_field_ppm: torch.Tensor, mask: torch.Tensor, *, voxel_size_mm: Sequence[float] = (1.0, 1.0, 1.0),
-               b0_dir: Sequence[float] = (0.0, 0.0, 1.0), callback=None, **params: Any) -> torch.Tensor:
-        own = {k: v for k, v in params.items() if k in network_names}
-        rest = {k: v for k, v in params.items() if k not in network_names}
-        geometry = {"voxel_size_mm": voxel_size_mm, "b0_dir": b0_dir}
-        if refinement == "fine":
-            problem = prepare(local_field_ppm, mask, pad=0, **geometry)
-            weights = own.get("weights", inspect.signature(network).parameters["weights"].default)
-            loaded = load_cached(weights, str(problem.field.device))
-            return fine(loaded.model, local_field_ppm, mask, normalization=loaded.normalization, callback=callback,
-                        **geometry, **rest)
-        chi0 = network(local_field_ppm, mask, **geometry, **own)
-        return refine_function(chi0, local_field_ppm, mask, callback=callback, **geometry, **rest)
-
-    shared = [inspect.Parameter("local_field_ppm", inspect.Parameter.POSITIONAL_OR_KEYWORD),
-              inspect.Parameter("mask", inspect.Parameter.POSITIONAL_OR_KEYWORD),
-              *(inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=d)
-                for n, d in (("voxel_size_mm", (1.0, 1.0, 1.0)), ("b0_dir", (0.0, 0.0, 1.0)), ("callback", None)))]
-    keep = network_parameters if refinement != "fine" else [p for p in network_parameters if p.name == "weights"]
-    method.__signature__ = inspect.Signature([*shared, *keep, *refine_parameters])  # type: ignore[attr-defined]
-    method.__annotations__ = {**inspect.get_annotations(network, eval_str=True),
-                              **inspect.get_annotations(refine_function, eval_str=True)}
-    method.__name__ = method.__qualname__ = name.replace("+", "_")
-    summary = {"dfqsm": "refined by DF-QSM (early-stopped gradient descent on the data fidelity)",
-               "dll2": "refined by DLL2 (data fidelity + distance to the network's χ)",
-               "fine": "fine-tuned on the data by FINE (test-time network weight update)"}[refinement]
-    network_doc = inspect.getdoc(network) or ""
-    refine_doc = inspect.getdoc(refine_function) or ""
-    method.__doc__ = (f"The {network.__name__} network, {summary}.\n\n"
-                      + _parameters_block(network_doc, refine_doc) + "\n\nReferences\n----------\n"
-                      + "\n\n".join(_references(doc) for doc in (network_doc, refine_doc)))
-    return method
+@dataclass(frozen=True, kw_only=True)
+class NetworkParameters(WeightsParameters):
+    tile_size: int = param(0, ge=0, unit="voxels",
+                           description="tile edge for memory-bounded inference; 0: whole volume (tiled if needed)")
+    reorient: bool | None = param(None, description="rotate B0 onto axis 3 and resample to the card's voxels first; "
+                                                    "none: when B0 is tilted beyond the training range")
 
 
-def _section_lines(doc: str, title: str) -> list[str]:
-    lines = doc.splitlines()
-    for index, line in enumerate(lines[:-1]):
-        if line.strip() == title and set(lines[index + 1].strip()) == {"-"}:
-            body = []
-            for item in lines[index + 2:]:
-                if body and item.strip() and set(item.strip()) == {"-"}:
-                    body.pop()
-                    break
-                body.append(item)
-            return body
-    return []
+@dataclass(frozen=True)
+class Refinement:
+    """A refinement stage of a composed method: its parameters, summary and reference."""
+
+    name: str
+    parameters: type[Parameters]
+    summary: str
+    reference: str
 
 
-def _parameters_block(*docs: str) -> str:
-    return "Parameters\n----------\n" + "\n".join(line for doc in docs for line in _section_lines(doc, "Parameters"))
+REFINEMENTS: dict[str, Refinement] = {
+    "dfqsm": Refinement("dfqsm", DFQSMParameters, "refined by DF-QSM (early-stopped gradient descent on the data "
+                        "fidelity)", "Paluru N, Mathew RS, Yalavarthy PK. NMR Biomed 2024;e5163. doi:10.1002/nbm.5163"),
+    "dll2": Refinement("dll2", DLL2Parameters, "refined by DLL2 (data fidelity + distance to the network's χ)",
+                       "Liu Z, Zhang J, Zhang S, et al. QSM using a deep learning prior. Proc ISMRM 2019;27:4933"),
+    "fine": Refinement("fine", FINEParameters, "fine-tuned on the data by FINE (test-time network weight update)",
+                       "Zhang J, Liu Z, Zhang S, et al. NeuroImage 2020;211:116579. "
+                       "doi:10.1016/j.neuroimage.2020.116579"),
+}
 
 
-def _references(doc: str) -> str:
-    return "\n".join(_section_lines(doc, "References")).strip()
+@functools.lru_cache(maxsize=8)
+def load_cached(weights: str, device: str):
+    """Shipped weights by name on a device, loaded once per process."""
+    from ..models.weights import load_weights
+
+    return load_weights(weights, device=device)
+
+
+def training_tilt_deg(card: dict[str, Any]) -> float:
+    """The largest B0 tilt from the third axis (degrees) the card's network was trained on; 0 if unknown."""
+    try:
+        return float(card["training"]["config"]["data"]["max_tilt_deg"])
+    except (KeyError, TypeError, ValueError):
+        return 0.0
+
+
+def _tilt_deg(acquisition: Acquisition) -> float:
+    return math.degrees(math.acos(min(1.0, abs(acquisition.b0_dir[2]))))
+
+
+def network_inversion(local_field_ppm: torch.Tensor, mask: torch.Tensor, acquisition: Acquisition | None = None, *,
+                      weights: str, tile_size: int = 0, reorient: bool | None = None,
+                      method: str = "network") -> torch.Tensor:
+    """χ (ppm) of the shipped network ``weights`` on a local field (ppm), in the record's geometry."""
+    from ..models.inference import predict
+    from ..models.reorient import to_model_frame
+
+    problem = prepare(local_field_ppm, mask, acquisition, method=method, pad=0)
+    loaded = load_cached(weights, str(problem.field.device))
+    record = problem.acquisition
+    trained = training_tilt_deg(loaded.card)
+    beyond = _tilt_deg(record) > trained + 0.1
+    if reorient is None:
+        reorient = beyond
+    elif not reorient and beyond:
+        LOG.warning("%s: the network '%s' was trained with B0 within %.0f° of axis 3; it runs at this %.1f° tilt as "
+                    "given (reorient=true rotates the field first)", method, loaded.name, trained, _tilt_deg(record))
+    field = problem.field.float()
+    options = {"normalization": loaded.normalization, "tile_size": tile_size or None, "device": field.device}
+    if not reorient:
+        return problem.finish(predict(loaded.model, field, problem.mask, **options))
+    voxel = tuple(loaded.card.get("voxel_size_mm", (1.0, 1.0, 1.0)))
+    rotated, rotated_mask, frame = to_model_frame(field, problem.mask, voxel_size_mm=record.voxel_size_mm,
+                                                  b0_dir=record.b0_dir, model_voxel_size_mm=voxel)
+    return problem.finish(frame.to_original(predict(loaded.model, rotated, rotated_mask, **options)))
+
+
+def refined_inversion(local_field_ppm: torch.Tensor, mask: torch.Tensor, acquisition: Acquisition | None = None, *,
+                      refinement: str, method: str, callback=None, **values: Any) -> torch.Tensor:
+    """The network's χ refined by ``refinement``: the composition the registry runs for ``NET+REFINEMENT``."""
+    from .. import refine
+
+    network_names = set(NetworkParameters.names() if refinement != "fine" else WeightsParameters.names())
+    network = {k: v for k, v in values.items() if k in network_names}
+    rest = {k: v for k, v in values.items() if k not in network_names}
+    if refinement == "fine":
+        problem = prepare(local_field_ppm, mask, acquisition, method=method, pad=rest.get("pad"))
+        loaded = load_cached(network["weights"], str(problem.field.device))
+        return refine.fine(loaded.model, local_field_ppm, mask, problem.acquisition, normalization=loaded.normalization,
+                           callback=callback, **rest)
+    chi0 = network_inversion(local_field_ppm, mask, acquisition, method=method, **network)
+    return getattr(refine, refinement)(chi0, local_field_ppm, mask, acquisition, callback=callback, **rest)
+
+
+def _composed_parameters(architecture: str, refinement: Refinement, weights: str) -> type[Parameters]:
+    network = NetworkParameters if refinement.name != "fine" else WeightsParameters
+    name = f"{architecture.capitalize()}{refinement.name.upper()}Parameters"
+    composed = make_dataclass(name, [], bases=(refinement.parameters, network), frozen=True, kw_only=True,
+                              namespace={"__module__": __name__})
+    return composed.with_defaults(name, weights=weights)
+
+
+def _broken(error: InputError) -> Callable[..., torch.Tensor]:
+    def unavailable(*args: Any, **kwargs: Any) -> torch.Tensor:
+        raise error
+    return unavailable
+
+
+def learned_specs() -> list:
+    """The learned methods of the shipped cards (read now), as registry specs: each network and its compositions.
+
+    A card that cannot be read gives its architecture (from the file name ``ARCH-...``) a method
+    that raises the card's :class:`InputError`, unless another card of that architecture reads.
+    """
+    from ..models.weights import SHIPPED_DIR, model_card
+    from .registry import MethodSpec
+
+    defaults: dict[str, str] = {}
+    broken: dict[str, InputError] = {}
+    for path in sorted(Path(SHIPPED_DIR).glob("*.json")):
+        try:
+            card = model_card(path.stem)
+        except InputError as error:
+            broken.setdefault(path.stem.split("-")[0], error)
+            continue
+        defaults.setdefault(card["architecture"], card["name"])
+    specs = []
+    for architecture in LEARNED_ARCHITECTURES:
+        if architecture not in defaults and architecture not in broken:
+            continue
+        weights = defaults.get(architecture, "")
+        network = functools.partial(network_inversion, method=architecture)
+        if architecture not in defaults:
+            network = _broken(broken[architecture])
+        summary = f"The {architecture} network (shipped weights '{weights or 'unavailable'}'): local field → χ."
+        specs.append(MethodSpec(architecture, network, NetworkParameters.with_defaults(
+            f"{architecture.capitalize()}Parameters", weights=weights), kind="learned", summary=summary,
+            references=(_REFERENCES[architecture],)))
+        for refinement in REFINEMENTS.values():
+            name = f"{architecture}+{refinement.name}"
+            function = functools.partial(refined_inversion, refinement=refinement.name, method=name)
+            specs.append(MethodSpec(name, function if architecture in defaults else network,
+                                    _composed_parameters(architecture, refinement, weights), kind="learned",
+                                    summary=f"The {architecture} network, {refinement.summary}.",
+                                    references=(_REFERENCES[architecture], refinement.reference), progress=True))
+    return specs

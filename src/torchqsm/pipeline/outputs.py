@@ -41,6 +41,16 @@ def is_finished(chi_path: Path) -> bool:
         return False
 
 
+def _parameters(result: PipelineResult) -> dict[str, Any]:
+    """The recipe's choices with every parameter value each step used (defaults included)."""
+    recipe = result.recipe.as_dict()
+    for stage, key in (("unwrap", "unwrap_params"), ("background", "background_params"),
+                       ("invert", "inversion_params")):
+        if stage in result.parameters:
+            recipe[key] = dict(result.parameters[stage]["parameters"])
+    return recipe
+
+
 def write_result(
     result: PipelineResult,
     paths: Mapping[str, Path],
@@ -90,7 +100,7 @@ def write_result(
         if qc_path is not None:
             outputs["qc"] = {"file": targets["qc"].name}
         staged["sidecar"] = write_sidecar(
-            staging / sidecar.name, method=result.recipe.inversion, parameters=result.recipe.as_dict(),
+            staging / sidecar.name, method=result.recipe.inversion, parameters=_parameters(result),
             inputs=inputs, outputs=outputs,
             extra={**extra, "Recipe": result.recipe.name, "PhaseScaling": result.phase_scaling,
                    "TimingsSeconds": result.timings_s, "Notes": list(result.notes), "Units": "ppm",

@@ -19,17 +19,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import Any
 
 from ..errors import ParameterError
 
-__all__ = ["Recipe", "RECIPES", "get_recipe", "with_overrides", "MaskMethod", "UnwrapMethod", "CombineMethod",
-           "ReferenceMethod"]
-
-MaskMethod = Literal["otsu", "threshold", "quality"]
-UnwrapMethod = Literal["laplacian", "region_growing"]
-CombineMethod = Literal["phase_difference", "weighted_fit", "per_echo"]
-ReferenceMethod = Literal["mean", "region", "none"]
+__all__ = ["Recipe", "RECIPES", "get_recipe", "with_overrides"]
 
 
 def _frozen(mapping: Mapping[str, Any] | None) -> Mapping[str, Any]:
@@ -38,7 +32,7 @@ def _frozen(mapping: Mapping[str, Any] | None) -> Mapping[str, Any]:
 
 @dataclass(frozen=True)
 class Recipe:
-    """The method and parameters of every pipeline step.
+    """The method and parameters of every pipeline step (the choices: the tables of :mod:`~torchqsm.pipeline.steps`).
 
     Attributes
     ----------
@@ -76,26 +70,27 @@ class Recipe:
 
     name: str
     description: str
-    mask: MaskMethod = "otsu"
+    mask: str = "otsu"
     mask_erode_voxels: int = 0
     brain_extraction_mm: float = 0.0
-    unwrap: UnwrapMethod = "laplacian"
+    unwrap: str = "laplacian"
     unwrap_params: Mapping[str, Any] = field(default_factory=dict)
-    combine: CombineMethod = "weighted_fit"
+    combine: str = "weighted_fit"
     background: str = "vsharp"
     background_params: Mapping[str, Any] = field(default_factory=dict)
     inversion: str = "tikhonov"
     inversion_params: Mapping[str, Any] = field(default_factory=dict)
-    reference: ReferenceMethod = "mean"
+    reference: str = "mean"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "unwrap_params", _frozen(self.unwrap_params))
         object.__setattr__(self, "background_params", _frozen(self.background_params))
         object.__setattr__(self, "inversion_params", _frozen(self.inversion_params))
-        _check_choice("mask", self.mask, ("otsu", "threshold", "quality"))
-        _check_choice("unwrap", self.unwrap, ("laplacian", "region_growing"))
-        _check_choice("combine", self.combine, ("phase_difference", "weighted_fit", "per_echo"))
-        _check_choice("reference", self.reference, ("mean", "region", "none"))
+        from . import steps  # the step tables are the one list of choices
+
+        for stage, table in (("mask", steps.MASK), ("unwrap", steps.UNWRAP), ("combine", steps.COMBINE),
+                             ("reference", steps.REFERENCE)):
+            _check_choice(stage, getattr(self, stage), tuple(table))
         if not (isinstance(self.brain_extraction_mm, (int, float)) and self.brain_extraction_mm >= 0):
             raise ParameterError(f"brain extraction radius must be >= 0 mm, got {self.brain_extraction_mm!r}")
         if not isinstance(self.mask_erode_voxels, int) or self.mask_erode_voxels < 0:

@@ -1,182 +1,137 @@
-"""The one method registry: every dipole inversion, reachable by name.
+"""The one method registry: every dipole inversion, reachable by name, with its parameter record.
 
-``torchqsm.invert(local_field_ppm, mask, method="tkd", **params)`` dispatches
-here; the CLI (``torchqsm invert``, ``torchqsm methods``) and, later, the
-pipeline recipes and benchmarks use the same table, so a method registered
-once appears everywhere.
+``torchqsm.invert(local_field_ppm, mask, method, acquisition, **params)`` dispatches here; the
+CLI (``torchqsm invert``, ``torchqsm run``, ``torchqsm methods``), the pipeline's invert step
+and the benchmarks use the same table, so a method registered once appears everywhere.
+
+A :class:`MethodSpec` pairs a function ``f(local_field_ppm, mask, acquisition, **values)``
+with a frozen :class:`~torchqsm.pipeline.specs.Parameters` dataclass (defaults, units,
+bounds, required images): the listing, ``--param`` coercion and the sidecar all come from
+that one declaration (:mod:`torchqsm.pipeline.methods`). The learned methods are read from
+the shipped model cards on the first lookup that needs them, not at import
+(:mod:`torchqsm.pipeline.learned`).
 """
 
 from __future__ import annotations
 
-import inspect
+import os
 import re
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Literal, get_args, get_origin
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
 from .. import inversion
-from . import learned
+from ..acquisition import Acquisition, as_acquisition
 from ..errors import ParameterError
-from ..validation import check_loop_parameter
+from . import methods as records
+from .specs import Parameters, ParameterSpec, coerce_parameter
 
-__all__ = ["MethodSpec", "ParameterSpec", "METHODS", "register", "get_method", "invert", "coerce_parameter", "describe"]
-
-#: Parameters every method shares; they are set by the caller, not listed per method.
-SHARED = ("local_field_ppm", "total_field_ppm", "mask", "voxel_size_mm", "b0_dir", "callback")
-#: Parameters that take an image rather than a number (the CLI passes files for them).
-IMAGE_PARAMETERS = ("magnitude",)
-
-
-@dataclass(frozen=True)
-class ParameterSpec:
-    """One keyword parameter of a method: name, default, type and one-line description."""
-
-    name: str
-    default: Any
-    annotation: Any
-    description: str
-
-    @property
-    def type_name(self) -> str:
-        choices = _literal_choices(self.annotation)
-        if choices:
-            return "|".join(choices)
-        if self.name in IMAGE_PARAMETERS:
-            return "image"
-        return {bool: "bool", int: "int", float: "float", str: "str"}.get(type(self.default), "value")
+__all__ = ["MethodSpec", "ParameterSpec", "METHODS", "register", "get_method", "invert", "coerce_parameter",
+           "register_learned"]
 
 
 @dataclass(frozen=True)
 class MethodSpec:
-    """A registered method."""
+    """A registered method: its function, its parameter record, and what the listing says about it.
+
+    ``function(local_field_ppm, mask, acquisition, **values)`` gets every value of
+    ``parameters`` (defaults filled in) and, when ``progress``, a ``callback``.
+    """
 
     name: str
     function: Callable[..., torch.Tensor]
+    parameters: type[Parameters]
     kind: Literal["classical", "learned"] = "classical"
+    summary: str = ""
+    references: tuple[str, ...] = ()
     multi_orientation: bool = False
-    parameters: tuple[ParameterSpec, ...] = field(default=())
+    progress: bool = False
 
     @property
-    def summary(self) -> str:
-        return _docstring_summary(self.function)
-
-    @property
-    def references(self) -> list[str]:
-        return _docstring_references(self.function)
+    def specs(self) -> tuple[ParameterSpec, ...]:
+        """Every parameter, in order (what ``torchqsm methods`` lists)."""
+        return self.parameters.specs()
 
     @property
     def needs_magnitude(self) -> bool:
-        return any(p.name == "magnitude" and p.default is inspect.Parameter.empty for p in self.parameters) or (
-            self.name == "medi")
+        return any(spec.name == "magnitude" and spec.required for spec in self.specs)
+
+    @property
+    def takes_magnitude(self) -> bool:
+        return any(spec.name == "magnitude" for spec in self.specs)
 
     def parameter(self, name: str) -> ParameterSpec:
-        for spec in self.parameters:
-            if spec.name == name:
-                return spec
-        known = ", ".join(p.name for p in self.parameters)
-        raise ParameterError(f"method '{self.name}' has no parameter '{name}' (it takes: {known})")
+        return self.parameters.spec(name, owner=self.name)
+
+    def values(self, params: Mapping[str, Any]) -> Parameters:
+        """The method's parameter record of ``params`` (defaults for the rest), checked."""
+        return self.parameters.from_values(params, owner=self.name)
 
 
-def _literal_choices(annotation: Any) -> tuple[str, ...]:
-    if get_origin(annotation) is Literal:
-        return tuple(str(a) for a in get_args(annotation))
-    return ()
+class _Registry(Mapping[str, MethodSpec]):
+    """Name → :class:`MethodSpec`; the learned methods are read from the model cards on first need."""
+
+    def __init__(self) -> None:
+        self._classical: dict[str, MethodSpec] = {}
+        self._learned: dict[str, MethodSpec] | None = None
+
+    def _all(self) -> dict[str, MethodSpec]:
+        if self._learned is None:
+            from .learned import learned_specs
+
+            self._learned = {}
+            for spec in learned_specs():
+                self._learned[spec.name] = spec
+        return {**self._learned, **self._classical}
+
+    def __getitem__(self, name: str) -> MethodSpec:
+        if name in self._classical:
+            return self._classical[name]
+        return self._all()[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._classical or name in self._all()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._all())
+
+    def __len__(self) -> int:
+        return len(self._all())
+
+    def add(self, spec: MethodSpec) -> None:
+        self._classical[spec.name] = spec
+
+    def reload_learned(self) -> list[str]:
+        """Forget the learned methods; the next lookup reads the cards again. Returns their names now."""
+        self._learned = None
+        self._all()
+        return list(self._learned or {})
 
 
-def _docstring_summary(function: Callable) -> str:
-    doc = inspect.getdoc(function) or ""
-    return doc.strip().splitlines()[0] if doc.strip() else ""
+METHODS = _Registry()
 
 
-def _section(function: Callable, title: str) -> list[str]:
-    doc = inspect.getdoc(function) or ""
-    lines = doc.splitlines()
-    for index, line in enumerate(lines[:-1]):
-        if line.strip() == title and set(lines[index + 1].strip()) == {"-"}:
-            body = []
-            for item in lines[index + 2:]:
-                if index + 2 < len(lines) and item.strip() and set(item.strip()) == {"-"}:
-                    body.pop()  # the previous line was the next section's title
-                    break
-                body.append(item)
-            return body
-    return []
-
-
-def _docstring_references(function: Callable) -> list[str]:
-    references, current = [], []
-    for line in _section(function, "References"):
-        if not line.strip():
-            if current:
-                references.append(" ".join(current))
-                current = []
-        else:
-            current.append(line.strip())
-    if current:
-        references.append(" ".join(current))
-    return references
-
-
-def _parameter_descriptions(function: Callable) -> dict[str, str]:
-    descriptions: dict[str, str] = {}
-    names: list[str] = []
-    for line in _section(function, "Parameters"):
-        if line and not line.startswith(" "):
-            names = [n.strip() for n in line.split(":")[0].split(",")]
-        elif line.strip() and names:
-            for name in names:
-                descriptions.setdefault(name, line.strip())
-            names = []
-    return descriptions
-
-
-#: Descriptions of parameters many methods share (their docstrings say "As tkd").
-COMMON_DESCRIPTIONS = {
-    "pad": "zero padding in voxels per side: one integer or X,Y,Z",
-    "magnitude": "magnitude image for the data weights (CLI: --magnitude FILE)",
-}
-
-
-def _plain(text: str) -> str:
-    """Docstring markup → plain text for the terminal."""
-    text = re.sub(r":(?:math|func|class|mod):`~?([^`]*)`", r"\1", text)
-    return text.replace("``", "").replace("\\", "")
-
-
-def _parameters_of(function: Callable) -> tuple[ParameterSpec, ...]:
-    signature = inspect.signature(function)
-    descriptions = {name: _plain(text) for name, text in _parameter_descriptions(function).items()}
-    for name, text in COMMON_DESCRIPTIONS.items():
-        if descriptions.get(name, "").startswith("As ") or name not in descriptions:
-            descriptions[name] = text
-    hints = inspect.get_annotations(function, eval_str=True)
-    specs = []
-    for name, parameter in signature.parameters.items():
-        if name in SHARED or parameter.kind is not inspect.Parameter.KEYWORD_ONLY:
-            continue
-        specs.append(ParameterSpec(name, parameter.default, hints.get(name, Any), descriptions.get(name, "")))
-    return tuple(specs)
-
-
-METHODS: dict[str, MethodSpec] = {}
-
-
-def register(name: str, function: Callable[..., torch.Tensor], *, kind: Literal["classical", "learned"] = "classical",
-             multi_orientation: bool = False) -> MethodSpec:
-    """Add a method to the registry (its parameters are read from its signature and docstring)."""
+def register(name: str, function: Callable[..., torch.Tensor], parameters: type[Parameters], *,
+             summary: str, references: Sequence[str] = (), multi_orientation: bool = False,
+             progress: bool = False) -> MethodSpec:
+    """Add a classical method to the registry."""
     if not re.fullmatch(r"[a-z0-9_+\-]+", name):
         raise ValueError(f"method names are lower-case words, got {name!r}")
-    spec = MethodSpec(name, function, kind, multi_orientation, _parameters_of(function))
-    METHODS[name] = spec
+    spec = MethodSpec(name, function, parameters, "classical", summary, tuple(references), multi_orientation,
+                      progress)
+    METHODS.add(spec)
     return spec
 
 
-def describe(name: str, function: Callable[..., Any]) -> MethodSpec:
-    """A :class:`MethodSpec` for any step function (not registered), e.g. a background method."""
-    return MethodSpec(name, function, "classical", False, _parameters_of(function))
+def register_learned() -> list[str]:
+    """Read the shipped model cards again and register their learned methods; returns the names."""
+    from .learned import load_cached
+
+    load_cached.cache_clear()
+    return METHODS.reload_learned()
 
 
 def get_method(name: str) -> MethodSpec:
@@ -187,53 +142,24 @@ def get_method(name: str) -> MethodSpec:
         raise ParameterError(f"unknown method '{name}' (known: {', '.join(sorted(METHODS))})") from None
 
 
-def coerce_parameter(spec: ParameterSpec, text: str) -> Any:
-    """Turn a command-line string into the parameter's type (bool, int, float, choice, numbers)."""
-    value = _coerce(spec, text)
-    check_loop_parameter(spec.name, value)
-    return value
+def _record(acquisition, method: str, voxel_size_mm, b0_dir) -> Acquisition:
+    if isinstance(acquisition, (str, os.PathLike)):
+        from ..io.acquisition import acquisition_from_nifti
 
-
-def _coerce(spec: ParameterSpec, text: str) -> Any:
-    value = text.strip()
-    choices = _literal_choices(spec.annotation)
-    if choices:
-        if value not in choices:
-            raise ParameterError(f"parameter '{spec.name}' must be one of {', '.join(choices)}, got '{value}'")
-        return value
-    default = spec.default
-    if default is None and value.lower() in ("none", ""):
-        return None  # `torchqsm methods` shows an unset optional parameter as "none"
-    try:
-        if isinstance(default, bool):
-            lowered = value.lower()
-            if lowered in ("1", "true", "yes", "on"):
-                return True
-            if lowered in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(value)
-        if isinstance(default, int):
-            return int(value)
-        if isinstance(default, float) or default is None:
-            return float(value)
-        if isinstance(default, (tuple, list)):
-            parts = [float(v) if "." in v or "e" in v.lower() else int(v) for v in value.split(",")]
-            return parts[0] if len(parts) == 1 else tuple(parts)
-    except ValueError:
-        kind = spec.type_name
-        article = "an" if kind[:1] in "aeiou" else "a"
-        raise ParameterError(f"parameter '{spec.name}' needs {article} {kind} value, got '{value}'") from None
-    return value
+        acquisition = acquisition_from_nifti(acquisition)
+    return as_acquisition(acquisition, method=method, voxel_size_mm=voxel_size_mm, b0_dir=b0_dir)
 
 
 def invert(
     local_field_ppm: torch.Tensor | np.ndarray,
     mask: torch.Tensor | np.ndarray,
     method: str = "tkd",
+    acquisition: Acquisition | str | os.PathLike[str] | None = None,
     *,
-    voxel_size_mm: Sequence[float] = (1.0, 1.0, 1.0),
-    b0_dir: Sequence[float] | Sequence[Sequence[float]] = (0.0, 0.0, 1.0),
+    voxel_size_mm: Sequence[float] | None = None,
+    b0_dir: Sequence[float] | Sequence[Sequence[float]] | None = None,
     device: str | torch.device | None = None,
+    callback: Callable[..., Any] | None = None,
     **params: Any,
 ) -> torch.Tensor | np.ndarray:
     """Run the dipole inversion ``method`` on a local field (ppm) and return χ (ppm).
@@ -246,10 +172,18 @@ def invert(
         Region of interest ``(X, Y, Z)``.
     method
         A registered name; ``torchqsm methods`` lists them.
+    acquisition
+        The :class:`~torchqsm.acquisition.Acquisition` record (voxel size, B0 direction, field
+        strength, echo times, padding, kernel form), or the path of a NIfTI file to read it
+        from (:func:`torchqsm.io.acquisition_from_nifti`: header and JSON sidecar).
     voxel_size_mm, b0_dir
-        Geometry (B0 direction in voxel coordinates; one per orientation for COSMOS).
+        Override the record's geometry, or, without a record, give it (both required then:
+        there is no silent 1 mm / axial default). COSMOS takes one direction per orientation.
     device
         Where to compute (default: the field's device).
+    callback
+        Progress: receives a :class:`~torchqsm.solvers.SolverStatus` per iteration of an
+        iterative method (ignored by the others).
     **params
         The method's own parameters; an unknown name raises :class:`ParameterError`.
 
@@ -264,15 +198,17 @@ def invert(
     >>> from torchqsm.simulate import shapes_phantom, forward_field
     >>> chi, mask = shapes_phantom((32, 32, 32))
     >>> field = forward_field(chi, pad=16)
-    >>> estimate = torchqsm.invert(field, mask, method="tkd", threshold=0.15)
-    >>> estimate.shape
+    >>> axial = torchqsm.Acquisition(voxel_size_mm=(1, 1, 1), b0_dir=(0, 0, 1))
+    >>> torchqsm.invert(field, mask, "tkd", axial, threshold=0.15).shape
     torch.Size([32, 32, 32])
+    >>> torchqsm.invert(field, mask, "tkd")
+    Traceback (most recent call last):
+    ...
+    torchqsm.errors.ParameterError: tkd needs the voxel size and the B0 direction: ...
     """
     spec = get_method(method)
-    for name in params:
-        if name != "callback":  # progress reporting, accepted by every iterative method
-            spec.parameter(name)
-            check_loop_parameter(name, params[name])
+    record = _record(acquisition, method, voxel_size_mm, b0_dir)
+    values = spec.values(params).as_kwargs()
     as_numpy = isinstance(local_field_ppm, np.ndarray)
     field = torch.as_tensor(local_field_ppm)
     mask_t = torch.as_tensor(np.asarray(mask) if isinstance(mask, np.ndarray) else mask)
@@ -282,32 +218,55 @@ def invert(
         if target.type == "cuda" and not torch.cuda.is_available():
             raise ParameterError("device 'cuda' was asked for but no CUDA GPU is available")
         field, mask_t = field.to(target), mask_t.to(target)
-        params = {k: (v.to(target) if isinstance(v, torch.Tensor) else v) for k, v in params.items()}
-    params = {k: (torch.as_tensor(v, device=field.device) if isinstance(v, np.ndarray) else v)
-              for k, v in params.items()}
-    chi = spec.function(field, mask_t, voxel_size_mm=voxel_size_mm, b0_dir=b0_dir, **params)
+    values = {k: (torch.as_tensor(v).to(field.device) if isinstance(v, (torch.Tensor, np.ndarray)) else v)
+              for k, v in values.items()}
+    if spec.progress and callback is not None:
+        values["callback"] = callback
+    chi = spec.function(field, mask_t, record, **values)
     if as_numpy:
         return chi.detach().cpu().numpy()
     return chi.to(original_device)
 
 
-for _name in ("tkd", "tsvd", "tikhonov", "l2", "tv", "ndi", "medi"):
-    register(_name, getattr(inversion, _name))
-register("cosmos", inversion.cosmos, multi_orientation=True)
-
-
-def register_learned() -> list[str]:
-    """Register the learned methods with shipped weights and their refinements (see ``pipeline.learned``)."""
-    names = []
-    for architecture, weights in learned.shipped_defaults().items():
-        network = learned.learned_method(architecture, weights)
-        register(architecture, network, kind="learned")
-        names.append(architecture)
-        for refinement in learned.REFINEMENTS:
-            name = f"{architecture}+{refinement}"
-            register(name, learned.refined_method(name, network, refinement), kind="learned")
-            names.append(name)
-    return names
-
-
-register_learned()
+_SHMUELI = ("Shmueli K, de Zwart JA, van Gelderen P, et al. Magnetic susceptibility mapping of brain tissue in vivo "
+            "using MRI phase data. MRM 2009;62:1510-1522. doi:10.1002/mrm.22135")
+_WHARTON = ("Wharton S, Schäfer A, Bowtell R. Susceptibility mapping in the human brain using threshold-based k-space "
+            "division. MRM 2010;63:1292-1304. doi:10.1002/mrm.22334")
+_CLASSICAL = (
+    ("tkd", inversion.tkd, records.TKDParameters, "Truncated k-space division.", False, (
+        _SHMUELI, _WHARTON,
+        "Schweser F, Deistung A, Sommer K, Reichenbach JR. Toward online reconstruction of quantitative "
+        "susceptibility maps: superfast dipole inversion. MRM 2013;69:1582-1594. doi:10.1002/mrm.24405")),
+    ("tsvd", inversion.tsvd, records.TSVDParameters,
+     "Truncated singular value decomposition of the dipole convolution.", False, (_WHARTON,)),
+    ("tikhonov", inversion.tikhonov, records.TikhonovParameters, "Closed-form Tikhonov-regularised inversion.", False, (
+        "Bilgic B, Chatnuntawech I, Fan AP, et al. Fast image reconstruction with L2-regularization. "
+        "JMRI 2014;40:181-191. doi:10.1002/jmri.24365",)),
+    ("l2", inversion.l2, records.L2Parameters,
+     "Weighted least squares with optional gradient regularisation, solved by CG.", True, (
+         "Li W, Wang N, Yu F, et al. A method for estimating and removing streaking artifacts in quantitative "
+         "susceptibility mapping (iLSQR). NeuroImage 2015;108:111-122. doi:10.1016/j.neuroimage.2014.12.043",
+         "Kressler B, de Rochefort L, Liu T, et al. Nonlinear regularization for per voxel estimation of magnetic "
+         "susceptibility distributions from MRI field maps. IEEE TMI 2010;29:273-281. doi:10.1109/TMI.2009.2023787")),
+    ("tv", inversion.tv, records.TVParameters, "Weighted total-variation inversion (FANSI) by ADMM.", True, (
+        "Milovic C, Bilgic B, Zhao B, Acosta-Cabronero J, Tejos C. Fast nonlinear susceptibility inversion with "
+        "variational regularization. MRM 2018;80:814-821. doi:10.1002/mrm.27073",
+        "Bilgic B, Fan AP, Polimeni JR, et al. Fast quantitative susceptibility mapping with L1-regularization and "
+        "automatic parameter selection. MRM 2014;72:1444-1459. doi:10.1002/mrm.25029")),
+    ("ndi", inversion.ndi, records.NDIParameters, "Nonlinear dipole inversion by gradient descent.", True, (
+        "Polak D, Chatnuntawech I, Yoon J, et al. Nonlinear dipole inversion (NDI) enables robust quantitative "
+        "susceptibility mapping (QSM). NMR Biomed 2020;33:e4271. doi:10.1002/nbm.4271",)),
+    ("medi", inversion.medi, records.MEDIParameters,
+     "MEDI: TV weighted by the magnitude's edges, nonlinear data term, Gauss–Newton with CG.", True, (
+         "Liu J, Liu T, de Rochefort L, et al. Morphology enabled dipole inversion for quantitative susceptibility "
+         "mapping using structural consistency between the magnitude image and the susceptibility map. "
+         "NeuroImage 2012;59:2560-2568. doi:10.1016/j.neuroimage.2011.08.082",
+         "Liu T, Wisnieff C, Lou M, et al. Nonlinear formulation of the magnetic field to source relationship for "
+         "robust quantitative susceptibility mapping. MRM 2013;69:467-476. doi:10.1002/mrm.24272")),
+)
+for _name, _function, _parameters, _summary, _progress, _references in _CLASSICAL:
+    register(_name, _function, _parameters, summary=_summary, references=_references, progress=_progress)
+register("cosmos", inversion.cosmos, records.COSMOSParameters, summary="Least squares over several head orientations.",
+         references=("Liu T, Spincemaille P, de Rochefort L, Kressler B, Wang Y. Calculation of susceptibility through "
+                     "multiple orientation sampling (COSMOS). MRM 2009;61:196-204. doi:10.1002/mrm.21828",),
+         multi_orientation=True, progress=True)

@@ -32,7 +32,7 @@ Smoothing(radius_mm=1.5, shape='ball', max_iterations=10)
 >>> Smoothing(radius_mm=-1)
 Traceback (most recent call last):
 ...
-torchqsm.errors.ParameterError: parameter 'radius_mm' must be > 0, got -1
+torchqsm.errors.ParameterError: parameter 'radius_mm' must be positive, got -1
 """
 
 from __future__ import annotations
@@ -174,16 +174,17 @@ class ParameterSpec:
 
     @property
     def bounds(self) -> str:
-        """The bounds as text, e.g. ``(0, 0.6667]`` or ``>= 0``; empty without bounds."""
-        low = (f"({self.gt:g}" if self.gt is not None else f"[{self.ge:g}" if self.ge is not None else None)
-        high = (f"{self.lt:g})" if self.lt is not None else f"{self.le:g}]" if self.le is not None else None)
-        if low and high:
-            return f"{low}, {high}"
-        if low:
-            return f"> {self.gt:g}" if self.gt is not None else f">= {self.ge:g}"
-        if high:
-            return f"< {self.lt:g}" if self.lt is not None else f"<= {self.le:g}"
-        return ""
+        """The bounds in words, e.g. ``positive and at most 0.6667``; empty without bounds."""
+        parts = []
+        if self.gt is not None:
+            parts.append("positive" if self.gt == 0 else f"> {self.gt:g}")
+        if self.ge is not None:
+            parts.append("non-negative" if self.ge == 0 else f">= {self.ge:g}")
+        if self.lt is not None:
+            parts.append(f"< {self.lt:g}")
+        if self.le is not None:
+            parts.append(f"at most {self.le:g}")
+        return " and ".join(parts)
 
     # -- values ------------------------------------------------------------------------
 
@@ -246,9 +247,7 @@ class ParameterSpec:
         ok = ((self.gt is None or value > self.gt) and (self.ge is None or value >= self.ge)
               and (self.lt is None or value < self.lt) and (self.le is None or value <= self.le))
         if not ok:
-            bounds = self.bounds
-            where = f"in {bounds}" if "," in bounds else bounds
-            raise ParameterError(f"parameter '{self.name}' must be {where}, got {value!r}")
+            raise ParameterError(f"parameter '{self.name}' must be {self.bounds}, got {value!r}")
 
     def coerce(self, text: str) -> Any:
         """A command-line string → the parameter's value (then :meth:`check`)."""
