@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from torchqsm.pipeline.registry import IMAGE_PARAMETERS, METHODS, coerce_parameter
+from torchqsm.pipeline.registry import METHODS, coerce_parameter
 
 EXPECTED = ("cosmos", "l2", "medi", "ndi", "tikhonov", "tkd", "tsvd", "tv")
 
@@ -23,7 +23,7 @@ def test_text_lists_every_method_with_parameters_and_a_reference(cli) -> None:
     for name, spec in METHODS.items():
         block = blocks[name]
         assert spec.summary in block
-        for parameter in spec.parameters:
+        for parameter in spec.specs:
             assert f"--param {parameter.name}=" in block, (name, parameter.name)
         references = [line for line in block.splitlines() if line.strip().startswith("ref:")]
         assert len(references) == 1 and "doi" in references[0].lower(), name
@@ -47,10 +47,12 @@ def test_one_method_as_json(cli) -> None:
     assert entry["multi_orientation"] is False
     assert entry["summary"] == METHODS["tkd"].summary
     parameters = {p["name"]: p for p in entry["parameters"]}
-    assert list(parameters) == ["pad", "threshold", "correct_bias"]
+    assert list(parameters) == ["pad", "kernel_form", "threshold", "correct_bias"]
     assert parameters["threshold"]["default"] == "0.19"
     assert parameters["threshold"]["type"] == "float"
-    assert parameters["pad"]["default"] == "16,16,16"
+    assert parameters["pad"]["default"] is None  # the acquisition's padding
+    assert parameters["kernel_form"]["type"] == "kspace|image"
+    assert parameters["threshold"]["bounds"] == "positive and at most 0.666667"
     assert parameters["correct_bias"]["type"] == "bool"
     assert all(p["description"] for p in entry["parameters"])
     assert entry["references"] and all("doi" in r.lower() for r in entry["references"])
@@ -67,8 +69,8 @@ def test_all_methods_as_json(cli) -> None:
 def test_listed_defaults_are_valid_param_values(name: str, cli) -> None:
     """What `methods` shows as a default, typed back as --param, gives the default itself."""
     (entry,) = json.loads(cli("methods", name, "--json").out)
-    for listed, spec in zip(entry["parameters"], METHODS[name].parameters, strict=True):
-        if spec.name in IMAGE_PARAMETERS:
+    for listed, spec in zip(entry["parameters"], METHODS[name].specs, strict=True):
+        if spec.image:
             continue
         shown = "none" if listed["default"] is None else listed["default"]
         assert coerce_parameter(spec, shown) == spec.default, (name, spec.name, shown)

@@ -104,9 +104,13 @@ class _Registry(Mapping[str, MethodSpec]):
     def add(self, spec: MethodSpec) -> None:
         self._classical[spec.name] = spec
 
-    def reload_learned(self) -> list[str]:
-        """Forget the learned methods; the next lookup reads the cards again. Returns their names now."""
+    def forget_learned(self) -> None:
+        """Forget the learned methods: the next lookup reads the model cards again."""
         self._learned = None
+
+    def reload_learned(self) -> list[str]:
+        """Read the model cards again now; the names of the learned methods."""
+        self.forget_learned()
         self._all()
         return list(self._learned or {})
 
