@@ -59,7 +59,8 @@ def test_cosmos_recovers_chi_from_three_orientations(cli, cosmos_case, tmp_path:
 
     record = json.loads((tmp_path / "chi.json").read_text())
     assert record["Method"] == "cosmos"
-    assert set(record["Parameters"]) == {"pad", "regularization", "solver", "max_iterations", "tolerance"}
+    assert set(record["Parameters"]) == {"pad", "kernel_form", "regularization", "solver", "max_iterations",
+                                         "tolerance"}
     np.testing.assert_allclose(record["B0Direction"], DIRECTIONS, atol=1e-12)
 
 

@@ -78,8 +78,12 @@ def test_sidecar_records_method_parameters_inputs_version_and_geometry(cli, obli
     assert record["Version"] == torchqsm.__version__
     assert record["Method"] == "tkd"
     # Every parameter, the defaults included.
-    assert record["Parameters"] == {"pad": [16, 16, 16], "threshold": 0.19, "correct_bias": False}
-    assert set(record["Parameters"]) == {p.name for p in get_method("tkd").parameters}
+    assert record["Parameters"] == {"pad": [16, 16, 16], "kernel_form": "kspace", "threshold": 0.19,
+                                    "correct_bias": False}
+    assert set(record["Parameters"]) == set(get_method("tkd").parameters.names())
+    # The acquisition record, with where each value came from.
+    assert record["Acquisition"]["sources"]["voxel_size_mm"] == "header"
+    assert record["Acquisition"]["b0_tesla"] is None
     assert set(record["Inputs"]) == {"field", "mask"}
     for role, path in (("field", oblique_case.field), ("mask", oblique_case.mask)):
         assert record["Inputs"][role] == {"path": str(path.resolve()), "sha256": _sha256(path)}
@@ -100,7 +104,7 @@ def _fast_params(name: str) -> list[str]:
               "medi": ["max_iterations=2", "cg_max_iterations=5"]}.get(name, [])
     if name.endswith(("+fine", "+dfqsm", "+dll2")):
         params = ["max_iterations=2"]
-    takes_pad = "pad" in {p.name for p in get_method(name).parameters}  # learned networks pad themselves
+    takes_pad = "pad" in get_method(name).parameters.names()  # learned networks pad themselves
     return ["pad=8"] * takes_pad + params
 
 
@@ -110,6 +114,8 @@ def test_sidecar_lists_every_parameter_of_every_method(name: str, cli, small_cas
     argv = ["invert", small_case.field, small_case.mask, "-o", output, "--method", name, "--quiet"]
     for item in _fast_params(name):
         argv += ["--param", item]
+    if name in ("ndi", "medi"):  # nonlinear data terms: TE and field strength from the flags
+        argv += ["--b0-tesla", "3", "--echo-times", "0.004", "0.008"]
     magnitude = None
     if name == "medi":
         magnitude = write(tmp_path / "magnitude.nii.gz", small_case.mask_data + 0.5, small_case.affine)
@@ -121,14 +127,16 @@ def test_sidecar_lists_every_parameter_of_every_method(name: str, cli, small_cas
     record = json.loads((tmp_path / "chi.json").read_text())
     spec = get_method(name)
     assert record["Method"] == name
-    assert set(record["Parameters"]) == {p.name for p in spec.parameters}
+    assert set(record["Parameters"]) == set(spec.parameters.names())
     given = dict(item.split("=") for item in _fast_params(name))
-    for parameter in spec.parameters:
+    for parameter in spec.specs:
         value = record["Parameters"][parameter.name]
         if parameter.name == "magnitude":
             assert value == (str(magnitude) if magnitude else None)
         elif parameter.name in given:
-            assert value == int(given[parameter.name])
+            assert value == ([int(given[parameter.name])] * 3 if parameter.name == "pad" else int(given[parameter.name]))
+        elif parameter.name in ("pad", "kernel_form"):  # none: the acquisition's, recorded as used
+            assert value == record["Acquisition"][parameter.name], parameter.name
         else:
             assert value == json_safe(parameter.default), parameter.name
     if magnitude is not None:
@@ -184,12 +192,12 @@ def test_b0_dir_and_voxel_size_override_the_header(cli, oblique_case, tmp_path: 
     ("tkd", ["correct_bias=true"], {"correct_bias": True}, {"correct_bias": True}),
     ("tkd", ["correct-bias=yes"], {"correct_bias": True}, {"correct_bias": True}),
     ("tkd", ["correct_bias=0"], {"correct_bias": False}, {"correct_bias": False}),
-    ("tkd", ["pad=8"], {"pad": 8}, {"pad": 8}),
+    ("tkd", ["pad=8"], {"pad": [8, 8, 8]}, {"pad": 8}),
     ("tkd", ["pad=8,8,4"], {"pad": [8, 8, 4]}, {"pad": (8, 8, 4)}),
     ("tikhonov", ["regularizer=identity", "regularization=0.1"],
      {"regularizer": "identity", "regularization": 0.1}, {"regularizer": "identity", "regularization": 0.1}),
     ("l2", ["max_iterations=5", "tolerance=1e-4", "pad=4"],
-     {"max_iterations": 5, "tolerance": 1e-4, "pad": 4}, {"max_iterations": 5, "tolerance": 1e-4, "pad": 4}),
+     {"max_iterations": 5, "tolerance": 1e-4, "pad": [4, 4, 4]}, {"max_iterations": 5, "tolerance": 1e-4, "pad": 4}),
     ("tv", ["max_iterations=3", "gradient_penalty=0.05", "pad=4"],
      {"max_iterations": 3, "gradient_penalty": 0.05}, {"max_iterations": 3, "gradient_penalty": 0.05, "pad": 4}),
     ("tv", ["max_iterations=3", "gradient_penalty=none", "pad=4"],

@@ -32,7 +32,7 @@ Smoothing(radius_mm=1.5, shape='ball', max_iterations=10)
 >>> Smoothing(radius_mm=-1)
 Traceback (most recent call last):
 ...
-torchqsm.errors.ParameterError: parameter 'radius_mm' must be positive, got -1
+torchqsm.errors.ParameterError: parameter 'radius_mm' must be positive, got -1.0
 """
 
 from __future__ import annotations
@@ -277,7 +277,7 @@ def _coerce(spec: ParameterSpec, text: str) -> Any:
             return int(value)
         if kind == "float":
             return float(value)
-        if kind in ("integers", "value") and ("," in value or isinstance(spec.default, tuple)):
+        if kind == "integers" or (kind == "value" and ("," in value or isinstance(spec.default, tuple))):
             parts = [float(v) if "." in v or "e" in v.lower() else int(v) for v in value.split(",")]
             return parts[0] if len(parts) == 1 else tuple(parts)
     except ValueError:
