@@ -33,6 +33,7 @@ from pathlib import Path
 
 import torch
 
+from torchqsm.acquisition import Acquisition
 from torchqsm.metrics import nrmse
 from torchqsm.physics.units import ppm_to_phase
 from torchqsm.pipeline.recipes import RECIPES
@@ -77,8 +78,8 @@ def run(shape, recipes, *, threads: int) -> list[dict]:
     for name in recipes:
         recipe = RECIPES[name]
         started = time.perf_counter()
-        result = process_gre(magnitude, phase, echo_times_s=ECHO_TIMES, b0_tesla=3.0, voxel_size_mm=(1, 1, 1),
-                             b0_dir=(0, 0, 1), recipe=recipe)
+        acquisition = Acquisition(voxel_size_mm=(1, 1, 1), b0_dir=(0, 0, 1), b0_tesla=3.0, echo_times_s=ECHO_TIMES)
+        result = process_gre(magnitude, phase, acquisition, recipe=recipe)
         total = time.perf_counter() - started
         mask = result.local_mask
         truth = (chi_true - chi_true[mask].mean()) * mask

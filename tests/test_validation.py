@@ -9,8 +9,18 @@ import pytest
 import torch
 
 from torchqsm.errors import InputError, ParameterError
-from torchqsm.validation import (array_and_mask, as_tensor, check_echo_times, check_finite, check_iterations,
-                                 check_loop_parameter, check_magnitude, check_mask, check_tolerance, field_and_mask)
+from torchqsm.validation import (
+    array_and_mask,
+    as_tensor,
+    check_echo_times,
+    check_finite,
+    check_iterations,
+    check_loop_parameter,
+    check_magnitude,
+    check_mask,
+    check_tolerance,
+    field_and_mask,
+)
 
 SHAPE = (6, 5, 4)
 

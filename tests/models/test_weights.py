@@ -11,8 +11,16 @@ import torch
 from torchqsm.errors import InputError, ParameterError
 from torchqsm.models import Normalization, UNet3d
 from torchqsm.models import weights as weights_module
-from torchqsm.models.weights import (FORMAT_VERSION, REQUIRED_CARD_KEYS, LoadedModel, example_card, list_models,
-                                     load_weights, model_card, save_weights)
+from torchqsm.models.weights import (
+    FORMAT_VERSION,
+    REQUIRED_CARD_KEYS,
+    LoadedModel,
+    example_card,
+    list_models,
+    load_weights,
+    model_card,
+    save_weights,
+)
 
 HYPERPARAMETERS = {"base_channels": 2, "depth": 2}
 

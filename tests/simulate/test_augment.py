@@ -17,7 +17,6 @@ from torchqsm.simulate.augment import (
     scale_susceptibility,
 )
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 

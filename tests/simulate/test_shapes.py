@@ -12,7 +12,6 @@ from torchqsm.simulate import ellipsoid
 from torchqsm.simulate.augment import rotation_matrix
 from torchqsm.simulate.shapes import SHAPE_KINDS, _paint, random_shapes
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 

@@ -46,6 +46,7 @@ from typing import Any, Literal
 import torch
 from tqdm.auto import tqdm
 
+from ..acquisition import Acquisition
 from ..errors import InputError
 from ..io import check_same_grid, load_gre, load_mask, load_nifti
 from ..metrics import hfen, nrmse, ssim
@@ -88,6 +89,9 @@ class SuiteInput:
         Field strength (T).
     noise_rms_ppm
         Root mean square of the field noise in the mask (ppm).
+    acquisition
+        The case's :class:`~torchqsm.acquisition.Acquisition` (geometry, field strength, echo
+        times from its BIDS sidecars): what every method is given.
     """
 
     name: str
@@ -100,6 +104,7 @@ class SuiteInput:
     b0_dir: tuple[float, float, float]
     b0_tesla: float
     noise_rms_ppm: float
+    acquisition: Acquisition | None = None
 
 
 @dataclass(frozen=True)
@@ -226,7 +231,7 @@ def load_case(case_dir: str | Path) -> SuiteInput:
                                      b0_tesla=gre.b0_tesla) * mask
     return SuiteInput(folder.name, (local + noise) * mask, local * mask, chi * mask, mask, labels,
                       tuple(gre.voxel_size_mm), tuple(gre.b0_dir), float(gre.b0_tesla),
-                      float(noise[mask].double().square().mean().sqrt()))
+                      float(noise[mask].double().square().mean().sqrt()), gre.acquisition)
 
 
 def _entries(methods: Sequence[MethodEntry]) -> list[tuple[str, str, dict[str, Any]]]:
@@ -301,7 +306,7 @@ def evaluate(
             for label, name, params in entries:
                 bar.set_postfix_str(f"{case_name}: {label}", refresh=False)
                 started = time.perf_counter()
-                chi = invert(case.local_field_ppm, case.mask, name, voxel_size_mm=case.voxel_size_mm,
+                chi = invert(case.local_field_ppm, case.mask, name, case.acquisition, voxel_size_mm=case.voxel_size_mm,
                              b0_dir=case.b0_dir, device=device, **params)
                 seconds = time.perf_counter() - started  # χ is back on the CPU: the device work is done
                 rows.append(EvaluationRow(case_name, label, *_score(chi, case.chi_ppm, case.mask), seconds))

@@ -11,7 +11,7 @@ from typing import Any
 from torchqsm.metrics._validation import ArrayLike, prepare
 from torchqsm.metrics.error import dnrmse, nrmse, pearson, psnr
 from torchqsm.metrics.roi import roi_statistics
-from torchqsm.metrics.structure import hfen, _ssim_and_xsim
+from torchqsm.metrics.structure import _ssim_and_xsim, hfen
 
 __all__ = ["METRIC_DESCRIPTIONS", "score"]
 

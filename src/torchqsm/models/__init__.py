@@ -13,11 +13,11 @@ from collections.abc import Callable
 from torch import nn
 
 from ..errors import ParameterError
+from .inference import crop, estimate_memory_mb, pad_to_multiple, predict
 from .normalization import Normalization
+from .reorient import ModelFrame, to_model_frame
 from .unet import UNet3d
 from .xqsm import XQSM
-from .inference import estimate_memory_mb, pad_to_multiple, crop, predict
-from .reorient import ModelFrame, to_model_frame
 
 __all__ = ["ARCHITECTURES", "build_model", "Normalization", "UNet3d", "qsmnet", "XQSM",
            "predict", "estimate_memory_mb", "pad_to_multiple", "crop", "to_model_frame", "ModelFrame"]

@@ -10,9 +10,9 @@ echo time → frequency),
 """
 
 from .background import BACKGROUND_METHODS, BackgroundResult, ismv, lbv, pdf, resharp, sharp, vsharp
+from .brain import extract_brain
 from .differences import EchoDifferences, combine_differences, echo_differences
 from .echoes import EchoFit, combine_echoes, field_ppm_from_frequency, per_echo_frequencies
-from .brain import extract_brain
 from .masking import erode_mask, magnitude_mask, quality_mask
 from .phase import PhaseScaling, apply_phase_sign, rescale_phase, wrap_phase
 from .referencing import reference, reference_value

@@ -16,12 +16,12 @@ make training and evaluation data:
 from .anatomy import TISSUES, HeadModel, Tissue, load_head_model, sample_tissue_chi, tissue, tissue_parameters
 from .augment import random_rotation, random_scale, rotate_volume, rotation_matrix, scale_susceptibility
 from .background import background_field, external_sources, shim_field
+from .dataset import SimulatedQSMDataset, SimulatedVolume, SimulationConfig, derive_seed, simulate_volume
 from .forward import add_noise, forward_field
 from .hybrid import hybrid_chi, random_deformation
 from .lesions import LESION_KINDS, LesionKind, add_lesions, add_veins
-from .phantoms import cylinder, ellipsoid, shapes_phantom, sphere
-from .dataset import SimulatedQSMDataset, SimulatedVolume, SimulationConfig, derive_seed, simulate_volume
 from .orientation import affine_for_b0_dir, b0_tilt_deg, random_b0_dir
+from .phantoms import cylinder, ellipsoid, shapes_phantom, sphere
 from .shapes import random_shapes
 from .signal import add_complex_noise, complex_gre_signal, gre_signal, smooth_phase_offset, truncate_kspace
 

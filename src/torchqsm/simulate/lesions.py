@@ -49,7 +49,7 @@ from typing import Literal
 import torch
 
 from ..errors import InputError, ParameterError
-from .augment import _check_generator, _check_range, _check_voxel_size, _rand, _random_axes, _randn
+from .augment import _check_generator, _check_range, _check_voxel_size, _rand, _randn, _random_axes
 from .shapes import _draw_count, _paint, _random_centres, _random_rotations
 
 __all__ = ["LesionKind", "LESION_KINDS", "add_lesions", "add_veins"]

@@ -35,10 +35,11 @@ Relative paths are read relative to the TOML file.
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+
+import tomllib
 
 from ..errors import InputError, ParameterError
 from ..models import ARCHITECTURES, Normalization
