@@ -31,10 +31,11 @@ from typing import Any, Literal, get_args
 import numpy as np
 import torch
 
-from .errors import ParameterError, check_voxel_size
+from .errors import InputError, ParameterError, check_voxel_size
 from .physics import DipoleOp, normalize_b0_dir
 from .physics.kernels import KernelForm
 from .physics.units import radians_per_ppm
+from .validation import check_echo_times
 
 __all__ = ["Acquisition", "DEFAULT_PAD", "KernelForm", "as_acquisition", "pad_tuple"]
 
@@ -215,17 +216,10 @@ class Acquisition:
 
 
 def _echo_times(values: Any) -> tuple[float, ...]:
-    if isinstance(values, (int, float)) and not isinstance(values, bool):
-        values = (values,)
     try:
-        times = tuple(float(t) for t in values)
-    except (TypeError, ValueError):
-        raise ParameterError(f"echo times must be numbers of seconds, got {values!r}") from None
-    if not times or any(not (math.isfinite(t) and 0 < t < 1) for t in times):
-        raise ParameterError(f"echo times must be positive and in seconds (under 1 s), got {values!r}")
-    if any(b <= a for a, b in zip(times, times[1:])):
-        raise ParameterError(f"echo times must increase, got {values!r}")
-    return times
+        return check_echo_times(values)
+    except InputError as error:  # an empty list: a bad value here, not missing data
+        raise ParameterError(str(error)) from None
 
 
 def as_acquisition(acquisition: Acquisition | None = None, *, method: str = "invert", **values: Any) -> Acquisition:

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import math
+import numbers
 import operator
 from typing import Any
 
@@ -200,6 +201,8 @@ def check_echo_times(echo_times_s: Any, count: int | None = None) -> tuple[float
     """
     if echo_times_s is None:
         raise InputError("echo times are missing: pass echo_times_s, one per echo, in seconds")
+    if isinstance(echo_times_s, numbers.Real) and not isinstance(echo_times_s, bool):
+        echo_times_s = (echo_times_s,)  # one echo
     try:
         values = echo_times_s.reshape(-1).tolist() if isinstance(echo_times_s, torch.Tensor) else echo_times_s
         times = tuple(float(t) for t in values)
@@ -212,9 +215,10 @@ def check_echo_times(echo_times_s: Any, count: int | None = None) -> tuple[float
     if not all(math.isfinite(t) and t > 0 for t in times):
         raise ParameterError(f"echo times must be positive and finite (s), got {list(times)}")
     if any(t > 1.0 for t in times):
-        raise ParameterError(f"echo times must be in seconds, got {list(times)} (milliseconds?)")
+        raise ParameterError(f"echo times are in seconds; {max(times):g} s looks like milliseconds "
+                             "(e.g. 0.004, not 4)")
     if any(b <= a for a, b in zip(times, times[1:])):
-        raise ParameterError(f"echo times must be strictly increasing, got {list(times)}")
+        raise ParameterError(f"echo times must increase from echo to echo (be strictly increasing), got {list(times)}")
     return times
 
 

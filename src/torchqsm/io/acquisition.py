@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from torchqsm.acquisition import DEFAULT_PAD, Acquisition, KernelForm
+from torchqsm import validation
 from torchqsm.errors import InputError, ParameterError
 from torchqsm.io.nifti import Volume, affine_b0_dir, header_voxel_size_mm, open_nifti
 from torchqsm.io.sidecar import read_sidecar, sidecar_path_for
@@ -102,18 +103,17 @@ def differ(a: Sequence[float], b: Sequence[float]) -> bool:
 
 def check_echo_times(times: Sequence[float], *, echo_count: int | None, where: str,
                      source: str | None) -> tuple[float, ...]:
-    """Positive, increasing seconds (not milliseconds), ``echo_count`` of them when given."""
+    """Positive, increasing seconds (:func:`torchqsm.validation.check_echo_times`), ``echo_count`` of them
+    when given; the error names ``source``."""
     times = tuple(float(t) for t in times)
     if echo_count is not None and len(times) != echo_count:
         raise InputError(f"{len(times)} echo times ({where}) for {echo_count} echoes", source=source)
-    if not all(math.isfinite(t) and t > 0 for t in times):
-        raise ParameterError(f"echo times must be positive and finite seconds, got {times}", source=source)
-    if max(times) > _MAX_ECHO_TIME_S:
-        raise ParameterError(f"echo times are in seconds; {max(times):g} s looks like milliseconds "
-                             "(e.g. 0.004, not 4)", source=source)
-    if any(later <= earlier for earlier, later in zip(times, times[1:])):
-        raise ParameterError(f"echo times must increase from echo to echo, got {times}", source=source)
-    return times
+    try:
+        return validation.check_echo_times(times)
+    except ParameterError as error:
+        raise ParameterError(error.message, source=source) from None
+    except InputError as error:
+        raise InputError(error.message, source=source) from None
 
 
 def resolve_echo_times(given: Sequence[float] | None, *parts: Sidecars, echo_count: int | None, source: str,
