@@ -78,3 +78,10 @@ def test_listed_defaults_are_valid_param_values(name: str, cli) -> None:
 
 def test_unknown_method(cli, one_line_error) -> None:
     one_line_error(cli("methods", "qsmnet9"), "qsmnet9", "unknown method", "tkd")
+
+
+def test_methods_say_what_of_the_acquisition_they_need(cli) -> None:
+    (ndi,) = json.loads(cli("methods", "ndi", "--json").out)
+    (tkd,) = json.loads(cli("methods", "tkd", "--json").out)
+    assert ndi["needs"] == ["b0_tesla", "echo_times_s"] and tkd["needs"] == []
+    assert "needs the field strength and echo times" in cli("methods", "medi").out

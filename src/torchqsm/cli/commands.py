@@ -159,13 +159,17 @@ def run_methods(args: argparse.Namespace) -> int:
             "parameters": [{"name": p.name, "default": None if p.default is None else _format_default(p.default),
                             "type": p.type_name, "unit": p.unit, "bounds": p.bounds, "description": p.description}
                            for p in s.specs],
-            "references": list(s.references),
+            "references": list(s.references), "needs": list(s.parameters.NEEDS),
         } for s in specs]
         print(json.dumps(payload, indent=2, ensure_ascii=False))
         return 0
     for s in specs:
         print(f"{s.name}  ({s.kind}{', several orientations' if s.multi_orientation else ''})")
         print(f"    {s.summary}")
+        if s.parameters.NEEDS:
+            words = " and ".join({"b0_tesla": "field strength", "echo_times_s": "echo times"}[n]
+                                 for n in s.parameters.NEEDS)
+            print(f"    needs the {words} (BIDS sidecar, or --b0-tesla / --echo-times)")
         for p in s.specs:
             unit = f" [{p.unit}]" if p.unit else ""
             print(f"    --param {p.name}={_format_default(p.default):<10} {p.type_name:<10} {p.description}{unit}")

@@ -94,6 +94,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("torchqsm: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (`torchqsm methods | head`): stop quietly
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":
