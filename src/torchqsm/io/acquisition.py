@@ -22,8 +22,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from torchqsm.acquisition import DEFAULT_PAD, Acquisition, KernelForm
 from torchqsm import validation
+from torchqsm.acquisition import DEFAULT_PAD, Acquisition, KernelForm
 from torchqsm.errors import InputError, ParameterError
 from torchqsm.io.nifti import Volume, affine_b0_dir, header_voxel_size_mm, open_nifti
 from torchqsm.io.sidecar import read_sidecar, sidecar_path_for

@@ -27,7 +27,7 @@ import torch
 
 from ..errors import InputError, ParameterError
 from .augment import _check_generator, _check_range, _check_voxel_size, _rand, _randn
-from .forward import forward_field
+from .forward import HEAD_KERNEL_FORM, forward_field
 from .shapes import _draw_count, _paint, _random_centres, _random_rotations
 
 __all__ = ["external_sources", "background_field", "shim_field"]
@@ -144,7 +144,8 @@ def background_field(
 
     .. math:: f_{bg} = M\,\big(D * ((1 - M)\,\chi)\big)
 
-    with :math:`M` the brain mask and :math:`D` the dipole kernel
+    with :math:`M` the brain mask and :math:`D` the voxel-integrated dipole kernel (``form="image"``:
+    harmonic in the brain at any B0 direction, docs/conventions.md)
     (:func:`~torchqsm.simulate.forward_field`). The total field of a head is
     :math:`f_{bg}` plus the local field :math:`M (D * (M\chi))`.
 
@@ -173,7 +174,8 @@ def background_field(
     """
     brain_mask = _check_mask(brain_mask, tuple(chi_ppm.shape[-3:])).to(chi_ppm.device)
     outside = chi_ppm * ~brain_mask
-    return forward_field(outside, voxel_size_mm=voxel_size_mm, b0_dir=b0_dir, pad=pad) * brain_mask
+    field = forward_field(outside, voxel_size_mm=voxel_size_mm, b0_dir=b0_dir, pad=pad, form=HEAD_KERNEL_FORM)
+    return field * brain_mask
 
 
 def shim_field(

@@ -47,6 +47,7 @@ from ..errors import ParameterError
 from ..physics import DipoleOp
 from .anatomy import TISSUES, HeadModel, load_head_model, sample_tissue_chi, tissue, tissue_parameters
 from .background import external_sources, shim_field
+from .forward import HEAD_KERNEL_FORM
 from .hybrid import hybrid_chi, random_deformation
 from .lesions import add_lesions
 from .orientation import random_b0_dir
@@ -262,15 +263,18 @@ def simulate_volume(config: SimulationConfig, generator: torch.Generator) -> Sim
         chi = lesioned.float()
     shape = tuple(chi.shape)
     needs_background = config.task != "local_to_chi"
-    sources = [chi * mask]
-    if needs_background:
-        sources.append(chi_in_air + external_sources(shape, mask, generator=generator, count=config.external_sources,
-                                                     voxel_size_mm=config.voxel_size_mm).float())
     dipole = DipoleOp(shape, voxel_size_mm=config.voxel_size_mm, b0_dir=b0_dir, pad=config.pad)
-    fields = dipole(torch.stack(sources))  # one batched FFT for the brain and the whole scene
+    local = dipole(chi * mask)
     total = m0 = r2star = offset = snr = None
     if needs_background:
-        total = fields[1] + shim_field(shape, generator=generator, amplitude_ppm=config.shim_amplitude_ppm).float()
+        # Everything outside the brain (the head's air-tissue edge, external sources) through the
+        # voxel-integrated kernel: harmonic in the brain at any B0 (docs/conventions.md, "Oblique B0").
+        head = DipoleOp(shape, voxel_size_mm=config.voxel_size_mm, b0_dir=b0_dir, pad=config.pad,
+                        form=HEAD_KERNEL_FORM)
+        outside = chi_in_air + external_sources(shape, mask, generator=generator, count=config.external_sources,
+                                                voxel_size_mm=config.voxel_size_mm).float() - chi * mask
+        total = local + head(outside) + shim_field(shape, generator=generator,
+                                                   amplitude_ppm=config.shim_amplitude_ppm).float()
     if config.task == "phase_to_chi":
         if labels is not None:
             m0, r2star = tissue_parameters(labels, b0_tesla=b0_tesla, generator=generator)
@@ -280,7 +284,7 @@ def simulate_volume(config: SimulationConfig, generator: torch.Generator) -> Sim
         if config.snr_range is not None:
             low, high = (math.log(v) for v in config.snr_range)
             snr = math.exp(_uniform(generator, low, high))
-    return SimulatedVolume(chi_ppm=chi * mask, mask=mask, local_field_ppm=fields[0], total_field_ppm=total, m0=m0,
+    return SimulatedVolume(chi_ppm=chi * mask, mask=mask, local_field_ppm=local, total_field_ppm=total, m0=m0,
                            r2star_hz=r2star, phase_offset_rad=offset, b0_dir=b0_dir, b0_tesla=b0_tesla, snr=snr,
                            voxel_size_mm=tuple(float(h) for h in config.voxel_size_mm))
 

@@ -12,6 +12,13 @@ from ..physics.kernels import KernelForm
 __all__ = ["forward_field", "add_noise"]
 
 
+#: Kernel form for the field of everything outside the brain (the head's 9.4 ppm air-tissue edge,
+#: external sources) in the simulators: the voxel-integrated kernel keeps that field harmonic in the
+#: brain at any B0 direction; the point-sampled k-space kernel rings at oblique B0
+#: (docs/conventions.md, "Oblique B0"; tests/bench/test_suite_harmonicity.py).
+HEAD_KERNEL_FORM: KernelForm = "image"
+
+
 def forward_field(
     chi_ppm: torch.Tensor,
     *,
