@@ -6,10 +6,11 @@ the phase-quality mask is used. The field strength is not recorded with the
 data; 3 T is assumed, which scales χ (ppm) by 3/B0 if wrong. There is no scalp to cut
 and no edge to erode: brain extraction and erosion are off.
 
-Regression values (recorded 2026-11-21, fast recipe with the identity Tikhonov
-regulariser, on the eroded mask of 86,151 voxels): χ standard deviation
-0.0785 ppm, 1st/99th percentiles −0.205/+0.213 ppm; local field standard
-deviation 0.0203 ppm; total field standard deviation 0.304 ppm.
+Regression values (recorded 2026-12-04, fast recipe: identity Tikhonov with λ chosen by
+GCV, 0.136, on the eroded mask of 86,151 voxels): χ standard deviation 0.0242 ppm,
+1st/99th percentiles −0.0647/+0.0689 ppm; local field standard deviation 0.0203 ppm;
+total field standard deviation 0.304 ppm. (With the former fixed λ = 3e-3: χ standard
+deviation 0.0785 ppm, percentiles −0.205/+0.213.)
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import pytest
 
 from torchqsm.cli.main import main
 
-RECORDED = {"chi_std": 0.0785, "chi_p1": -0.205, "chi_p99": 0.213, "local_std": 0.0203, "total_std": 0.304}
+RECORDED = {"chi_std": 0.0242, "chi_p1": -0.0647, "chi_p99": 0.0689, "local_std": 0.0203, "total_std": 0.304}
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +47,14 @@ def test_rescaling_detected_and_recorded(invivo_run):
     assert "arbitrary units" in record["PhaseScaling"]
     assert "854.79" in record["PhaseScaling"]  # 2π over the 4096 levels spanning ±0.00367
     assert record["Recipe"] == "fast+custom" and record["Parameters"]["mask"] == "quality"
+
+
+def test_automatic_regularization_recorded(invivo_run):
+    parameters = json.loads((invivo_run / "phase_Chimap.json").read_text())["Parameters"]
+    chosen = parameters["inversion_params"]["regularization"]
+    (choice,) = parameters["regularization_choice"]
+    assert choice == {"method": "tikhonov", "value": chosen, "rule": "generalized cross-validation"}
+    assert chosen == pytest.approx(0.136, rel=0.05)  # recorded 2026-12-04
 
 
 def test_regression_values(invivo_run):

@@ -71,10 +71,14 @@ def test_b0_direction_from_qsm_forward_affine(simple_bids):
     assert gre.b0_tesla == 3
 
 
-# Measured 2026-11-21: fast 61.4 % (r 0.810), accurate 20.9 % (r 0.983).
-# The simple phantom's 0.5 ppm cylinders reach the mask boundary, where every background
-# method loses part of their field; its own local field through l2 alone scores 27 %.
-@pytest.mark.parametrize("recipe, bound", [("fast", 66.0), ("accurate", 25.0)])
+# Measured 2026-12-04 with automatic regularization: fast 74.4 % (r 0.770; GCV λ 0.037),
+# accurate 33.7 % (r 0.955; α 3.3e-3). With the former fixed values (λ 3e-3, α 3e-4), measured
+# 2026-11-21: 61.4 % and 20.9 %. The automatic rules count what the dipole model cannot fit
+# as noise; qsm-forward's oblique field carries a non-harmonic error of that kind (docs/
+# conventions.md, "Oblique B0") and the simple phantom's 0.5 ppm cylinders reach the mask
+# boundary, where every background method loses part of their field, so both rules smooth
+# more here than the fixed values tuned for it.
+@pytest.mark.parametrize("recipe, bound", [("fast", 78.0), ("accurate", 37.0)])
 def test_run_on_qsm_forward_simple(simple_bids, tmp_path, recipe, bound):
     out = tmp_path / "derivatives"
     code = main(["run", str(simple_bids), str(out), "--recipe", recipe, "--quiet", "--no-qc"])

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError, ParameterError
+from ..inversion.regularization import choices_record, collect_choices, record_choices
 from ..io import Volume, check_same_grid, load_mask, load_nifti, save_nifti, sidecar_path_for, write_sidecar
 from ..io._atomic import check_output_path
 from ..io.acquisition import acquisition_from_nifti
@@ -105,8 +106,9 @@ def run_invert(args: argparse.Namespace) -> int:
         callback, bar = progress_callback(total=total, description=spec.name)
     chi = None
     try:
-        chi = invert(data, torch.from_numpy(mask.data), spec.name, acquisition, device=device, callback=callback,
-                     **params)
+        with collect_choices() as made:
+            chi = invert(data, torch.from_numpy(mask.data), spec.name, acquisition, device=device, callback=callback,
+                         **params)
     finally:
         if callback is not None:
             bar.close()
@@ -115,7 +117,7 @@ def run_invert(args: argparse.Namespace) -> int:
         raise InputError(f"method '{spec.name}' produced non-finite values; check the field's units (ppm) "
                          "and the parameters", source=args.field)
     elapsed = time.perf_counter() - started
-    recorded = values.record(acquisition=acquisition, images={"magnitude": args.magnitude})
+    recorded = record_choices(values.record(acquisition=acquisition, images={"magnitude": args.magnitude}), made)
     command = shlex.join(["torchqsm", *getattr(args, "argv", sys.argv[1:])])
     save_nifti(output, chi_np, like=mask, overwrite=args.overwrite)
     try:
@@ -124,12 +126,15 @@ def run_invert(args: argparse.Namespace) -> int:
                       extra={"Acquisition": acquisition.as_dict(), "VoxelSizeMM": list(voxel),
                              "B0Direction": [list(d) for d in b0_dir] if spec.multi_orientation else list(b0_dir),
                              "Device": str(device),
+                             **({"RegularizationChoice": choices_record(made)} if made else {}),
                              "ElapsedSeconds": round(elapsed, 3), "Command": command},
                       overwrite=args.overwrite)
     except BaseException:
         output.unlink(missing_ok=True)  # never leave χ without its provenance
         raise
     if not args.quiet:
+        for choice in made:
+            print(choice.describe(), file=sys.stderr)
         print(f"wrote {output} ({spec.name}, {elapsed:.2f} s) and {sidecar.name}", file=sys.stderr)
     return 0
 

@@ -11,10 +11,11 @@ from collections.abc import Sequence
 import torch
 
 from ..acquisition import Acquisition
-from ..physics import GradientOp, MaskOp, WeightOp
+from ..physics import GradientOp, MaskOp, WeightOp, gradient_gram_symbol
 from ..physics.kernels import KernelForm
 from ..solvers import StatusCallback, cg, gradient_descent
 from ._common import check_positive, prepare, weights_from_magnitude
+from .regularization import AUTO, Regularization, RegularizationChoice, gcv_tikhonov, is_auto, report
 
 __all__ = ["l2", "ndi"]
 
@@ -29,7 +30,7 @@ def l2(
     b0_dir: Sequence[float] | None = None,
     pad: int | Sequence[int] | None = None,
     kernel_form: KernelForm | None = None,
-    regularization: float = 1e-4,
+    regularization: Regularization = AUTO,
     magnitude: torch.Tensor | None = None,
     support: bool = True,
     max_iterations: int = 100,
@@ -57,7 +58,10 @@ def l2(
     local_field_ppm, mask, acquisition, voxel_size_mm, b0_dir, pad, kernel_form
         As :func:`~torchqsm.inversion.tkd`.
     regularization
-        :math:`\lambda` (mm²; gradients in mm⁻¹). 0 disables it.
+        :math:`\lambda` (mm²; gradients in mm⁻¹); 0 disables it. ``"auto"`` (default): the
+        generalized cross-validation minimum of the same problem without support constraint
+        and weights, which is closed form (:func:`~torchqsm.inversion.tikhonov` with the
+        gradient regulariser; :mod:`torchqsm.inversion.regularization`).
     magnitude
         Optional magnitude image ``(X, Y, Z)`` for the weights.
     support
@@ -79,9 +83,15 @@ def l2(
     """
     problem = prepare(local_field_ppm, mask, acquisition, method="l2", voxel_size_mm=voxel_size_mm, b0_dir=b0_dir,
                       pad=pad, kernel_form=kernel_form)
-    lam = check_positive("regularization", regularization, allow_zero=True)
-    weights = weights_from_magnitude(magnitude, problem)
     dipole = problem.dipole()
+    if is_auto(regularization):
+        penalty = gradient_gram_symbol(dipole.pad.padded_shape, voxel_size_mm=problem.voxel_size_mm,
+                                       dtype=dipole.kernel.dtype, device=dipole.kernel.device)
+        lam = gcv_tikhonov(dipole.spectrum(problem.field), dipole.kernel, penalty, dipole.pad.padded_shape)
+        report(RegularizationChoice("l2", "generalized cross-validation (closed-form gradient Tikhonov)", lam))
+    else:
+        lam = check_positive("regularization", regularization, allow_zero=True)
+    weights = weights_from_magnitude(magnitude, problem)
     data = WeightOp(weights) @ dipole
     if support:
         data = data @ MaskOp(problem.mask)

@@ -54,13 +54,17 @@ class TSVDParameters(InversionParameters):
 
 @dataclass(frozen=True, kw_only=True)
 class TikhonovParameters(InversionParameters):
-    regularization: float = param(3e-3, gt=0, description="lambda (dimensionless for identity, mm² for gradient)")
+    regularization: float | Literal["auto"] = param(
+        "auto", gt=0, description="lambda (dimensionless for identity, mm² for gradient); auto: generalized "
+                                  "cross-validation")
     regularizer: Literal["identity", "gradient"] = param("identity", description="the penalised quantity")
 
 
 @dataclass(frozen=True, kw_only=True)
 class L2Parameters(InversionParameters):
-    regularization: float = param(1e-4, ge=0, unit="mm²", description="lambda of the gradient penalty; 0: none")
+    regularization: float | Literal["auto"] = param(
+        "auto", ge=0, unit="mm²", description="lambda of the gradient penalty; 0: none; auto: generalized "
+                                             "cross-validation")
     magnitude: Any = param(None, image=True, description=_MAGNITUDE)
     support: bool = param(True, description="constrain χ to the mask")
     max_iterations: int = param(100, description="CG iteration limit")
@@ -69,7 +73,10 @@ class L2Parameters(InversionParameters):
 
 @dataclass(frozen=True, kw_only=True)
 class TVParameters(InversionParameters):
-    regularization: float = param(1e-4, gt=0, unit="ppm·mm", description="alpha, weight of the TV term")
+    regularization: float | Literal["auto"] = param(
+        "auto", gt=0, unit="ppm·mm", description="alpha, weight of the TV term; auto: scaled to the field noise")
+    noise_ppm: float | None = param(None, gt=0, unit="ppm", description="field noise for auto; none: estimated "
+                                                                       "from the data")
     magnitude: Any = param(None, image=True, description=_MAGNITUDE)
     nonlinear: bool = param(False, description="nonlinear data term (needs TE and field strength)")
     gradient_penalty: float | None = param(None, gt=0, description="ADMM mu_1; none: 100 alpha (FANSI's choice)")

@@ -48,6 +48,9 @@ def _parameters(result: PipelineResult) -> dict[str, Any]:
                        ("invert", "inversion_params")):
         if stage in result.parameters:
             recipe[key] = dict(result.parameters[stage]["parameters"])
+    choice = result.parameters.get("invert", {}).get("regularization_choice")
+    if choice:  # how an automatic regularization was chosen (rule, noise estimate)
+        recipe["regularization_choice"] = choice
     return recipe
 
 

@@ -115,6 +115,8 @@ def _check_choice(step: str, value: str, choices: tuple[str, ...]) -> None:
 # removal discards (29.7 % vs 29.8 % with 20 CG steps, 2.5× less unwrapping time); echo
 # differences beat the per-echo weighted fit after region growing (TV 6.1 % vs 34 %); TV with
 # regularization 3e-4 beat 1e-4 and 1e-3 (6.1 / 14.8 / 6.8 %) and 30 iterations matched 50.
+# Both recipes regularize automatically (the methods' default "auto": GCV for Tikhonov, noise
+# scaling for TV; torchqsm.inversion.regularization), not with a value fitted to one phantom.
 # On the evaluation suite's atlas head (1 mm, baseline case): the Otsu mask holds the scalp
 # (2.45 M voxels vs the brain's 2.03 M); brain extraction by a 6 mm opening gives Dice 0.998,
 # and 2 voxels of erosion drop the edge voxels whose phase aliases near the air cavities
@@ -133,7 +135,7 @@ RECIPES: Mapping[str, Recipe] = MappingProxyType({
         description="Otsu mask, scalp cut, region growing of echo differences, iSMV, total variation (FANSI)",
         mask="otsu", brain_extraction_mm=6.0, mask_erode_voxels=2,
         unwrap="region_growing", combine="phase_difference",
-        background="ismv", inversion="tv", inversion_params={"regularization": 3e-4, "max_iterations": 30},
+        background="ismv", inversion="tv", inversion_params={"max_iterations": 30},
     ),
 })
 

@@ -139,7 +139,13 @@ class ParameterSpec:
 
     @property
     def choices(self) -> tuple[str, ...]:
+        """The words allowed: all values of a choice, or the words beside a number (``float | Literal["auto"]``)."""
         return _literal_choices(self.annotation)
+
+    @property
+    def number_or_word(self) -> bool:
+        """A number that also takes words (``regularization: float | Literal["auto"]``)."""
+        return bool(self.choices) and float in _options(self.annotation)
 
     @property
     def allows_none(self) -> bool:
@@ -148,7 +154,7 @@ class ParameterSpec:
     @property
     def kind(self) -> str:
         """``choice``, ``image``, ``bool``, ``int``, ``float``, ``str``, ``integers`` (one or X,Y,Z) or ``value``."""
-        if self.choices:
+        if self.choices and not self.number_or_word:
             return "choice"
         if self.image:
             return "image"
@@ -170,6 +176,8 @@ class ParameterSpec:
     @property
     def type_name(self) -> str:
         kind = self.kind
+        if self.number_or_word:
+            return "|".join((kind, *self.choices))
         return {"choice": "|".join(self.choices), "integers": "X[,Y,Z]"}.get(kind, kind)
 
     @property
@@ -198,6 +206,11 @@ class ParameterSpec:
                 return None
             raise self._fail(f"a {self.type_name} value", value)
         kind = self.kind
+        if self.number_or_word and isinstance(value, str):
+            if value.strip().lower() not in self.choices:
+                raise ParameterError(f"parameter '{self.name}' must be a number or one of {', '.join(self.choices)}, "
+                                     f"got {value!r}")
+            return value.strip().lower()
         value = check_loop_parameter(self.name, value)
         if kind == "choice":
             if value not in self.choices:
@@ -261,6 +274,8 @@ def _coerce(spec: ParameterSpec, text: str) -> Any:
         raise ParameterError(f"'{spec.name}' is an image: pass it as a file (e.g. --{spec.name} FILE)")
     if spec.allows_none and value.lower() in ("none", ""):
         return None  # `torchqsm methods` shows an unset optional parameter as "none"
+    if spec.number_or_word and value.lower() in spec.choices:
+        return value.lower()
     if kind == "choice":
         if value not in spec.choices:
             raise ParameterError(f"parameter '{spec.name}' must be one of {', '.join(spec.choices)}, got '{value}'")

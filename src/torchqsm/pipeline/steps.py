@@ -40,6 +40,7 @@ import torch
 
 from ..acquisition import Acquisition
 from ..errors import InputError, ParameterError
+from ..inversion.regularization import collect_choices, record_choices
 from ..physics.units import rad_per_s_to_ppm
 from ..preprocess.background import BACKGROUND_METHODS
 from ..preprocess.brain import extract_brain
@@ -88,6 +89,7 @@ class State:
     local_field_ppm: torch.Tensor | None = None
     local_mask: torch.Tensor | None = None
     chi_ppm: torch.Tensor | None = None
+    regularization: tuple = ()  # automatic choices of the inversion (RegularizationChoice)
 
     @property
     def echo_times_s(self) -> tuple[float, ...]:
@@ -275,18 +277,22 @@ def _inversion_step(name: str) -> Step:
 
     def run(s: State, p: dict[str, Any]) -> State:
         images = {"magnitude": s.magnitude_rss} if method.needs_magnitude else {}
-        chi = invert(s.local_field_ppm, s.local_mask, name, s.acquisition, **images, **p)
+        with collect_choices() as made:
+            chi = invert(s.local_field_ppm, s.local_mask, name, s.acquisition, **images, **p)
         if not bool(torch.isfinite(chi).all()):
             raise InputError(f"the inversion '{name}' produced non-finite values", source=s.source)
-        return replace(s, chi_ppm=chi)
+        return replace(s, chi_ppm=chi, regularization=tuple(made))
 
     return Step(name, run, tuple(spec for spec in method.parameters.specs() if not spec.image))
 
 
-def inversion_record(name: str, params: Mapping[str, Any], acquisition: Acquisition) -> dict[str, Any]:
-    """Every parameter of inversion ``name`` as run (defaults included, the magnitude as the pipeline's)."""
+def inversion_record(name: str, params: Mapping[str, Any], acquisition: Acquisition,
+                     choices: Sequence[Any] = ()) -> dict[str, Any]:
+    """Every parameter of inversion ``name`` as run (defaults included, the magnitude as the pipeline's,
+    an automatic regularization as the value chosen: :func:`~torchqsm.inversion.regularization.record_choices`)."""
     record = get_method(name).parameters(**params).record(acquisition=acquisition,
                                                           images={"magnitude": "combined magnitude (RSS)"})
+    record = record_choices(record, list(choices))
     return {k: v for k, v in record.items() if not (k == "magnitude" and v is None)}
 
 

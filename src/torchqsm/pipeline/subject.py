@@ -16,6 +16,7 @@ import torch
 
 from ..acquisition import Acquisition
 from ..errors import InputError, ParameterError
+from ..inversion.regularization import choices_record
 from ..preprocess.phase import rescale_phase
 from .recipes import Recipe
 from .steps import State, inversion_record, plan
@@ -132,7 +133,10 @@ def process_gre(
         with steps.step(stage.label, stage.detail):
             state = stage(state)
     used = {p.stage: {"step": p.step.name, "parameters": dict(p.values)} for p in planned}
-    used["invert"]["parameters"] = inversion_record(recipe.inversion, planned[4].values, acquisition)
+    used["invert"]["parameters"] = inversion_record(recipe.inversion, planned[4].values, acquisition,
+                                                      state.regularization)
+    if state.regularization:
+        used["invert"]["regularization_choice"] = choices_record(list(state.regularization))
     cpu = torch.device("cpu")
     return PipelineResult(
         magnitude=state.magnitude_rss.to(cpu), mask=state.mask.to(cpu), total_field_ppm=state.total_field_ppm.to(cpu),
