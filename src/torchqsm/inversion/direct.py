@@ -20,7 +20,7 @@ from ..errors import ParameterError
 from ..physics import gradient_gram_symbol
 from ..physics.kernels import KernelForm
 from ._common import check_positive, prepare
-from .regularization import AUTO, Regularization, RegularizationChoice, gcv_tikhonov, is_auto, report
+from .regularization import AUTO, Regularization, RegularizationChoice, gcv_tikhonov, half_weights, is_auto, report
 
 __all__ = ["tkd", "tsvd", "tikhonov"]
 
@@ -28,10 +28,7 @@ __all__ = ["tkd", "tsvd", "tikhonov"]
 
 def _half_spectrum_mean(values: torch.Tensor, last_axis_length: int) -> torch.Tensor:
     """Mean over the full spectrum of a Hermitian-symmetric quantity given on the rfft half grid."""
-    weights = torch.full((values.shape[-1],), 2.0, dtype=values.dtype, device=values.device)
-    weights[0] = 1.0
-    if last_axis_length % 2 == 0:
-        weights[-1] = 1.0
+    weights = half_weights(values.shape[-1], last_axis_length, dtype=values.dtype, device=values.device)
     return (values * weights).sum() / (values[..., 0].numel() * last_axis_length)
 
 

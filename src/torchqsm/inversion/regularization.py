@@ -54,7 +54,7 @@ import torch
 from ..errors import ParameterError, check_positive
 
 __all__ = ["AUTO", "Regularization", "RegularizationChoice", "collect_choices", "report", "is_auto",
-           "gcv_tikhonov", "gcv_residual_noise", "noise_scaled", "record_choices", "choices_record", "TV_KAPPA"]
+           "half_weights", "gcv_tikhonov", "gcv_residual_noise", "noise_scaled", "record_choices", "choices_record", "TV_KAPPA"]
 
 log = logging.getLogger("torchqsm.inversion")
 
@@ -128,7 +128,7 @@ def is_auto(value: Any, *, name: str = "regularization") -> bool:
     return False
 
 
-def _half_weights(length: int, last_axis_length: int, *, dtype, device) -> torch.Tensor:
+def half_weights(length: int, last_axis_length: int, *, dtype, device) -> torch.Tensor:
     """Multiplicity of each rfft bin in the full spectrum (1 for the DC and Nyquist planes, else 2)."""
     weights = torch.full((length,), 2.0, dtype=dtype, device=device)
     weights[0] = 1.0
@@ -162,7 +162,7 @@ def gcv_tikhonov(spectrum: torch.Tensor, kernel: torch.Tensor, penalty: torch.Te
     padded_shape
         The full padded grid (for the rfft multiplicities).
     """
-    weights = _half_weights(kernel.shape[-1], padded_shape[-1], dtype=kernel.dtype, device=kernel.device)
+    weights = half_weights(kernel.shape[-1], padded_shape[-1], dtype=kernel.dtype, device=kernel.device)
     weights = weights.expand_as(kernel).flatten()
     k2 = (kernel * kernel).flatten()
     p = penalty.to(kernel.dtype).expand_as(kernel).flatten()
