@@ -243,12 +243,12 @@ def tikhonov(
                                        dtype=kernel.dtype, device=kernel.device)
     else:
         raise ParameterError(f"regularizer must be 'identity' or 'gradient', got {regularizer!r}")
+    spectrum = dipole.spectrum(problem.field)  # shared by the GCV and the solve
     if is_auto(regularization):
-        spectrum = dipole.spectrum(problem.field)
         lam = gcv_tikhonov(spectrum, kernel, penalty, dipole.pad.padded_shape)
         report(RegularizationChoice("tikhonov", "generalized cross-validation", lam))
     else:
         lam = check_positive("regularization", regularization)
     denominator = kernel * kernel + lam * penalty
     inverse = torch.where(denominator > 0, kernel / torch.where(denominator > 0, denominator, 1.0), 0.0)
-    return problem.finish(dipole.apply_symbol(problem.field, inverse))
+    return problem.finish(dipole.image(spectrum * inverse))

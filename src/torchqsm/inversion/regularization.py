@@ -54,7 +54,8 @@ import torch
 from ..errors import ParameterError, check_positive
 
 __all__ = ["AUTO", "Regularization", "RegularizationChoice", "collect_choices", "report", "is_auto",
-           "half_weights", "gcv_tikhonov", "gcv_residual_noise", "noise_scaled", "record_choices", "choices_record", "TV_KAPPA"]
+           "half_weights", "gcv_tikhonov", "gcv_residual_noise", "noise_scaled", "record_choices",
+           "choices_record", "TV_KAPPA"]
 
 log = logging.getLogger("torchqsm.inversion")
 
@@ -82,7 +83,7 @@ class RegularizationChoice:
 
     def as_record(self) -> dict[str, Any]:
         """JSON-ready, for the sidecar."""
-        out: dict[str, Any] = {"value": self.value, "rule": self.rule}
+        out: dict[str, Any] = {"method": self.method, "value": self.value, "rule": self.rule}
         if self.noise_ppm is not None:
             out["noise_ppm"] = self.noise_ppm
             out["noise_source"] = self.noise_source
@@ -216,8 +217,8 @@ def gcv_residual_noise(field: torch.Tensor, mask: torch.Tensor, dipole) -> float
 
 
 def noise_scaled(method: str, noise_ppm: float | None, field: torch.Tensor, mask: torch.Tensor, dipole, *,
-                 kappa: float, power: int, voxel_size_mm) -> float:
-    """The tv rule: κ σ̂ h̄^power, reported. ``noise_ppm`` None: σ̂ from :func:`gcv_residual_noise`."""
+                 kappa: float, voxel_size_mm) -> float:
+    """The tv rule: κ σ̂ h̄, reported. ``noise_ppm`` None: σ̂ from :func:`gcv_residual_noise`."""
     if noise_ppm is None:
         sigma, source = gcv_residual_noise(field, mask, dipole), "estimated: residual of the GCV-Tikhonov fit"
     else:
@@ -226,7 +227,7 @@ def noise_scaled(method: str, noise_ppm: float | None, field: torch.Tensor, mask
         raise ParameterError(f"{method}: the field is fitted exactly (noise estimate 0): give regularization "
                              "or noise_ppm explicitly")
     h = math.prod(float(v) for v in voxel_size_mm) ** (1.0 / 3.0)
-    value = kappa * sigma * h ** power
+    value = kappa * sigma * h
     report(RegularizationChoice(method, f"noise scaling (kappa {kappa:g})", value, sigma, source))
     return value
 
@@ -244,4 +245,4 @@ def record_choices(parameters: dict[str, Any], choices: list[RegularizationChoic
 
 def choices_record(choices: list[RegularizationChoice]) -> list[dict[str, Any]]:
     """How each automatic value was chosen, JSON-ready (the sidecar's ``RegularizationChoice``)."""
-    return [{"method": c.method, **c.as_record()} for c in choices]
+    return [c.as_record() for c in choices]

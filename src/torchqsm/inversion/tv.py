@@ -105,9 +105,10 @@ def tv(
     """
     problem = prepare(local_field_ppm, mask, acquisition, method="tv", voxel_size_mm=voxel_size_mm, b0_dir=b0_dir,
                       pad=pad, kernel_form=kernel_form)
+    dipole = problem.dipole()
     if is_auto(regularization):
-        alpha = noise_scaled("tv", noise_ppm, problem.field, problem.mask, problem.dipole(), kappa=TV_KAPPA,
-                             power=1, voxel_size_mm=problem.voxel_size_mm)
+        alpha = noise_scaled("tv", noise_ppm, problem.field, problem.mask, dipole, kappa=TV_KAPPA,
+                             voxel_size_mm=problem.voxel_size_mm)
     else:
         alpha = check_positive("regularization", regularization)
     mu1 = 100.0 * alpha if gradient_penalty is None else check_positive("gradient_penalty", gradient_penalty)
@@ -115,7 +116,6 @@ def tv(
     scale = problem.acquisition.radians_per_ppm(method="tv with nonlinear=True") if nonlinear else 1.0
 
     # Everything lives on the padded periodic grid; the data weights are zero outside the mask.
-    dipole = problem.dipole()
     padding = dipole.pad
     shape = padding.padded_shape
     field = padding.forward(problem.field)
