@@ -135,8 +135,9 @@ def test_records():
     choice = RegularizationChoice("tv", "noise scaling (kappa 0.11)", 2e-4, 0.0015, "given")
     assert record_choices({"regularization": "auto", "pad": 8}, [choice]) == {"regularization": 2e-4, "pad": 8}
     assert record_choices({"regularization": 1e-3}, []) == {"regularization": 1e-3}
-    assert choices_record([choice]) == [{"method": "tv", "value": 2e-4, "rule": "noise scaling (kappa 0.11)",
-                                         "noise_ppm": 0.0015, "noise_source": "given"}]
+    assert choices_record([choice]) == [{"method": "tv", "parameter": "regularization", "value": 2e-4,
+                                         "rule": "noise scaling (kappa 0.11)", "noise_ppm": 0.0015,
+                                         "noise_source": "given"}]
     assert "1.5 ppb" in choice.describe()
 
 

@@ -53,7 +53,8 @@ def test_automatic_regularization_recorded(invivo_run):
     parameters = json.loads((invivo_run / "phase_Chimap.json").read_text())["Parameters"]
     chosen = parameters["inversion_params"]["regularization"]
     (choice,) = parameters["regularization_choice"]
-    assert choice == {"method": "tikhonov", "value": chosen, "rule": "generalized cross-validation"}
+    assert choice == {"method": "tikhonov", "parameter": "regularization", "value": chosen,
+                      "rule": "generalized cross-validation"}
     assert chosen == pytest.approx(0.136, rel=0.05)  # recorded 2026-12-04
 
 

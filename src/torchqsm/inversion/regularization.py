@@ -73,24 +73,30 @@ _COLLECTORS: ContextVar[tuple[list, ...]] = ContextVar("torchqsm_regularization_
 
 @dataclass(frozen=True)
 class RegularizationChoice:
-    """One automatic choice: the method, the rule, the value and what it was computed from."""
+    """One automatic choice: the method, the rule, the value and what it was computed from.
+
+    ``parameter`` names the parameter the value stands for (``"regularization"``, or for instance
+    ``"tolerance"`` for a stopping rule).
+    """
 
     method: str
     rule: str
     value: float
     noise_ppm: float | None = None
     noise_source: str | None = None
+    parameter: str = "regularization"
 
     def as_record(self) -> dict[str, Any]:
         """JSON-ready, for the sidecar."""
-        out: dict[str, Any] = {"method": self.method, "value": self.value, "rule": self.rule}
+        out: dict[str, Any] = {"method": self.method, "parameter": self.parameter, "value": self.value,
+                               "rule": self.rule}
         if self.noise_ppm is not None:
             out["noise_ppm"] = self.noise_ppm
             out["noise_source"] = self.noise_source
         return out
 
     def describe(self) -> str:
-        text = f"{self.method}: regularization {self.value:.3g} chosen by {self.rule}"
+        text = f"{self.method}: {self.parameter} {self.value:.3g} chosen by {self.rule}"
         if self.noise_ppm is not None:
             text += f" (noise {self.noise_ppm * 1e3:.3g} ppb, {self.noise_source})"
         return text
@@ -233,14 +239,15 @@ def noise_scaled(method: str, noise_ppm: float | None, field: torch.Tensor, mask
 
 
 def record_choices(parameters: dict[str, Any], choices: list[RegularizationChoice]) -> dict[str, Any]:
-    """A parameter record (``Parameters.record``) with ``regularization`` set to the value chosen.
+    """A parameter record (``Parameters.record``) with each automatic parameter set to the value chosen.
 
     >>> record_choices({"regularization": "auto"}, [RegularizationChoice("tikhonov", "GCV", 0.01)])
     {'regularization': 0.01}
     """
-    if not choices:
-        return parameters
-    return {**parameters, "regularization": choices[-1].value}
+    out = dict(parameters)
+    for choice in choices:  # the last choice of each parameter wins (nested solves report first)
+        out[choice.parameter] = choice.value
+    return out
 
 
 def choices_record(choices: list[RegularizationChoice]) -> list[dict[str, Any]]:
