@@ -65,7 +65,9 @@ def training_card(config: RunConfig, result: TrainResult, *, metrics: dict[str, 
                        f"loss {', '.join(f'{k} {v:g}' for k, v in vars(training.loss).items() if v)}"),
             "data": (f"simulate.SimulatedQSMDataset local_to_chi, source {data.source}, patches "
                      f"{'x'.join(map(str, data.patch_size or ()))} at {'x'.join(f'{h:g}' for h in data.voxel_size_mm)} mm, "
-                     f"lesion probability {data.lesion_probability:g}, input noise {data.local_noise_ppm} ppm"),
+                     f"lesion probability {data.lesion_probability:g}, input noise {data.local_noise_ppm} ppm"
+                     + (f", white-matter anisotropy {data.wm_anisotropy_ppm} ppm" if max(data.wm_anisotropy_ppm) > 0
+                        else "")),
             "steps": result.step,
             "samples": result.step * training.batch_size * result.world_size,
             "time_s": round(result.total_seconds, 1),
