@@ -17,7 +17,7 @@ from torchqsm.errors import InputError, ParameterError
 from torchqsm.physics import DipoleOp, b0_dir_from_affine, voxel_size_from_affine
 from torchqsm.physics.units import radians_per_ppm
 
-BUILT = ["baseline", "tilt-45deg", "res-1x1x2mm", "haemorrhage", "wm-anisotropy"]
+BUILT = ["baseline", "tilt-45deg", "res-1x1x2mm", "haemorrhage", "wm-anisotropy", "vessels", "residual-background"]
 
 
 @pytest.fixture(scope="module")
@@ -34,10 +34,11 @@ def _load(root: Path, relative: str) -> nib.Nifti1Image:
 
 def test_cases_vary_one_thing_each():
     cases = suite_cases()
-    assert len(cases) == 14 and len({c.name for c in cases}) == 14
+    assert len(cases) == 16 and len({c.name for c in cases}) == 16
     baseline = cases[0]
     attribute = {"b0_tilt": "tilt_deg", "snr": "snr", "resolution": "voxel_size_mm", "pathology": "pathology",
-                 "field_strength": "b0_tesla", "anisotropy": "wm_anisotropy_ppm"}
+                 "field_strength": "b0_tesla", "anisotropy": "wm_anisotropy_ppm", "partial_volume": "veins",
+                 "background": "field_input"}
     for case in cases[1:]:
         changed = {f.name for f in fields(case) if f.name not in ("name", "varies")
                    and getattr(case, f.name) != getattr(baseline, f.name)}
@@ -191,6 +192,40 @@ def test_anisotropy_case_changes_the_white_matter_field_only(suite):
     assert 2e-4 < rms < 0.3 * float(base.true_local_field_ppm[base.mask].std())  # 1 mm: 1.1 ppb rms, 13 ppb peak
 
 
+def test_vessels_case_is_sampled_from_a_finer_grid(suite):
+    """vessels: veins of sub-voxel size raise χ's voxel means (partial volume) and their intravoxel dephasing
+    puts a field error beside them that the acquisition noise alone does not (simulate fine, sample coarse)."""
+    from torchqsm.bench.evaluate import load_case
+
+    root, _ = suite
+    base, veins = load_case(root / "baseline"), load_case(root / "vessels")
+    assert torch.equal(base.mask, veins.mask)
+    raised = (veins.chi_ppm - base.chi_ppm)[base.mask]
+    partial = (raised > 1e-3) & (raised < 0.15)  # voxels a vein only partly fills
+    assert int((raised > 1e-3).sum()) > 50 and int(partial.sum()) > 10
+    vein = (veins.chi_ppm - base.chi_ppm).abs() > 1e-3
+    near = vein.clone()  # the veins and a voxel around them
+    for axis in range(3):
+        near |= torch.roll(vein, 1, axis) | torch.roll(vein, -1, axis)
+    error = (veins.local_field_ppm - veins.true_local_field_ppm).abs()
+    base_error = (base.local_field_ppm - base.true_local_field_ppm).abs()
+    assert float(error[near & base.mask].mean()) > 1.5 * float(base_error[near & base.mask].mean())
+    assert float(error[~near & base.mask].median()) < 1.5 * float(base_error[~near & base.mask].median())
+
+
+def test_residual_background_case_gives_background_removal_output(suite):
+    """residual-background: the input is PDF's local field, whose error against the truth is far above the noise."""
+    from torchqsm.bench.evaluate import load_case
+
+    root, index = suite
+    record = {c["name"]: c for c in index["cases"]}["residual-background"]
+    assert record["field_input"] == "pdf"
+    base, residual = load_case(root / "baseline"), load_case(root / "residual-background")
+    assert torch.equal(base.chi_ppm, residual.chi_ppm)
+    error = (residual.local_field_ppm - residual.true_local_field_ppm)[base.mask]
+    assert float(error.square().mean().sqrt()) > 2 * residual.noise_rms_ppm
+
+
 def test_rebuild_is_identical(suite, tmp_path):
     """The suite is fixed: the same seed rebuilds the same data; another seed gives another subject."""
     root, index = suite
@@ -218,4 +253,4 @@ def test_refuses_to_overwrite_and_unknown_cases(suite, tmp_path):
 def test_small_suite_builds_every_case(tmp_path):
     index = build_suite(tmp_path, small=True)
     size = sum(p.stat().st_size for p in tmp_path.rglob("*") if p.is_file())
-    assert size < 100e6 and len(json.loads(index.read_text())["cases"]) == 14
+    assert size < 100e6 and len(json.loads(index.read_text())["cases"]) == 16

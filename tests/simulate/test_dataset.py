@@ -147,3 +147,46 @@ def test_white_matter_anisotropy_option_adds_a_field_and_keeps_the_truth():
     assert 1e-4 < float(extra.square().mean().sqrt()) < 0.01  # ppm: 1.1 ppb rms on the 1 mm suite head
     with pytest.raises(ParameterError, match="wm_anisotropy_ppm"):
         SimulationConfig(wm_anisotropy_ppm=(0.02, 0.01))
+
+
+def test_veins_option_paints_veins_and_adds_their_field():
+    """veins: the same seed keeps B0 and the rest of χ; χ gains venous values and the field is the dipole's of χ."""
+    base = dict(source="head", region_size=(40, 40, 40), voxel_size_mm=(2.0, 2.0, 2.0), patch_size=None,
+                deform=False, lesion_probability=0.0, local_noise_ppm=(0.0, 0.0), pad=8)
+    generator = lambda: torch.Generator().manual_seed(5)  # noqa: E731
+    plain = simulate_volume(SimulationConfig(**base), generator())
+    veined = simulate_volume(SimulationConfig(veins=(6, 6), **base), generator())
+    changed = veined.chi_ppm != plain.chi_ppm
+    assert plain.b0_dir == veined.b0_dir and bool(changed.any())
+    assert float(veined.chi_ppm[changed].min()) >= 0.2 and float(veined.chi_ppm[changed].max()) <= 0.45
+    dipole = DipoleOp(veined.chi_ppm.shape, voxel_size_mm=(2.0, 2.0, 2.0), b0_dir=veined.b0_dir, pad=8)
+    assert torch.allclose(veined.local_field_ppm, dipole(veined.chi_ppm), atol=1e-6)
+    with pytest.raises(ParameterError, match="veins"):
+        SimulationConfig(veins=(3, 1))
+
+
+def test_residual_background_option_is_harmonic_and_sized():
+    """residual_background_ppm: the input gains a field of the drawn rms, harmonic inside the brain; χ unchanged."""
+    base = dict(source="head", region_size=(48, 48, 48), voxel_size_mm=(2.0, 2.0, 2.0), patch_size=None,
+                deform=False, lesion_probability=0.0, local_noise_ppm=(0.0, 0.0), pad=16)
+    generator = lambda: torch.Generator().manual_seed(3)  # noqa: E731
+    plain = simulate_volume(SimulationConfig(**base), generator())
+    residual = simulate_volume(SimulationConfig(residual_background_ppm=(0.005, 0.005), **base), generator())
+    assert torch.equal(plain.chi_ppm, residual.chi_ppm)
+    extra = (residual.local_field_ppm - plain.local_field_ppm) * plain.mask
+    rms = float(extra[plain.mask].square().mean().sqrt())
+    assert rms == pytest.approx(0.005, rel=1e-3)
+    # Harmonic in the brain: its Laplacian (six-neighbour, in the brain eroded by 2 voxels) is far below
+    # the same Laplacian of the brain's own field, which has sources there.
+    inner = plain.mask.clone()
+    for axis in range(3):
+        inner &= torch.roll(plain.mask, 1, axis) & torch.roll(plain.mask, -1, axis)
+        inner &= torch.roll(plain.mask, 2, axis) & torch.roll(plain.mask, -2, axis)
+
+    def laplacian(v):
+        return sum(torch.roll(v, s, a) for a in range(3) for s in (1, -1)) - 6 * v
+
+    own = plain.local_field_ppm * (0.005 / float(plain.local_field_ppm[plain.mask].square().mean().sqrt()))
+    assert float(laplacian(extra)[inner].abs().mean()) < 0.2 * float(laplacian(own)[inner].abs().mean())
+    with pytest.raises(ParameterError, match="residual_background_ppm"):
+        SimulationConfig(residual_background_ppm=(0.01, 0.0))

@@ -28,6 +28,11 @@ coarse case ``res-1x1x2mm`` δ also holds the disagreement between the phase of 
 and the truncated field truth (suite 1.1, 1 mm: 47 ppb rms, 4.7× the local field, largest at the
 slab ends; acquisition noise is 1.5 ppb at SNR 100), so that case scores this mismatch.
 
+One case differs: ``residual-background`` (``field_input: "pdf"`` in the suite's index) gives the
+inversion what PDF background removal (:func:`~torchqsm.preprocess.background.pdf`, in the true
+brain mask) leaves of :math:`(f_\mathrm{total} + \delta) M`, so the residual background a real local
+field carries is part of the input.
+
 Metrics (:mod:`torchqsm.metrics`) are computed in the brain mask after demeaning both maps
 there (χ is relative: the challenges and the suite's truth fix no common reference):
 NRMSE (%), HFEN (%) and SSIM (data range of the demeaned truth).
@@ -51,6 +56,7 @@ from ..errors import InputError
 from ..io import check_same_grid, load_gre, load_mask, load_nifti
 from ..metrics import hfen, nrmse, ssim
 from ..physics.units import radians_per_ppm
+from ..preprocess.background import pdf
 from ..pipeline.registry import get_method, invert
 
 __all__ = ["SuiteInput", "EvaluationRow", "load_case", "measured_field_noise_ppm", "evaluate", "markdown_table"]
@@ -229,9 +235,28 @@ def load_case(case_dir: str | Path) -> SuiteInput:
     labels = image("dseg", "labels", torch.int64)
     noise = measured_field_noise_ppm(gre.magnitude, gre.phase, total, echo_times_s=gre.echo_times_s,
                                      b0_tesla=gre.b0_tesla) * mask
-    return SuiteInput(folder.name, (local + noise) * mask, local * mask, chi * mask, mask, labels,
+    given = (local + noise) * mask
+    if _field_input(folder) == "pdf":  # the residual-background case: what background removal leaves
+        given = pdf((total + noise) * mask, mask, voxel_size_mm=tuple(gre.voxel_size_mm),
+                    b0_dir=tuple(gre.b0_dir)).local_field_ppm.to(given.dtype) * mask
+    return SuiteInput(folder.name, given, local * mask, chi * mask, mask, labels,
                       tuple(gre.voxel_size_mm), tuple(gre.b0_dir), float(gre.b0_tesla),
                       float(noise[mask].double().square().mean().sqrt()), gre.acquisition)
+
+
+def _field_input(folder: Path) -> str:
+    """The case's ``field_input`` from the suite's index beside it (``"truth"`` when there is none)."""
+    index = folder.parent / "suite.json"
+    if not index.is_file():
+        return "truth"
+    try:
+        cases = json.loads(index.read_text(encoding="utf-8")).get("cases", [])
+    except (OSError, ValueError, AttributeError) as error:
+        raise InputError(f"the suite index is unreadable: {error}", source=str(index)) from None
+    for record in cases:
+        if isinstance(record, dict) and record.get("name") == folder.name:
+            return str(record.get("field_input", "truth"))
+    return "truth"
 
 
 def _entries(methods: Sequence[MethodEntry]) -> list[tuple[str, str, dict[str, Any]]]:

@@ -13,6 +13,15 @@ baseline (3 T, B0 along the third voxel axis, peak SNR 100, 1 mm isotropic, heal
 * ``wm-anisotropy``: white matter's susceptibility is a tensor with χ∥ − χ⊥ = 0.015 ppm about a
   smooth random fibre field (``simulate.anisotropy``); its truth is the mean susceptibility, so the
   scalar dipole model meets a field it does not explain, as in real white matter.
+* ``vessels``: ``VEIN_COUNT`` veins of sub-voxel to 2 mm diameter (χ 0.2–0.45 ppm, R2* of venous
+  blood) drawn on a grid ``FINE_FACTOR`` times finer; the brain's field and the GRE signal are
+  computed there and the complex signal summed into the 1 mm voxels (``simulate.partial_volume``:
+  simulate fine, sample coarse). Its truth is the voxel mean of χ and of the fields, so the
+  intravoxel dephasing next to each vein is a model error in the measured field.
+* ``residual-background``: the baseline acquisition, but the inversion's input is what PDF
+  background removal (``preprocess.background.pdf``, in the true brain mask) leaves of the total
+  field plus its measured noise, not the true local field (``SuiteCase.field_input``): the residual
+  background every real local field carries.
 
 Layout of ``OUT_DIR`` (``<case>`` as above)::
 
@@ -67,16 +76,19 @@ from ..simulate.dataset import derive_seed
 from ..simulate.forward import HEAD_KERNEL_FORM
 from ..simulate.hybrid import hybrid_chi, random_deformation
 from ..simulate.lesions import add_lesions
+from ..simulate.lesions import add_veins
 from ..simulate.orientation import affine_for_b0_dir
+from ..simulate.partial_volume import block_mean, block_summed_signal, upsample
 from ..simulate.signal import add_complex_noise, complex_gre_signal, smooth_phase_offset, truncate_kspace
 from .evaluate import measured_field_noise_ppm
 
 __all__ = ["SUITE_VERSION", "SuiteCase", "suite_cases", "build_suite"]
 
 #: Bump when any case, parameter or draw changes: results on different versions do not compare.
+# 1.4: vessels (simulated fine, sampled coarse) and residual-background; earlier cases unchanged.
 # 1.3: res-1x1x2mm acquired over the whole head, its total field as its signal carries it; wm-anisotropy.
 # 1.2: head field through the voxel-integrated kernel; 1.1: harmonic shim residual.
-SUITE_VERSION = "1.3"
+SUITE_VERSION = "1.4"
 ECHO_TIMES_S = {3.0: (0.005, 0.015, 0.025), 7.0: (0.004, 0.010, 0.016)}  # 3 echoes: size (see the module)
 PAD_MM = 48.0  # zero padding of the dipole convolution: images of the head ≥ 96 mm away
 MARGIN_MM = 4.0  # written field of view: the brain's bounding box plus this
@@ -84,6 +96,11 @@ FOV_Z_MM = 128.0  # ... down to this far below its top (cerebrum, cerebellum; no
 SLAB_MM = 48.0  # finer-than-baseline cases are written as an axial slab this thick (size)
 GROUND_TRUTH_BITS = 15  # χ and fields stored to a relative precision of 2^-16 = 1.5e-5
 LESION_COUNT = {"haemorrhage": 1, "calcification": 3}
+VEIN_COUNT = 80  # the vessels case: veins of 0.25-1 mm radius, 20-80 mm long
+VEIN_RADIUS_MM = (0.25, 1.0)
+VEIN_R2STAR_3T_HZ = 45.0  # deoxygenated venous blood at 3 T (scaled with B0 like tissue)
+FINE_FACTOR = 2  # the vessels case is simulated on a grid this many times finer per axis
+FINE_PAD_MM = 32.0  # zero padding of the fine grid's (brain-only) dipole convolution
 
 
 @dataclass(frozen=True)
@@ -91,13 +108,18 @@ class SuiteCase:
     """One acquisition of the suite's subject; ``varies`` names the one thing changed from the baseline."""
 
     name: str
-    varies: Literal["baseline", "b0_tilt", "snr", "resolution", "pathology", "field_strength", "anisotropy"]
+    varies: Literal["baseline", "b0_tilt", "snr", "resolution", "pathology", "field_strength", "anisotropy",
+                    "partial_volume", "background"]
     tilt_deg: float = 0.0
     snr: float = 100.0
     voxel_size_mm: tuple[float, float, float] = (1.0, 1.0, 1.0)
     pathology: Literal["healthy", "haemorrhage", "calcification"] = "healthy"
     b0_tesla: float = 3.0
     wm_anisotropy_ppm: float = 0.0
+    veins: int = 0
+    #: What the inversion is given: the true local field plus the measured noise, or what PDF background
+    #: removal leaves of the true total field plus the measured noise (``bench.evaluate.load_case``).
+    field_input: Literal["truth", "pdf"] = "truth"
 
     @property
     def b0_dir(self) -> tuple[float, float, float]:
@@ -108,7 +130,7 @@ def suite_cases(*, small: bool = False) -> tuple[SuiteCase, ...]:
     """The suite's cases (``small``: every voxel size doubled).
 
     >>> [c.name for c in suite_cases()][:3], len(suite_cases())
-    (['baseline', 'tilt-15deg', 'tilt-30deg'], 14)
+    (['baseline', 'tilt-15deg', 'tilt-30deg'], 16)
     """
     base = SuiteCase("baseline", "baseline")
     cases = [base, *(replace(base, name=f"tilt-{t}deg", varies="b0_tilt", tilt_deg=float(t)) for t in (15, 30, 45, 60, 90)),
@@ -118,7 +140,9 @@ def suite_cases(*, small: bool = False) -> tuple[SuiteCase, ...]:
              replace(base, name="haemorrhage", varies="pathology", pathology="haemorrhage"),
              replace(base, name="calcification", varies="pathology", pathology="calcification"),
              replace(base, name="b0-7T", varies="field_strength", b0_tesla=7.0),
-             replace(base, name="wm-anisotropy", varies="anisotropy", wm_anisotropy_ppm=WM_ANISOTROPY_PPM)]
+             replace(base, name="wm-anisotropy", varies="anisotropy", wm_anisotropy_ppm=WM_ANISOTROPY_PPM),
+             replace(base, name="vessels", varies="partial_volume", veins=VEIN_COUNT),
+             replace(base, name="residual-background", varies="background", field_input="pdf")]
     factor = 2.0 if small else 1.0
     return tuple(replace(c, voxel_size_mm=tuple(factor * h for h in c.voxel_size_mm)) for c in cases)
 
@@ -212,41 +236,83 @@ def _simulate_case(case: SuiteCase, subject: _Subject, seed: int, index: int) ->
         local = local + anisotropic_field(case.wm_anisotropy_ppm * wm.float(), fibres, b0_dir=case.b0_dir,
                                           voxel_size_mm=grid, pad=pad)
     fields = torch.stack([local, local + head_dipole(chi_in_air + external - chi * brain)])  # the whole head, then the box
-    coarse = tuple(case.voxel_size_mm) != grid
-    # The coarser case is acquired over the whole head and cropped afterwards: truncating k-space on
-    # the cropped box would join its top and bottom through the periodic DFT and ring (suite ≤ 1.2).
-    if coarse:  # whole coarse voxels: trim the low end of each axis (the neck, in z)
-        box = tuple(slice(n % max(1, round(t / h)), n) for n, h, t in zip(brain.shape, grid, case.voxel_size_mm))
+    if case.veins:  # simulate fine, sample coarse (module notes)
+        signal, truth, labels = _vessels(case, seed, chi * brain, brain, labels, fields[1] - fields[0] + shim, offset)
     else:
-        box = _field_of_view(brain, grid, slab=grid != base)
-    labels, brain, lesions, offset = labels[box], brain[box], lesions[box], offset[box]
-    truth = {"chi": chi[box] * brain,
-             "local": fields[0][box], "total": (fields[1] + shim)[box], "brain": brain.float(), "lesions": lesions.float()}
-    m0, r2star = tissue_parameters(labels, b0_tesla=case.b0_tesla,
-                                   generator=torch.Generator().manual_seed(derive_seed("eval", seed, 2)))
-    signal = complex_gre_signal(truth["total"], echo_times_s=ECHO_TIMES_S[case.b0_tesla], b0_tesla=case.b0_tesla,
-                                m0=m0.float(), r2star_hz=r2star.float(), phase_offset_rad=offset)
-    if coarse:  # what the scanner acquires is the central k-space of the whole object
-        signal, _ = truncate_kspace(signal, voxel_size_mm=grid, target_voxel_size_mm=case.voxel_size_mm)
-        truth = {k: truncate_kspace(v, voxel_size_mm=grid, target_voxel_size_mm=case.voxel_size_mm)[0]
-                 for k, v in truth.items()}
-        labels = _resample(labels, signal.shape[-3:], "nearest")
-        box = _field_of_view(truth["brain"] > 0.5, tuple(case.voxel_size_mm), slab=False)
-        signal, labels = signal[(slice(None), *box)], labels[box]
-        truth = {k: v[box] for k, v in truth.items()}
-        # The phase of a coarse voxel is that of its summed complex signal, not the truncated field:
-        # the two differ by partial-volume mixing (suite 1.2: 41 ppb rms in the brain, 4× the local
-        # field). The total field's truth is the field the noise-free coarse signal carries, so the
-        # mixing is part of the background and the evaluation's field error is the acquisition noise.
-        truth["total"] = truth["total"] + measured_field_noise_ppm(
-            signal.abs(), signal.angle(), truth["total"], echo_times_s=ECHO_TIMES_S[case.b0_tesla],
-            b0_tesla=case.b0_tesla)
+        coarse = tuple(case.voxel_size_mm) != grid
+        # The coarser case is acquired over the whole head and cropped afterwards: truncating k-space on
+        # the cropped box would join its top and bottom through the periodic DFT and ring (suite ≤ 1.2).
+        if coarse:  # whole coarse voxels: trim the low end of each axis (the neck, in z)
+            box = tuple(slice(n % max(1, round(t / h)), n) for n, h, t in zip(brain.shape, grid, case.voxel_size_mm))
+        else:
+            box = _field_of_view(brain, grid, slab=grid != base)
+        labels, brain, lesions, offset = labels[box], brain[box], lesions[box], offset[box]
+        truth = {"chi": chi[box] * brain,
+                 "local": fields[0][box], "total": (fields[1] + shim)[box], "brain": brain.float(), "lesions": lesions.float()}
+        m0, r2star = tissue_parameters(labels, b0_tesla=case.b0_tesla,
+                                       generator=torch.Generator().manual_seed(derive_seed("eval", seed, 2)))
+        signal = complex_gre_signal(truth["total"], echo_times_s=ECHO_TIMES_S[case.b0_tesla], b0_tesla=case.b0_tesla,
+                                    m0=m0.float(), r2star_hz=r2star.float(), phase_offset_rad=offset)
+        if coarse:  # what the scanner acquires is the central k-space of the whole object
+            signal, _ = truncate_kspace(signal, voxel_size_mm=grid, target_voxel_size_mm=case.voxel_size_mm)
+            truth = {k: truncate_kspace(v, voxel_size_mm=grid, target_voxel_size_mm=case.voxel_size_mm)[0]
+                     for k, v in truth.items()}
+            labels = _resample(labels, signal.shape[-3:], "nearest")
+            box = _field_of_view(truth["brain"] > 0.5, tuple(case.voxel_size_mm), slab=False)
+            signal, labels = signal[(slice(None), *box)], labels[box]
+            truth = {k: v[box] for k, v in truth.items()}
+            # The phase of a coarse voxel is that of its summed complex signal, not the truncated field:
+            # the two differ by partial-volume mixing (suite 1.2: 41 ppb rms in the brain, 4× the local
+            # field). The total field's truth is the field the noise-free coarse signal carries, so the
+            # mixing is part of the background and the evaluation's field error is the acquisition noise.
+            truth["total"] = truth["total"] + measured_field_noise_ppm(
+                signal.abs(), signal.angle(), truth["total"], echo_times_s=ECHO_TIMES_S[case.b0_tesla],
+                b0_tesla=case.b0_tesla)
     brain, head = truth["brain"] > 0.5, labels != tissue("air").label
     noise = torch.Generator().manual_seed(derive_seed("eval", seed, 3, index))
     signal = add_complex_noise(signal, snr=case.snr, generator=noise) * head  # air outside the head: no data
     return {"chi": truth["chi"] * brain, "local": truth["local"] * brain, "total": truth["total"] * brain,
             "brain": brain, "lesions": truth["lesions"] > 0.5, "labels": labels,
             "magnitude": signal.abs(), "phase": signal.angle()}
+
+
+def _vessels(case: SuiteCase, seed: int, chi: torch.Tensor, brain: torch.Tensor, labels: torch.Tensor,
+             background: torch.Tensor, offset: torch.Tensor) -> tuple[torch.Tensor, dict, torch.Tensor]:
+    """The ``vessels`` case on its written box: veins drawn ``FINE_FACTOR`` times finer, the brain's field and the
+    signal computed there, the signal and the truth averaged back into the baseline voxels.
+
+    ``chi`` is the brain's χ (zero outside), ``background`` the field of everything else (ppm), both on the
+    baseline grid of the whole head. The fine grid covers the brain's bounding box (all its sources), so the
+    cost is that box's, not the head's: about 34 M fine voxels at 1 mm.
+    """
+    factor, grid = FINE_FACTOR, case.voxel_size_mm
+    fine_grid = tuple(h / factor for h in grid)
+    index = torch.nonzero(brain)
+    margin = [round(MARGIN_MM / h) for h in grid]
+    domain = tuple(slice(max(int(lo) - m, 0), min(int(hi) + m + 1, n)) for lo, hi, m, n in
+                   zip(index.min(0).values, index.max(0).values, margin, brain.shape))
+    written = _field_of_view(brain, grid, slab=False)
+    inner = tuple(slice(w.start - d.start, w.stop - d.start) for w, d in zip(written, domain))
+    chi_fine = upsample(chi[domain], factor)
+    brain_fine = upsample(brain[domain].to(torch.uint8), factor).bool()
+    g = torch.Generator().manual_seed(derive_seed("eval", seed, 5))
+    veined = add_veins(chi_fine, brain_fine, count=case.veins, generator=g, radius_range_mm=VEIN_RADIUS_MM,
+                       voxel_size_mm=fine_grid)
+    is_vein = veined != chi_fine
+    del chi_fine
+    pad = [round(FINE_PAD_MM / h) for h in fine_grid]
+    local = DipoleOp(tuple(veined.shape), voxel_size_mm=fine_grid, b0_dir=case.b0_dir, pad=pad)(veined)
+    total = local + upsample(background[domain], factor, mode="trilinear")
+    m0, r2star = tissue_parameters(labels[domain], b0_tesla=case.b0_tesla,
+                                   generator=torch.Generator().manual_seed(derive_seed("eval", seed, 2)))
+    r2star = torch.where(is_vein, VEIN_R2STAR_3T_HZ * case.b0_tesla / 3.0, upsample(r2star.float(), factor))
+    signal = block_summed_signal(total, factor=factor, echo_times_s=ECHO_TIMES_S[case.b0_tesla],
+                                 b0_tesla=case.b0_tesla, m0=upsample(m0.float(), factor), r2star_hz=r2star,
+                                 phase_offset_rad=upsample(offset[domain], factor, mode="trilinear"))
+    truth = {"chi": block_mean(veined, factor), "local": block_mean(local, factor),
+             "total": block_mean(total, factor), "brain": brain[domain].float(),
+             "lesions": torch.zeros(brain[domain].shape)}
+    return signal[(slice(None), *inner)], {k: v[inner] for k, v in truth.items()}, labels[domain][inner]
 
 
 def _round_mantissa(values: torch.Tensor, bits: int) -> torch.Tensor:

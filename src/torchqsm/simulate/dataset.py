@@ -50,7 +50,7 @@ from .anisotropy import anisotropic_field, random_fibre_directions
 from .background import external_sources, shim_field
 from .forward import HEAD_KERNEL_FORM
 from .hybrid import hybrid_chi, random_deformation
-from .lesions import add_lesions
+from .lesions import add_lesions, add_veins
 from .orientation import random_b0_dir
 from .phantoms import ellipsoid
 from .shapes import random_shapes
@@ -127,6 +127,16 @@ class SimulationConfig:
         the model error of real white matter. ``(0, 0)`` (default) is off; the suite's case uses
         0.015 ppm. ``"head"`` source only (the shapes have no white matter). Drawn after
         everything else, so turning it on leaves every other draw of a seed unchanged.
+    veins
+        Inclusive range of the number of veins painted into χ (``simulate.lesions.add_veins``,
+        χ 0.2–0.45 ppm, radius 0.5–1.5 mm); their field joins the local and total fields. ``(0, 0)``
+        (default) is off. Drawn after the anisotropy.
+    residual_background_ppm
+        Range of the rms (ppm, in the mask) of a residual background added to the input of the
+        ``local_to_chi`` task: the field of random sources just outside the brain
+        (:func:`~torchqsm.simulate.background.external_sources`, through the voxel-integrated
+        kernel), harmonic in the brain and largest at its edge, as background removal leaves it. The
+        target χ is unchanged. ``(0, 0)`` (default) is off. Drawn last.
     """
 
     task: Task = "local_to_chi"
@@ -151,6 +161,8 @@ class SimulationConfig:
     phase_offset_rad: float = math.pi
     pad: int = 32
     wm_anisotropy_ppm: tuple[float, float] = (0.0, 0.0)
+    veins: tuple[int, int] = (0, 0)
+    residual_background_ppm: tuple[float, float] = (0.0, 0.0)
 
     def __post_init__(self) -> None:
         if self.task not in ("local_to_chi", "total_to_local", "phase_to_chi"):
@@ -179,6 +191,11 @@ class SimulationConfig:
             raise ParameterError("voxel_size_mm must be positive and pad non-negative")
         if len(self.wm_anisotropy_ppm) != 2 or not 0 <= self.wm_anisotropy_ppm[0] <= self.wm_anisotropy_ppm[1]:
             raise ParameterError(f"wm_anisotropy_ppm must be 0 ≤ low ≤ high, got {self.wm_anisotropy_ppm}")
+        if len(self.veins) != 2 or not 0 <= self.veins[0] <= self.veins[1]:
+            raise ParameterError(f"veins must be a count range 0 ≤ low ≤ high, got {self.veins}")
+        if len(self.residual_background_ppm) != 2 or \
+                not 0 <= self.residual_background_ppm[0] <= self.residual_background_ppm[1]:
+            raise ParameterError(f"residual_background_ppm must be 0 ≤ low ≤ high, got {self.residual_background_ppm}")
 
 
 @dataclass(frozen=True)
@@ -302,6 +319,23 @@ def simulate_volume(config: SimulationConfig, generator: torch.Generator) -> Sim
                                   pad=config.pad)
         local = local + extra
         total = None if total is None else total + extra
+    if config.veins[1] > 0:  # after the anisotropy: earlier draws of a seed stay as they were
+        count = int(torch.randint(config.veins[0], config.veins[1] + 1, (), generator=generator))
+        veined = add_veins(chi, mask, count=count, generator=generator, voxel_size_mm=config.voxel_size_mm).float()
+        extra = dipole((veined - chi) * mask)
+        chi, local = veined, local + extra
+        total = None if total is None else total + extra
+    if config.residual_background_ppm[1] > 0 and config.task == "local_to_chi":  # last
+        rms = _uniform(generator, *config.residual_background_ppm)
+        sources = external_sources(shape, mask, generator=generator, count=(5, 20), chi_range_ppm=(-1.0, 1.0),
+                                   voxel_size_mm=config.voxel_size_mm).float()
+        head = DipoleOp(shape, voxel_size_mm=config.voxel_size_mm, b0_dir=b0_dir, pad=config.pad,
+                        form=HEAD_KERNEL_FORM)
+        residual = head(sources) * mask
+        residual = residual - residual[mask].mean() if bool(mask.any()) else residual
+        size = float(residual[mask].square().mean().sqrt()) if bool(mask.any()) else 0.0
+        if size > 0:
+            local = local + (rms / size) * residual * mask
     return SimulatedVolume(chi_ppm=chi * mask, mask=mask, local_field_ppm=local, total_field_ppm=total, m0=m0,
                            r2star_hz=r2star, phase_offset_rad=offset, b0_dir=b0_dir, b0_tesla=b0_tesla, snr=snr,
                            voxel_size_mm=tuple(float(h) for h in config.voxel_size_mm))
