@@ -14,6 +14,7 @@ from ..physics.kernels import KernelForm
 from ..solvers import SolverStatus, StatusCallback, cg
 from ..solvers.status import relative_update
 from ._common import check_positive, prepare, weights_from_magnitude
+from .regularization import AUTO, TV_KAPPA, Regularization, is_auto, noise_scaled
 
 __all__ = ["medi", "edge_mask"]
 
@@ -52,7 +53,8 @@ def medi(
     kernel_form: KernelForm | None = None,
     magnitude: torch.Tensor | None = None,
     support: bool = True,
-    regularization: float = 2e3,
+    regularization: Regularization = AUTO,
+    noise_ppm: float | None = None,
     edge_fraction: float = 0.1,
     smoothing: float = 1e-6,
     max_iterations: int = 10,
@@ -91,7 +93,13 @@ def medi(
     support
         Constrain χ to the mask (the dipole acts on :math:`M\chi`; see :func:`~torchqsm.inversion.l2`).
     regularization
-        :math:`\lambda` (data weight relative to the TV term; ppm⁻¹·mm⁻¹).
+        :math:`\lambda` (data weight relative to the TV term; ppm⁻¹·mm⁻¹). ``"auto"`` (default):
+        :math:`\lambda = 1/(\kappa\hat\sigma\bar h)`, the rule of :func:`~torchqsm.inversion.tv`
+        (for small residuals MEDI's objective divided by :math:`\lambda` is tv's with
+        :math:`\alpha = 1/\lambda`), with :math:`\hat\sigma` = ``noise_ppm`` or estimated from the
+        field and the same κ. (The fixed default was 2000.)
+    noise_ppm
+        Field noise σ (ppm, > 0) for ``"auto"``; None: estimated from the data.
     edge_fraction
         Fraction of gradient components treated as edges.
     smoothing
@@ -118,7 +126,11 @@ def medi(
                       pad=pad, kernel_form=kernel_form)
     if magnitude is None:
         raise ParameterError("medi needs a magnitude image (parameter 'magnitude', CLI --magnitude)")
-    lam = check_positive("regularization", regularization)
+    if is_auto(regularization):
+        lam = noise_scaled("medi", noise_ppm, problem.field, problem.mask, problem.dipole(), kappa=TV_KAPPA,
+                           voxel_size_mm=problem.voxel_size_mm, inverse=True)
+    else:
+        lam = check_positive("regularization", regularization)
     eps = check_positive("smoothing", smoothing)
     scale = problem.acquisition.radians_per_ppm(method="medi")
     weights = weights_from_magnitude(magnitude, problem)

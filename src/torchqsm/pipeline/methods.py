@@ -97,7 +97,11 @@ class NDIParameters(InversionParameters):
     support: bool = param(True, description="constrain χ to the mask")
     step_size: float = param(4.0, gt=0, description="gradient step tau")
     max_iterations: int = param(300, description="iteration limit")
-    tolerance: float = param(3e-4, description="relative update of χ at which to stop")
+    tolerance: float | Literal["auto"] = param(
+        "auto", ge=0, description="relative update of χ at which to stop; auto: discrepancy principle (the "
+                                  "residual reaches the noise)")
+    noise_ppm: float | None = param(None, gt=0, unit="ppm", description="field noise for auto; none: estimated "
+                                                                       "from the data")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -107,7 +111,11 @@ class MEDIParameters(InversionParameters):
     magnitude: Any = param(None, image=True, required=True,
                            description="magnitude image: edges and data weights (CLI: --magnitude FILE)")
     support: bool = param(True, description="constrain χ to the mask")
-    regularization: float = param(2000.0, gt=0, unit="1/(ppm·mm)", description="lambda, data weight against TV")
+    regularization: float | Literal["auto"] = param(
+        "auto", gt=0, unit="1/(ppm·mm)", description="lambda, data weight against TV; auto: 1/(kappa sigma h), "
+                                                    "the tv rule")
+    noise_ppm: float | None = param(None, gt=0, unit="ppm", description="field noise for auto; none: estimated "
+                                                                       "from the data")
     edge_fraction: float = param(0.1, ge=0, lt=1, description="fraction of gradient components treated as edges")
     smoothing: float = param(1e-6, gt=0, unit="ppm²/mm²", description="epsilon of the lagged-diffusivity weight")
     max_iterations: int = param(10, description="Gauss-Newton iteration limit")
@@ -127,14 +135,20 @@ class COSMOSParameters(InversionParameters):
 @dataclass(frozen=True, kw_only=True)
 class DFQSMParameters(InversionParameters):
     step_size: float = param(1.0, gt=0, description="gradient step alpha (dimensionless)")
-    tolerance: float = param(DEFAULT_TOLERANCE, description="relative gradient norm at which to stop")
+    tolerance: float | Literal["auto"] = param(
+        "auto", ge=0, description=f"relative gradient norm at which to stop (the paper's rule: {DEFAULT_TOLERANCE}); "
+                                  "auto: discrepancy principle (the residual reaches the noise)")
+    noise_ppm: float | None = param(None, gt=0, unit="ppm", description="field noise for auto; none: estimated "
+                                                                       "from the data")
     max_iterations: int = param(200, description="iteration limit")
     support: bool = param(True, description="constrain χ to the mask")
 
 
 @dataclass(frozen=True, kw_only=True)
 class DLL2Parameters(InversionParameters):
-    regularization: float = param(0.01, gt=0, description="lambda, pull towards the network's χ (dimensionless)")
+    regularization: float | Literal["auto"] = param(
+        "auto", gt=0, description="lambda, pull towards the network's χ (dimensionless); auto: generalized "
+                                  "cross-validation")
     weighting: Literal["identity", "mask"] = param("identity", description="closed form, or CG inside the mask")
     magnitude: Any = param(None, image=True, description=_MAGNITUDE + "; needs weighting=mask")
     max_iterations: int = param(100, description="CG iteration limit")

@@ -8,12 +8,14 @@ iterations, set by a stopping rule on the gradient norm, is the only regulariser
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 
 from ..acquisition import Acquisition
 from ..errors import InputError
 from ..inversion._common import Problem, check_positive, prepare
+from ..inversion.regularization import DISCREPANCY_TAU, RegularizationChoice, discrepancy_noise, is_auto, report
 from ..physics import LinearOperator, MaskOp
 from ..physics.kernels import KernelForm
 from ..solvers import SolverStatus, StatusCallback
@@ -57,7 +59,8 @@ def dfqsm(
     pad: int | Sequence[int] | None = None,
     kernel_form: KernelForm | None = None,
     step_size: float = 1.0,
-    tolerance: float = DEFAULT_TOLERANCE,
+    tolerance: float | Literal["auto"] = "auto",
+    noise_ppm: float | None = None,
     max_iterations: int = 200,
     support: bool = True,
     callback: StatusCallback | None = None,
@@ -86,13 +89,22 @@ def dfqsm(
        \rho_k = \lVert\nabla E(\chi_k)\rVert_2 \,/\, \lVert\nabla E(0)\rVert_2
               = \lVert SDM(DS\chi_k - f)\rVert_2 \,/\, \lVert SDMf\rVert_2 \le \text{tolerance},
 
-    or after ``max_iterations``. :math:`\rho` is unchanged when :math:`f` and
+    or after ``max_iterations`` (``tolerance`` a number). :math:`\rho` is unchanged when :math:`f` and
     :math:`\chi_0` are multiplied by one constant (units: ppm, Hz, radians) and when
     the grid is padded with zeros (the norms do not see zero voxels), and it does not
     grow with the number of voxels; the paper's absolute threshold does all three.
     It is the quantity CG's ``tolerance`` bounds in :func:`~torchqsm.inversion.l2`.
     The default is the paper's 0.75 divided by :math:`\lVert SDMf\rVert` of a 1 mm
     brain of 176×176×160 in ppm (docs/refine.md: both rules stop at the same iteration).
+
+    ``tolerance="auto"`` (default): the discrepancy principle (Morozov). Stop as soon as the
+    residual in the mask is as small as the noise,
+    :math:`\lVert M(DS\chi_k - f)\rVert_2/\sqrt n \le \tau\hat\sigma` (:math:`n` voxels in the
+    mask, :math:`\tau` = :data:`~torchqsm.inversion.regularization.DISCREPANCY_TAU`), with
+    :math:`\hat\sigma` = ``noise_ppm`` or estimated from the field
+    (the in-mask residual of the GCV-Tikhonov fit, as for tv): iterating further fits the noise.
+    The :math:`\rho_k` at which it stopped is reported as the ``tolerance`` chosen, so passing
+    that number reproduces the result.
 
     Parameters
     ----------
@@ -114,7 +126,10 @@ def dfqsm(
     step_size
         :math:`\alpha` (dimensionless, > 0); 1 as in the paper.
     tolerance
-        Threshold on :math:`\rho_k` (dimensionless, ≥ 0; 0 runs ``max_iterations``).
+        Threshold on :math:`\rho_k` (dimensionless, ≥ 0; 0 runs ``max_iterations``), or ``"auto"``:
+        the discrepancy principle above.
+    noise_ppm
+        Field noise σ (ppm, > 0) for ``tolerance="auto"``; None: estimated from the field.
     max_iterations
         Iteration limit (≥ 0).
     support
@@ -150,7 +165,8 @@ def dfqsm(
     whole = prepare(local_field_ppm, mask, acquisition, method="dfqsm", voxel_size_mm=voxel_size_mm, b0_dir=b0_dir,
                     pad=pad, kernel_form=kernel_form)
     alpha = check_positive("step_size", step_size)
-    threshold = check_tolerance("tolerance", tolerance)
+    auto = is_auto(tolerance, name="tolerance")
+    threshold = 0.0 if auto else check_tolerance("tolerance", tolerance)
     limit = check_iterations("max_iterations", max_iterations)
     chi = initial_estimate(chi_ppm, whole)
     region = tuple(slice(0, n) for n in whole.shape)
@@ -159,22 +175,37 @@ def dfqsm(
         problem, region = whole.cropped_to_mask()
         chi = chi[region]
     data = _data_operator(problem, support=support)
-    rhs = data.H(problem.field)  # S D M f = -∇E(0)
+    measured = MaskOp(problem.mask)(problem.field)
+    rhs = data.H(measured)  # S D M f = -∇E(0)
     reference = float(torch.linalg.vector_norm(rhs))
     if reference == 0.0:
         raise InputError("local_field_ppm has no component the dipole model can explain inside the mask "
                          "(D M f = 0): nothing to refine against")
-    gradient = data.H(data(chi)) - rhs
+    target, sigma, source = -1.0, None, None  # residual rms (ppm) at which the discrepancy principle stops
+    if auto:
+        sigma, source = discrepancy_noise("dfqsm", noise_ppm, problem.field, problem.mask, problem.dipole())
+        target = DISCREPANCY_TAU * sigma
+    count = float(problem.mask.sum())
+
+    def residual_rms(residual: torch.Tensor) -> float:
+        return float(torch.linalg.vector_norm(residual)) / count ** 0.5
+
+    residual = data(chi) - measured
+    gradient = data.H(residual)
     relative = float(torch.linalg.vector_norm(gradient)) / reference
     iteration = 0
-    while relative > threshold and iteration < limit:
+    while relative > threshold and residual_rms(residual) > target and iteration < limit:
         chi = chi - alpha * gradient
         iteration += 1
-        gradient = data.H(data(chi)) - rhs
+        residual = data(chi) - measured
+        gradient = data.H(residual)
         relative = float(torch.linalg.vector_norm(gradient)) / reference
-        if callback is not None and callback(SolverStatus(iteration, _embed(chi, region, whole), relative,
-                                                          relative <= threshold)):
+        stop = relative <= threshold or residual_rms(residual) <= target
+        if callback is not None and callback(SolverStatus(iteration, _embed(chi, region, whole), relative, stop)):
             break
+    if auto:
+        report(RegularizationChoice("dfqsm", f"discrepancy principle (tau {DISCREPANCY_TAU:g}; stopped after "
+                                    f"{iteration} iterations)", relative, sigma, source, parameter="tolerance"))
     return _embed(problem.finish(chi), region, whole)
 
 

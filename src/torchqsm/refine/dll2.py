@@ -10,6 +10,7 @@ import torch
 from ..acquisition import Acquisition
 from ..errors import ParameterError
 from ..inversion._common import check_positive, prepare, weights_from_magnitude
+from ..inversion.regularization import AUTO, Regularization, RegularizationChoice, gcv_tikhonov, is_auto, report
 from ..physics import MaskOp, WeightOp
 from ..physics.kernels import KernelForm
 from ..solvers import StatusCallback, cg
@@ -31,7 +32,7 @@ def dll2(
     b0_dir: Vector3 | None = None,
     pad: int | Sequence[int] | None = None,
     kernel_form: KernelForm | None = None,
-    regularization: float = 0.01,
+    regularization: Regularization = AUTO,
     weighting: Literal["identity", "mask"] = "identity",
     magnitude: torch.Tensor | None = None,
     max_iterations: int = 100,
@@ -72,7 +73,11 @@ def dll2(
     regularization
         :math:`\lambda` (dimensionless, > 0: the dipole kernel is dimensionless).
         With 0.01 the data decide wherever :math:`|D| \gtrsim 0.1`, the estimate
-        near the magic-angle cone.
+        near the magic-angle cone. ``"auto"`` (default): generalized cross-validation. With
+        :math:`u = \chi - \chi_0` the problem is identity Tikhonov on the field the estimate
+        leaves unexplained, :math:`\min\lVert Du - (f - D\chi_0)\rVert^2 + \lambda\lVert u\rVert^2`,
+        whose GCV minimum is closed form in k-space
+        (:func:`~torchqsm.inversion.regularization.gcv_tikhonov`); ``weighting="mask"`` uses the same λ.
     weighting
         ``"identity"`` or ``"mask"``, as above.
     magnitude
@@ -110,8 +115,16 @@ def dll2(
     """
     problem = prepare(local_field_ppm, mask, acquisition, method="dll2", voxel_size_mm=voxel_size_mm, b0_dir=b0_dir,
                       pad=pad, kernel_form=kernel_form)
-    lam = check_positive("regularization", regularization)
     chi0 = initial_estimate(chi_ppm, problem)
+    if is_auto(regularization):
+        dipole = problem.dipole()
+        kernel = dipole.kernel
+        unexplained = dipole.spectrum(problem.field) - kernel * dipole.spectrum(chi0)
+        lam = gcv_tikhonov(unexplained, kernel, torch.ones((), dtype=kernel.dtype, device=kernel.device),
+                           dipole.pad.padded_shape)
+        report(RegularizationChoice("dll2", "generalized cross-validation (Tikhonov on f - D chi0)", lam))
+    else:
+        lam = check_positive("regularization", regularization)
     if weighting not in ("identity", "mask"):
         raise ParameterError(f"weighting must be 'identity' or 'mask', got {weighting!r}")
     if weighting == "identity" and magnitude is not None:
