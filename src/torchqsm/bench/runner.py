@@ -40,7 +40,8 @@ class MethodEntry:
 
 @dataclass
 class BenchResult:
-    """What :func:`run_bench` did: every record (method-major, in the order asked), and which were computed."""
+    """What :func:`run_bench` did: every record (case-major, methods in the order asked), which runs were
+    computed and which reused, the cases run (their ``suite.json`` records plus ``folder``) and the suite index."""
 
     report_dir: Path
     records: list[dict[str, Any]]
@@ -219,7 +220,7 @@ def run_bench(
             on_record(record, True)
     computed = [(t.case, t.label) for t in pending]
     reused = [(t.case, t.label) for t in tasks if t not in pending]
-    case_meta = [dict(c, name=t.case) for c, t in zip(chosen, tasks[:: len(entries)])]
+    case_meta = [dict(c, name=t.case, folder=t.case_dir) for c, t in zip(chosen, tasks[:: len(entries)])]
     return BenchResult(out, [done[t.record_path] for t in tasks], computed, reused, case_meta, index)
 
 
