@@ -41,11 +41,24 @@ def _centre(mask: np.ndarray) -> tuple[int, int, int]:
     return tuple(int(v) for v in (index.min(0) + index.max(0)) // 2)  # type: ignore[return-value]
 
 
-def _slices(volume: np.ndarray, centre: Sequence[int], voxel: Sequence[float]) -> list[tuple[np.ndarray, float]]:
-    """Axial, coronal and sagittal slices through ``centre`` (transposed for display) and their aspect."""
+def _mosaic(volume: np.ndarray, centre: Sequence[int], voxel: Sequence[float]) -> np.ndarray:
+    """Axial, coronal and sagittal slices through ``centre`` side by side, square pixels, NaN between.
+
+    One image per row keeps the figures quick to draw (few axes); each slice is repeated
+    along an axis whose voxels are coarser, so anatomy keeps its proportions.
+    """
     i, j, k = centre
-    return [(volume[:, :, k].T, voxel[1] / voxel[0]), (volume[:, j, :].T, voxel[2] / voxel[0]),
-            (volume[i, :, :].T, voxel[2] / voxel[1])]
+    finest = min(voxel)
+    repeat = [max(1, round(h / finest)) for h in voxel]
+
+    def plane(image: np.ndarray, a: int, b: int) -> np.ndarray:
+        return np.repeat(np.repeat(image, repeat[a], 0), repeat[b], 1).T  # rows: second axis, shown upwards
+
+    planes = [plane(volume[:, :, k], 0, 1), plane(volume[:, j, :], 0, 2), plane(volume[i, :, :], 1, 2)]
+    height = max(p.shape[0] for p in planes)
+    gap = np.full((height, 2), np.nan, dtype=np.float32)
+    padded = [np.vstack([p, np.full((height - p.shape[0], p.shape[1]), np.nan, dtype=np.float32)]) for p in planes]
+    return np.hstack([padded[0], gap, padded[1], gap, padded[2]])
 
 
 def _save(figure: Figure, path: str | Path) -> Path:
@@ -58,15 +71,21 @@ def _scales(truth: np.ndarray, errors: Sequence[np.ndarray], mask: np.ndarray) -
     return chi, float(np.percentile(pooled, 99.5)) or chi
 
 
-def _row(axes, volume: np.ndarray, centre, voxel, limit: float, cmap: str, label: str):
-    image = None
-    for axis, (plane, aspect) in zip(axes, _slices(volume, centre, voxel)):
-        image = axis.imshow(plane, cmap=cmap, vmin=-limit, vmax=limit, origin="lower", aspect=aspect,
-                            interpolation="nearest")
-        axis.set_xticks([])
-        axis.set_yticks([])
-    axes[0].set_ylabel(label, fontsize=8)
-    return image
+def _show(axis, image: np.ndarray, limit: float, cmap: str, label: str = ""):
+    shown = axis.imshow(image, cmap=cmap, vmin=-limit, vmax=limit, origin="lower", interpolation="nearest")
+    axis.set_xticks([])
+    axis.set_yticks([])
+    for spine in axis.spines.values():
+        spine.set_visible(False)
+    if label:
+        axis.set_ylabel(label, fontsize=8)
+    return shown
+
+
+def _colorbar(figure: Figure, image, box: Sequence[float], label: str) -> None:
+    bar = figure.colorbar(image, cax=figure.add_axes(box))
+    bar.set_label(label, fontsize=8)
+    bar.ax.tick_params(labelsize=7)
 
 
 def case_figure(path: str | Path, case: str, truth: np.ndarray, mask: np.ndarray, estimates: dict[str, np.ndarray],
@@ -86,19 +105,22 @@ def case_figure(path: str | Path, case: str, truth: np.ndarray, mask: np.ndarray
     errors = {label: np.where(mask, chi - reference, 0.0) for label, chi in maps.items()}
     chi_limit, error_limit = _scales(reference, list(errors.values()), mask)
     centre = _centre(mask)
+    truth_image = _mosaic(reference, centre, voxel_size_mm)
+    aspect = truth_image.shape[0] / truth_image.shape[1]
     rows = 1 + len(maps)
-    figure = Figure(figsize=(10, 1.7 * rows + 0.6), layout="constrained")
-    axes = figure.subplots(rows, 6, squeeze=False)
-    chi_image = _row(axes[0, :3], reference, centre, voxel_size_mm, chi_limit, "gray", "truth")
-    for axis in axes[0, 3:]:
-        axis.set_axis_off()
+    height = rows * 4.3 * aspect + 0.5
+    figure = Figure(figsize=(10, height))
+    figure.subplots_adjust(left=0.04, right=0.9, bottom=0.02, top=1 - 0.4 / height, wspace=0.03, hspace=0.06)
+    axes = figure.subplots(rows, 2, squeeze=False)
+    chi_image = _show(axes[0, 0], truth_image, chi_limit, "gray", "truth")
+    axes[0, 1].set_axis_off()
     error_image = None
     for r, (label, chi) in enumerate(maps.items(), start=1):
-        _row(axes[r, :3], chi, centre, voxel_size_mm, chi_limit, "gray", label)
-        error_image = _row(axes[r, 3:], errors[label], centre, voxel_size_mm, error_limit, "RdBu_r", "")
-    figure.colorbar(chi_image, ax=axes[:, :3].ravel().tolist(), label="χ (ppm, demeaned)", shrink=0.6)
+        _show(axes[r, 0], _mosaic(chi, centre, voxel_size_mm), chi_limit, "gray", label)
+        error_image = _show(axes[r, 1], _mosaic(errors[label], centre, voxel_size_mm), error_limit, "RdBu_r")
+    _colorbar(figure, chi_image, (0.915, 0.55, 0.012, 0.35), "χ (ppm, demeaned)")
     if error_image is not None:
-        figure.colorbar(error_image, ax=axes[:, 3:].ravel().tolist(), label="error (ppm)", shrink=0.6)
+        _colorbar(figure, error_image, (0.915, 0.08, 0.012, 0.35), "χ − truth (ppm)")
     figure.suptitle(f"{case}: χ (left) and χ − truth (right), one scale each", fontsize=10)
     return _save(figure, path)
 
@@ -112,15 +134,14 @@ def run_figure(path: str | Path, record: dict[str, Any], truth: np.ndarray, mask
     error = np.where(mask, estimate - reference, 0.0)
     chi_limit, error_limit = _scales(reference, [error], mask)
     centre = _centre(mask)
-    figure = Figure(figsize=(10, 3.8), layout="constrained")
-    grid = figure.add_gridspec(2, 4)
-    chi_axes = [figure.add_subplot(grid[0, c]) for c in range(3)]
-    error_axes = [figure.add_subplot(grid[1, c]) for c in range(3)]
-    chi_image = _row(chi_axes, estimate, centre, voxel_size_mm, chi_limit, "gray", "χ")
-    error_image = _row(error_axes, error, centre, voxel_size_mm, error_limit, "RdBu_r", "χ − truth")
-    figure.colorbar(chi_image, ax=chi_axes, label="ppm", shrink=0.8)
-    figure.colorbar(error_image, ax=error_axes, label="ppm", shrink=0.8)
-    scatter = figure.add_subplot(grid[:, 3])
+    figure = Figure(figsize=(10, 4))
+    left = figure.add_axes((0.04, 0.52, 0.56, 0.38))
+    chi_image = _show(left, _mosaic(estimate, centre, voxel_size_mm), chi_limit, "gray", "χ")
+    lower = figure.add_axes((0.04, 0.06, 0.56, 0.38))
+    error_image = _show(lower, _mosaic(error, centre, voxel_size_mm), error_limit, "RdBu_r", "χ − truth")
+    _colorbar(figure, chi_image, (0.61, 0.55, 0.01, 0.32), "ppm")
+    _colorbar(figure, error_image, (0.61, 0.09, 0.01, 0.32), "ppm")
+    scatter = figure.add_axes((0.74, 0.14, 0.24, 0.72))
     rows = record.get("roi") or []
     if rows:
         x = np.array([row["mean_reference"] for row in rows])
@@ -130,8 +151,9 @@ def run_figure(path: str | Path, record: dict[str, Any], truth: np.ndarray, mask
         scatter.plot([low, high], [low, high], color="0.6", linewidth=0.8)
         slope = record.get("roi_slope")
         scatter.set_title(f"ROI means, slope {slope:.2f}" if slope is not None else "ROI means", fontsize=9)
-    scatter.set_xlabel("truth (ppm)")
-    scatter.set_ylabel("estimate (ppm)")
+    scatter.set_xlabel("truth (ppm)", fontsize=8)
+    scatter.set_ylabel("estimate (ppm)", fontsize=8)
+    scatter.tick_params(labelsize=7)
     figure.suptitle(f"{record['method']} on {record['case']}: NRMSE {record['nrmse']:.1f} %", fontsize=10)
     return _save(figure, path)
 
@@ -146,7 +168,8 @@ def trend_figure(path: str | Path, records: Sequence[dict[str, Any]], cases: Seq
               if c.get("varies") in ("baseline", varies) and c.get(parameter) is not None}
     if len(chosen) < 2:
         return None
-    figure = Figure(figsize=(5.5, 3.6), layout="constrained")
+    figure = Figure(figsize=(5.5, 3.6))
+    figure.subplots_adjust(left=0.13, right=0.97, bottom=0.14, top=0.95)
     axis = figure.add_subplot()
     for method in dict.fromkeys(r["method"] for r in records):
         points = sorted((chosen[r["case"]], r[metric]) for r in records
@@ -166,7 +189,8 @@ def trend_figure(path: str | Path, records: Sequence[dict[str, Any]], cases: Seq
 
 def runtime_figure(path: str | Path, records: Sequence[dict[str, Any]], *, metric: str = "nrmse") -> Path | None:
     """Mean inversion time (s) against mean ``metric`` over the cases, one point per method."""
-    figure = Figure(figsize=(5.5, 3.6), layout="constrained")
+    figure = Figure(figsize=(5.5, 3.6))
+    figure.subplots_adjust(left=0.13, right=0.97, bottom=0.14, top=0.95)
     axis = figure.add_subplot()
     drawn = 0
     for method in dict.fromkeys(r["method"] for r in records):
