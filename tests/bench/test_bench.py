@@ -52,7 +52,7 @@ def test_every_method_on_every_case_scored(full):
             assert record["status"] == "failed" and "4-D" in record["error"] and "\n" not in record["error"]
             continue
         assert record["status"] == "ok", record.get("error")
-        assert 10.0 < record["nrmse"] < 100.0 and record["nrmse_demeaned"] <= record["nrmse"] + 1e-9
+        assert 10.0 < record["nrmse"] < 100.0 and abs(record["nrmse_demeaned"] - record["nrmse"]) < 5.0
         assert 0.0 < record["ssim"] < 1.0 and 0.0 < record["pearson"] < 1.0 and math.isfinite(record["psnr"])
         assert 0.3 < record["roi_slope"] < 1.2 and len(record["roi"]) > 5
         assert record["seconds"] > 0 and record["peak_memory_mib"] > 10
@@ -150,9 +150,10 @@ def test_missing_or_stale_runs_are_recomputed(suite, full, tmp_path):
 
 
 def test_dask_workers_give_the_serial_results(suite, full, tmp_path):
-    result = run_bench(suite, tmp_path, METHODS[:2], workers=2)
-    assert len(result.computed) == 6
-    serial = [r for r in full[0].records if r["method"] in METHODS[:2]]
+    """Two local worker processes (the cluster's start dominates: ~5 s idle, ~20 s on a loaded machine)."""
+    result = run_bench(suite, tmp_path, ["tkd", "cosmos"], workers=2)
+    assert len(result.computed) == 6 and len(result.failed) == 3
+    serial = [r for r in full[0].records if r["method"] in ("tkd", "cosmos")]
     assert accuracy_csv(result.records) == accuracy_csv(serial)
 
 

@@ -120,7 +120,7 @@ def run_file_stem(label: str) -> str:
     """A file name for a method label: safe characters, plus a short hash when any were replaced.
 
     >>> run_file_stem("tv"), run_file_stem("tkd:threshold=0.1")
-    ('tv', 'tkd_threshold_0.1-1c0b8d')
+    ('tv', 'tkd_threshold_0.1-a8330d')
     """
     safe = re.sub(r"[^A-Za-z0-9._+-]", "_", label)
     return safe if safe == label else f"{safe}-{hashlib.sha256(label.encode()).hexdigest()[:6]}"

@@ -1,0 +1,99 @@
+#!/usr/bin/env python
+"""Wall time of ``torchqsm bench`` serially and on a local Dask cluster of 2 workers.
+
+The same CPU-bound runs (iterative methods on cases of the small evaluation suite) are
+benchmarked three times into fresh report folders: serially in one process with one torch
+thread, serially with two torch threads, and on a local Dask cluster of 2 single-threaded
+worker processes (cluster start and stop included). The results must agree (accuracy columns
+of the CSV); the wall times go into the section between ``<!-- bench-bench:parallel -->`` and
+``<!-- /bench-bench:parallel -->`` of docs/benchmarks.md (appended if missing; the rest of the
+file is kept).
+
+Example::
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_bench_parallel.py --suite-dir /tmp/suite
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from torchqsm.bench import build_suite, run_bench
+from torchqsm.bench.tables import COLUMNS, TIMING_COLUMNS, csv_text
+
+REPO = Path(__file__).resolve().parents[1]
+BEGIN, END = "<!-- bench-bench:parallel -->", "<!-- /bench-bench:parallel -->"
+CASES = ("baseline", "tilt-30deg", "snr-30", "haemorrhage")
+METHODS = ("tv:max_iterations=50", "l2:max_iterations=50")
+
+
+def timed(suite: Path, workers: int, threads: int, methods, cases) -> tuple[float, list[dict]]:
+    torch.set_num_threads(threads)
+    out = Path(tempfile.mkdtemp(prefix="bench-parallel-"))
+    try:
+        started = time.perf_counter()
+        result = run_bench(suite, out, list(methods), cases=list(cases), workers=workers)
+        seconds = time.perf_counter() - started
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    assert len(result.computed) == len(result.records) and not result.failed, result.failed
+    return seconds, result.records
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--suite-dir", type=Path, required=True, help="small suite (built there if missing)")
+    parser.add_argument("--output", type=Path, default=REPO / "docs" / "benchmarks.md")
+    parser.add_argument("--print-only", action="store_true")
+    args = parser.parse_args()
+    if not (args.suite_dir / "suite.json").is_file():
+        build_suite(args.suite_dir, small=True, cases=CASES)
+    load_before = os.getloadavg()
+    rows = []
+    reference = None
+    for label, workers, threads in (("serial, 1 process × 1 thread", 1, 1), ("serial, 1 process × 2 threads", 1, 2),
+                                    ("Dask LocalCluster, 2 workers × 1 thread", 2, 1)):
+        seconds, records = timed(args.suite_dir, workers, threads, METHODS, CASES)
+        accuracy = csv_text(records, [c for c in COLUMNS if c not in TIMING_COLUMNS])
+        reference = reference or accuracy
+        rows.append((label, seconds, sum(r["seconds"] for r in records), accuracy == reference))
+        print(f"{label}: {seconds:.1f} s wall", file=sys.stderr, flush=True)
+    load_after = os.getloadavg()
+    date = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    runs = len(CASES) * len(METHODS)
+    lines = [BEGIN, "## `torchqsm bench`: serial against 2 Dask workers (CPU)", "",
+             f"{runs} runs: {', '.join(METHODS)} on {', '.join(CASES)} of the small (2 mm) suite, each into a fresh "
+             f"report folder (`benchmarks/bench_bench_parallel.py`, {date}, {platform.machine()}, "
+             f"{os.cpu_count()} cores, torch {torch.__version__}). Wall time of `run_bench` (Dask cluster start and "
+             "stop included); 'sum of runs' adds the inversion times the runs recorded.", "",
+             "| how | wall (s) | sum of runs (s) | speed-up | same accuracy table |", "| --- | ---: | ---: | ---: | --- |"]
+    for label, seconds, summed, same in rows:
+        lines.append(f"| {label} | {seconds:.1f} | {summed:.1f} | {rows[0][1] / seconds:.2f}× | {'yes' if same else 'NO'} |")
+    lines += ["", f"Load average (1 min) before/after: {load_before[0]:.1f} / {load_after[0]:.1f} — the machine's "
+              "2 cores were shared with other jobs, so the numbers carry that noise.", END]
+    section = "\n".join(lines) + "\n"
+    print(section)
+    if args.print_only:
+        return 0
+    text = args.output.read_text(encoding="utf-8") if args.output.exists() else ""
+    if BEGIN in text and END in text:
+        head, rest = text.split(BEGIN, 1)
+        text = head + section.rstrip("\n") + rest.split(END, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    args.output.write_text(text, encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
