@@ -157,6 +157,12 @@ def test_dask_workers_give_the_serial_results(suite, full, tmp_path):
     assert accuracy_csv(result.records) == accuracy_csv(serial)
 
 
+def test_one_case_folder_is_a_dataset(suite, full, tmp_path):
+    result = run_bench(suite / "baseline", tmp_path, ["tkd"], workers=1)
+    assert [(r["case"], r["status"]) for r in result.records] == [("baseline", "ok")]
+    assert result.records[0]["nrmse"] == full[0].records[0]["nrmse"]
+
+
 def test_user_errors(suite, tmp_path):
     with pytest.raises(ParameterError, match="unknown method 'nope'"):
         run_bench(suite, tmp_path, ["nope"])

@@ -139,7 +139,7 @@ def read_record(path: str | Path) -> dict[str, Any] | None:
     return record
 
 
-@lru_cache(maxsize=4)
+@lru_cache(maxsize=2)
 def _case(case_dir: str, digest: str) -> tuple[SuiteInput, torch.Tensor | None, torch.Tensor | None]:
     """The loaded case, its RSS magnitude (for methods that need one) and lesion mask; cached per worker."""
     case = load_case(case_dir)
