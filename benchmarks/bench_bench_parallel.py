@@ -2,10 +2,12 @@
 """Wall time of ``torchqsm bench`` serially and on a local Dask cluster of 2 workers.
 
 The same CPU-bound runs (iterative methods on cases of the small evaluation suite) are
-benchmarked three times into fresh report folders: serially in one process with one torch
-thread, serially with two torch threads, and on a local Dask cluster of 2 single-threaded
-worker processes (cluster start and stop included). The results must agree (accuracy columns
-of the CSV); the wall times go into the section between ``<!-- bench-bench:parallel -->`` and
+benchmarked into fresh report folders, serially in one process with one torch thread and on a
+local Dask cluster of 2 single-threaded worker processes (cluster start and stop included),
+alternating ``--repeats`` times so that a drifting machine load hits both alike. The results
+must agree (accuracy columns of the CSV). CPU seconds (this process and its reaped children,
+the Dask workers) show how much of the machine each run got. The wall times go into the
+section between ``<!-- bench-bench:parallel -->`` and
 ``<!-- /bench-bench:parallel -->`` of docs/benchmarks.md (appended if missing; the rest of the
 file is kept).
 
@@ -20,7 +22,9 @@ import argparse
 import datetime as _dt
 import os
 import platform
+import resource
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -34,53 +38,71 @@ from torchqsm.bench.tables import COLUMNS, TIMING_COLUMNS, csv_text
 REPO = Path(__file__).resolve().parents[1]
 BEGIN, END = "<!-- bench-bench:parallel -->", "<!-- /bench-bench:parallel -->"
 CASES = ("baseline", "tilt-30deg", "snr-30", "haemorrhage")
-METHODS = ("tv:max_iterations=50", "l2:max_iterations=50")
+METHODS = ("tv:max_iterations=30", "l2:max_iterations=30")
 
 
-def timed(suite: Path, workers: int, threads: int, methods, cases) -> tuple[float, list[dict]]:
+def _cpu_seconds() -> float:
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def timed(suite: Path, workers: int, threads: int, methods, cases) -> tuple[float, float, list[dict]]:
     torch.set_num_threads(threads)
     out = Path(tempfile.mkdtemp(prefix="bench-parallel-"))
     try:
+        cpu = _cpu_seconds()
         started = time.perf_counter()
         result = run_bench(suite, out, list(methods), cases=list(cases), workers=workers)
         seconds = time.perf_counter() - started
+        cpu = _cpu_seconds() - cpu
     finally:
         shutil.rmtree(out, ignore_errors=True)
     assert len(result.computed) == len(result.records) and not result.failed, result.failed
-    return seconds, result.records
+    return seconds, cpu, result.records
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--suite-dir", type=Path, required=True, help="small suite (built there if missing)")
     parser.add_argument("--output", type=Path, default=REPO / "docs" / "benchmarks.md")
+    parser.add_argument("--repeats", type=int, default=2, help="alternations of serial and Dask (default 2)")
     parser.add_argument("--print-only", action="store_true")
     args = parser.parse_args()
     if not (args.suite_dir / "suite.json").is_file():
         build_suite(args.suite_dir, small=True, cases=CASES)
     load_before = os.getloadavg()
-    rows = []
+    configurations = (("serial, 1 process × 1 thread", 1), ("Dask LocalCluster, 2 workers × 1 thread", 2))
+    walls: dict[str, list[float]] = {label: [] for label, _ in configurations}
+    cpus: dict[str, list[float]] = {label: [] for label, _ in configurations}
+    same: dict[str, bool] = {label: True for label, _ in configurations}
     reference = None
-    for label, workers, threads in (("serial, 1 process × 1 thread", 1, 1), ("serial, 1 process × 2 threads", 1, 2),
-                                    ("Dask LocalCluster, 2 workers × 1 thread", 2, 1)):
-        seconds, records = timed(args.suite_dir, workers, threads, METHODS, CASES)
-        accuracy = csv_text(records, [c for c in COLUMNS if c not in TIMING_COLUMNS])
-        reference = reference or accuracy
-        rows.append((label, seconds, sum(r["seconds"] for r in records), accuracy == reference))
-        print(f"{label}: {seconds:.1f} s wall", file=sys.stderr, flush=True)
+    for _ in range(args.repeats):
+        for label, workers in configurations:
+            seconds, cpu, records = timed(args.suite_dir, workers, 1, METHODS, CASES)
+            accuracy = csv_text(records, [c for c in COLUMNS if c not in TIMING_COLUMNS])
+            reference = reference or accuracy
+            walls[label].append(seconds)
+            cpus[label].append(cpu)
+            same[label] &= accuracy == reference
+            print(f"{label}: {seconds:.1f} s wall, {cpu:.1f} s CPU, load {os.getloadavg()[0]:.1f}", file=sys.stderr,
+                  flush=True)
     load_after = os.getloadavg()
     date = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     runs = len(CASES) * len(METHODS)
+    serial = statistics.median(walls[configurations[0][0]])
     lines = [BEGIN, "## `torchqsm bench`: serial against 2 Dask workers (CPU)", "",
-             f"{runs} runs: {', '.join(METHODS)} on {', '.join(CASES)} of the small (2 mm) suite, each into a fresh "
-             f"report folder (`benchmarks/bench_bench_parallel.py`, {date}, {platform.machine()}, "
-             f"{os.cpu_count()} cores, torch {torch.__version__}). Wall time of `run_bench` (Dask cluster start and "
-             "stop included); 'sum of runs' adds the inversion times the runs recorded.", "",
-             "| how | wall (s) | sum of runs (s) | speed-up | same accuracy table |", "| --- | ---: | ---: | ---: | --- |"]
-    for label, seconds, summed, same in rows:
-        lines.append(f"| {label} | {seconds:.1f} | {summed:.1f} | {rows[0][1] / seconds:.2f}× | {'yes' if same else 'NO'} |")
-    lines += ["", f"Load average (1 min) before/after: {load_before[0]:.1f} / {load_after[0]:.1f} — the machine's "
-              "2 cores were shared with other jobs, so the numbers carry that noise.", END]
+             f"{runs} runs: {', '.join(METHODS)} on {', '.join(CASES)} of the small (2 mm) suite, each bench into a "
+             f"fresh report folder, serial and Dask alternating {args.repeats}× (`benchmarks/bench_bench_parallel.py`, "
+             f"{date}, {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}). Wall time of "
+             "`run_bench`, Dask cluster start and stop included; CPU is this process plus its workers.", "",
+             "| how | wall (s), median | each (s) | CPU (s), median | speed-up | same accuracy table |",
+             "| --- | ---: | --- | ---: | ---: | --- |"]
+    for label, _ in configurations:
+        wall = statistics.median(walls[label])
+        lines.append(f"| {label} | {wall:.1f} | {', '.join(f'{w:.1f}' for w in walls[label])} | "
+                     f"{statistics.median(cpus[label]):.1f} | {serial / wall:.2f}× | {'yes' if same[label] else 'NO'} |")
+    lines += ["", f"Load average (1 min) before/after: {load_before[0]:.1f} / {load_after[0]:.1f} on "
+              f"{os.cpu_count()} cores: other jobs shared the machine, so the numbers carry that noise.", END]
     section = "\n".join(lines) + "\n"
     print(section)
     if args.print_only:

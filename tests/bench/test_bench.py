@@ -9,7 +9,6 @@ import json
 import math
 import shutil
 from html.parser import HTMLParser
-from pathlib import Path
 
 import pytest
 
