@@ -102,7 +102,11 @@ def main() -> int:
         lines.append(f"| {label} | {wall:.1f} | {', '.join(f'{w:.1f}' for w in walls[label])} | "
                      f"{statistics.median(cpus[label]):.1f} | {serial / wall:.2f}× | {'yes' if same[label] else 'NO'} |")
     lines += ["", f"Load average (1 min) before/after: {load_before[0]:.1f} / {load_after[0]:.1f} on "
-              f"{os.cpu_count()} cores: other jobs shared the machine, so the numbers carry that noise.", END]
+              f"{os.cpu_count()} cores: other jobs shared the machine, so the numbers carry that noise.", "",
+              "The Dask column pays a fixed cost: the scheduler, 2 nannies and 2 workers start (each worker imports "
+              "torch and torchqsm, about 4.5 s of CPU) and stop. Dask's default `MALLOC_TRIM_THRESHOLD_=65536` for "
+              "workers doubled the CPU time of the runs themselves (30 TV iterations: 15.0 s against 7.4 s); "
+              "`torchqsm bench` starts its workers without it.", END]
     section = "\n".join(lines) + "\n"
     print(section)
     if args.print_only:
