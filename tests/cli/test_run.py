@@ -193,3 +193,26 @@ def test_reference_region_sets_its_mean_to_zero(gre_files, tmp_path):
     assert abs(chi[eroded].mean()) > 1e-4  # the mask mean is no longer the zero
     record = json.loads((out / "phase_Chimap.json").read_text())
     assert record["Parameters"]["reference"] == "region" and "reference_mask" in record["Inputs"]
+
+
+def test_report_writes_one_offline_page_per_subject(gre_files, tmp_path, capsys):
+    from html.parser import HTMLParser
+
+    mag, phase, _ = gre_files
+    out = tmp_path / "out"
+    assert _run("--mag", mag, "--phase", phase, "--echo-times", *ECHO_TIMES, "--b0-tesla", 3, "-o", out,
+                "--report", "--no-qc") == 0
+    page = out / "phase_Chimap_report.html"
+    assert f"report {page}" in capsys.readouterr().err
+    text = page.read_text(encoding="utf-8")
+    sources: list[str] = []
+
+    class Images(HTMLParser):
+        def handle_starttag(self, tag, attrs):
+            sources.extend(value for name, value in attrs if name in ("src", "href"))
+
+    Images().feed(text)
+    # total field, local field, χ, brain mask, eroded mask: every map embedded, nothing fetched.
+    assert len(sources) == 5 and all(s.startswith("data:image/png;base64,") for s in sources)
+    method = json.loads((out / "phase_Chimap.json").read_text())["Method"]
+    assert "http" not in text and "dipole inversion" in text and f"<code>{method}</code>" in text

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from .. import __version__
 from ..errors import TorchQSMError
+from .bench import add_bench_parser
 from .commands import run_invert, run_methods, run_score
 from .models import add_models_parser
 from .run import add_run_parser
@@ -73,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_simulate_parser(commands)
     add_models_parser(commands)
     add_train_parser(commands)
+    add_bench_parser(commands)
     return parser
 
 

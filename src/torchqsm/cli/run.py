@@ -74,6 +74,9 @@ def add_run_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentPar
     other.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     other.add_argument("--overwrite", action="store_true", help="replace existing outputs (and rerun finished subjects)")
     other.add_argument("--no-qc", action="store_true", help="do not write the QC figure")
+    other.add_argument("--report", action="store_true",
+                       help="also write <stem>_Chimap_report.html per finished subject: every step's map, timings, "
+                            "parameters (offline, images embedded)")
     other.add_argument("--verbose", action="store_true", help="also print the recipe and notes")
     other.add_argument("--quiet", action="store_true", help="print errors only")
     run.set_defaults(handler=run_pipeline)
@@ -135,6 +138,7 @@ def run_pipeline(args: argparse.Namespace) -> int:
         run_files(args.mag, args.phase, args.output_dir, recipe=recipe, echo_times_s=args.echo_times,
                   b0_tesla=args.b0_tesla, mask=args.mask, reference_mask=args.reference_mask, phase_sign=args.phase_sign, device=device,
                   overwrite=args.overwrite, qc=not args.no_qc, log=log)
+        _reports(args, args.output_dir)
         return 0
     if len(args.bids) != 2:
         raise ParameterError("give BIDS_DIR OUT_DIR, or --mag/--phase/-o for files")
@@ -151,4 +155,17 @@ def run_pipeline(args: argparse.Namespace) -> int:
           file=sys.stderr)
     for outcome in failed:
         print(f"torchqsm run: error: {outcome.key}: {outcome.message}", file=sys.stderr)
+    _reports(args, out_dir)
     return 1 if failed else 0
+
+
+def _reports(args: argparse.Namespace, out_dir: str) -> None:
+    """With ``--report``: the HTML page of every finished subject under ``out_dir``."""
+    if not args.report:
+        return
+    from ..bench.subject_report import finished_chi_maps, subject_report
+
+    for chi in finished_chi_maps(out_dir):
+        page = subject_report(chi)
+        if not args.quiet:
+            print(f"torchqsm run: report {page}", file=sys.stderr)
