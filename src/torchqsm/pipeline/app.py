@@ -22,7 +22,7 @@ from typing import Literal
 import torch
 
 from .. import __version__
-from ..errors import InputError, ParameterError, TorchQSMError
+from ..errors import InputError, ParameterError, describe_failure
 from ..io import load_mask
 from ..io.bids import discover_gre
 from ..io.derivatives import DERIVATIVE_SUFFIXES, derivative_path, write_dataset_description
@@ -113,9 +113,11 @@ def _safe_job(job: Job, threads: int | None, quiet: bool) -> Outcome:
     started = time.perf_counter()
     try:
         return run_job(job, log=None if quiet else _stderr, threads=threads)
-    except TorchQSMError as error:
-        return Outcome(job.key, "failed", str(error), time.perf_counter() - started)
-    except Exception as error:  # a bug, not a user error: report it with its location, go on with the others
+    except Exception as error:
+        described = describe_failure(error)  # a bad input, the OS refusing, memory: one line
+        if described is not None:
+            return Outcome(job.key, "failed", described[1], time.perf_counter() - started)
+        # a bug, not a user error: report it with its location, go on with the others
         where = traceback.extract_tb(error.__traceback__)[-1]
         return Outcome(job.key, "failed", f"internal error {type(error).__name__}: {error} "
                        f"({Path(where.filename).name}:{where.lineno})", time.perf_counter() - started)

@@ -130,8 +130,11 @@ def process_gre(
                   given_mask=None if mask is None else mask.to(device) != 0,
                   reference_mask=None if reference_mask is None else reference_mask.to(device) != 0)
     for stage in planned:
+        seen = len(state.notes)
         with steps.step(stage.label, stage.detail):
             state = stage(state)
+        for text in state.notes[seen:]:  # what the stage adapted: one log line each
+            steps.note(text)
     used = {p.stage: {"step": p.step.name, "parameters": dict(p.values)} for p in planned}
     used["invert"]["parameters"] = inversion_record(recipe.inversion, planned[4].values, acquisition,
                                                       state.regularization)
