@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["TorchQSMError", "InputError", "ParameterError", "check_positive", "check_voxel_size",
+__all__ = ["TorchQSMError", "InputError", "ParameterError", "ResourceError", "check_positive", "check_voxel_size",
            "EXIT_CODES", "describe_failure"]
 
 #: Exit status of the ``torchqsm`` command for each kind of ending (also in the README).
@@ -47,6 +47,10 @@ class InputError(TorchQSMError, ValueError):
 
 class ParameterError(TorchQSMError, ValueError):
     """A method name or parameter is unknown or out of range."""
+
+
+class ResourceError(TorchQSMError):
+    """The input is valid but the machine lacks what it needs (memory); exit status 4 on the command line."""
 
 
 def check_positive(name: str, value: float, *, allow_zero: bool = False) -> float:
@@ -99,6 +103,8 @@ def describe_failure(error: BaseException) -> tuple[str, str] | None:
     >>> describe_failure(ZeroDivisionError("division by zero")) is None
     True
     """
+    if isinstance(error, ResourceError):
+        return "memory", str(error)
     if isinstance(error, TorchQSMError):
         return "input", str(error)
     if isinstance(error, KeyboardInterrupt):

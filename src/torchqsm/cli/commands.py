@@ -16,7 +16,7 @@ import torch
 from ..errors import InputError, ParameterError
 from ..inversion.regularization import choices_record, collect_choices, record_choices
 from ..io import Volume, check_same_grid, load_mask, load_nifti, save_nifti, sidecar_path_for, write_sidecar
-from ..io._atomic import check_output_path
+from ..io._atomic import check_output_path, check_writable_folder
 from ..io.acquisition import acquisition_from_nifti
 from ..metrics import METRIC_DESCRIPTIONS, score
 from ..physics import normalize_b0_dir
@@ -73,6 +73,7 @@ def run_invert(args: argparse.Namespace) -> int:
     if not (output.name.endswith(".nii") or output.name.endswith(".nii.gz")):
         raise ParameterError("the output must be a .nii or .nii.gz file", source=str(output))
     sidecar = check_output_path(sidecar_path_for(output), overwrite=args.overwrite)
+    check_writable_folder(output.parent)
 
     field = load_nifti(args.field, role="field", ndim=(3, 4) if spec.multi_orientation else 3)
     mask = load_mask(args.mask, like=field)

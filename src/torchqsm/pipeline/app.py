@@ -26,6 +26,7 @@ from ..errors import InputError, ParameterError, describe_failure
 from ..io import load_mask
 from ..io.bids import discover_gre
 from ..io.derivatives import DERIVATIVE_SUFFIXES, derivative_path, write_dataset_description
+from ..io._atomic import check_writable_folder
 from ..io.gre import load_gre
 from .outputs import OUTPUT_UNITS, is_finished, write_result
 from .recipes import Recipe
@@ -156,9 +157,7 @@ def run_files(
     ``<stem>`` is the phase file's name without its extension and its ``part-``/``echo-``
     entities (``sub-01_echo-1_part-phase_MEGRE.nii.gz`` → ``sub-01``).
     """
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise InputError("the output path is a file, not a folder", source=str(out))
+    out = check_writable_folder(out_dir)  # before any work, not after the whole computation
     stem = _file_stem(phase[0])
     job = Job(key="", magnitude_files=tuple(map(str, magnitude)), phase_files=tuple(map(str, phase)),
               outputs=_output_paths(lambda suffix: out / f"{stem}_{suffix}.nii.gz"),
@@ -187,6 +186,7 @@ def plan_bids_jobs(
     qc: bool = True,
 ) -> list[Job]:
     """One :class:`Job` per GRE run found in ``bids_dir`` (outputs under ``out_dir``)."""
+    check_writable_folder(out_dir)
     runs = discover_gre(bids_dir, participant_labels=participant_labels, sessions=sessions)
     jobs = []
     for run in runs:
