@@ -22,6 +22,7 @@ from ..metrics import METRIC_DESCRIPTIONS, score
 from ..physics import normalize_b0_dir
 from ..pipeline.registry import METHODS, MethodSpec, get_method, invert
 from ..pipeline.specs import REQUIRED, parse_assignments
+from ..validation import check_local_field_units
 from .progress import progress_callback
 
 __all__ = ["run_invert", "run_methods", "run_score"]
@@ -77,6 +78,8 @@ def run_invert(args: argparse.Namespace) -> int:
 
     field = load_nifti(args.field, role="field", ndim=(3, 4) if spec.multi_orientation else 3)
     mask = load_mask(args.mask, like=field)
+    check_local_field_units(field.data, mask.data if field.data.ndim == 3 else mask.data[..., None].repeat(
+        field.data.shape[-1], -1), source=args.field)
     inputs: dict[str, str] = {"field": args.field, "mask": args.mask}
     if args.magnitude:
         magnitude = load_nifti(args.magnitude, role="magnitude", ndim=3)
@@ -198,6 +201,10 @@ def run_score(args: argparse.Namespace) -> int:
         if not np.all(label_volume.data == np.round(label_volume.data)):
             raise InputError("labels must be integers", source=args.labels)
         labels = label_volume.data.astype(np.int64)
+    inside = reference.data[mask.data]
+    if inside.size and float(inside.max() - inside.min()) == 0.0:  # SSIM, PSNR and correlation need contrast
+        raise InputError("the reference is constant inside the mask: HFEN, SSIM, PSNR, correlation and the "
+                         "detrended NRMSE are undefined; check the reference and mask files", source=args.reference)
     try:
         result = score(estimate.data, reference.data, mask.data, labels=labels)
     except ValueError as error:
