@@ -27,6 +27,7 @@ from ..io import load_mask
 from ..io.bids import discover_gre
 from ..io.derivatives import DERIVATIVE_SUFFIXES, derivative_path, write_dataset_description
 from ..io._atomic import check_writable_folder
+from ..io._fileset import recover
 from ..io.gre import load_gre
 from .outputs import OUTPUT_UNITS, is_finished, write_result
 from .recipes import Recipe
@@ -164,6 +165,9 @@ def run_files(
               qc_path=out / f"{stem}_{DERIVATIVE_SUFFIXES['qc']}.png" if qc else None, recipe=recipe,
               echo_times_s=tuple(echo_times_s) if echo_times_s else None, b0_tesla=b0_tesla, mask_file=mask,
               reference_mask_file=reference_mask, phase_sign=phase_sign, device=device, overwrite=overwrite)
+    for line in recover(out):  # a killed run's staging folder: its previous results back, or nothing
+        if log is not None:
+            log(line)
     if not overwrite:
         existing = [p for p in [*job.outputs.values(), job.qc_path] if p is not None and p.exists()]
         if existing:
