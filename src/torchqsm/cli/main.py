@@ -102,6 +102,7 @@ def _report(error: BaseException, command: str) -> int:
                   "please report it with the command and the traceback above", file=sys.stderr)
             return EXIT_CODES["bug"]
         kind, line = described
+        line = " ".join(part.strip() for part in line.splitlines() if part.strip())  # one line, always
         print("torchqsm: interrupted" if kind == "interrupted" else f"{command}: error: {line}", file=sys.stderr)
         return EXIT_CODES[kind]
     finally:

@@ -181,7 +181,10 @@ def _check_size(image: nib.Nifti1Image, path: Path, role: str) -> int:
     shape = tuple(int(n) for n in header.get_data_shape())
     count = math.prod(shape)
     nbytes = count * header.get_data_dtype().itemsize
-    offset = max(int(header.get_data_offset()), 352)  # a single-file NIfTI-1 has its data after byte 352
+    stored_offset = float(header["vox_offset"])  # get_data_offset() reads 0 for some values nibabel reads at
+    if not math.isfinite(stored_offset) or stored_offset < 0:
+        raise InputError(f"the {role} header's vox_offset is {stored_offset:g}, not a byte position", source=str(path))
+    offset = max(int(stored_offset), 352)  # a single-file NIfTI-1 has its data after byte 352
     stored = path.stat().st_size
     compressed = path.name.lower().endswith(".gz")
     room = stored * _GZIP_MAX_RATIO + 65536 if compressed else stored - offset
