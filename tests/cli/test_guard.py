@@ -71,5 +71,7 @@ def test_ctrl_c_during_start_up(delay_s):
     out, err = process.communicate(timeout=60)
     if process.returncode == 0:  # it finished before the signal: nothing to check
         return
-    assert "Traceback" not in err
-    assert (process.returncode, err) == (130, "torchqsm: interrupted\n")
+    assert "Traceback" not in err and err == "torchqsm: interrupted\n"
+    # 130, or killed by SIGINT (-2; the shell shows 130 too): CPython ends that way when the interrupt
+    # landed inside code that torch's import runs through PyRun_*, even though main caught it.
+    assert process.returncode in (130, -signal.SIGINT)
