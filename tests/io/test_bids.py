@@ -26,6 +26,7 @@ def _write(
     """A tiny 4³ (or 4³×echoes) image at ``root/relative`` with a BIDS JSON beside it."""
     path = root / relative
     path.parent.mkdir(parents=True, exist_ok=True)
+    (root / "dataset_description.json").write_text(json.dumps({"Name": "test", "BIDSVersion": "1.8.0"}))
     shape = (4, 4, 4, echoes) if echoes else (4, 4, 4)
     write_nifti(path, np.full(shape, 0.5, np.float32), np.eye(4))
     if echo_time_s is not None:
@@ -127,7 +128,12 @@ def test_missing_and_empty_datasets(tmp_path: Path, dataset: Path) -> None:
     (tmp_path / "file").write_text("")
     _fails("is a file, not a folder", tmp_path / "file")
     (tmp_path / "empty").mkdir()
+    _fails("not a BIDS dataset: the folder has no dataset_description.json", tmp_path / "empty")
+    (tmp_path / "empty" / "dataset_description.json").write_text('{"Name": "e", "BIDSVersion": "1.8.0"}')
     _fails("no sub-\\* folders: this is not a BIDS dataset", tmp_path / "empty")
+    (dataset / "dataset_description.json").unlink()  # a dataset without its description is refused
+    _fails("has no dataset_description.json", dataset)
+    (dataset / "dataset_description.json").write_text('{"Name": "d", "BIDSVersion": "1.8.0"}')
     message = _fails("participant sub-03 not found", dataset, participant_labels=["01", "sub-03"])
     assert "the dataset has sub-01, sub-02" in message
     _fails("session ses-3 not found", dataset, sessions=["3"])

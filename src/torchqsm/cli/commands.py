@@ -16,12 +16,13 @@ import torch
 from ..errors import InputError, ParameterError
 from ..inversion.regularization import choices_record, collect_choices, record_choices
 from ..io import Volume, check_same_grid, load_mask, load_nifti, save_nifti, sidecar_path_for, write_sidecar
-from ..io._atomic import check_output_path
+from ..io._atomic import check_output_path, check_writable_folder
 from ..io.acquisition import acquisition_from_nifti
 from ..metrics import METRIC_DESCRIPTIONS, score
 from ..physics import normalize_b0_dir
 from ..pipeline.registry import METHODS, MethodSpec, get_method, invert
 from ..pipeline.specs import REQUIRED, parse_assignments
+from ..validation import check_local_field_units
 from .progress import progress_callback
 
 __all__ = ["run_invert", "run_methods", "run_score"]
@@ -73,9 +74,12 @@ def run_invert(args: argparse.Namespace) -> int:
     if not (output.name.endswith(".nii") or output.name.endswith(".nii.gz")):
         raise ParameterError("the output must be a .nii or .nii.gz file", source=str(output))
     sidecar = check_output_path(sidecar_path_for(output), overwrite=args.overwrite)
+    check_writable_folder(output.parent)
 
     field = load_nifti(args.field, role="field", ndim=(3, 4) if spec.multi_orientation else 3)
     mask = load_mask(args.mask, like=field)
+    check_local_field_units(field.data, mask.data if field.data.ndim == 3 else mask.data[..., None].repeat(
+        field.data.shape[-1], -1), source=args.field)
     inputs: dict[str, str] = {"field": args.field, "mask": args.mask}
     if args.magnitude:
         magnitude = load_nifti(args.magnitude, role="magnitude", ndim=3)
@@ -197,6 +201,10 @@ def run_score(args: argparse.Namespace) -> int:
         if not np.all(label_volume.data == np.round(label_volume.data)):
             raise InputError("labels must be integers", source=args.labels)
         labels = label_volume.data.astype(np.int64)
+    inside = reference.data[mask.data]
+    if inside.size and float(inside.max() - inside.min()) == 0.0:  # SSIM, PSNR and correlation need contrast
+        raise InputError("the reference is constant inside the mask: HFEN, SSIM, PSNR, correlation and the "
+                         "detrended NRMSE are undefined; check the reference and mask files", source=args.reference)
     try:
         result = score(estimate.data, reference.data, mask.data, labels=labels)
     except ValueError as error:

@@ -1,23 +1,26 @@
 """The ``torchqsm`` command: thin commands over the library.
 
-Each command loads, calls the library, and saves. A user's mistake (a bad
-file, an unknown method or parameter) prints one line and exits with status 2.
+Each command loads, calls the library, and saves. :func:`main` is the one guard around
+all of them: a user's mistake (a bad file, an unknown method or parameter) prints one line
+and exits with status 2; the operating system refusing (permission, disk full), running
+out of memory and Ctrl-C each print one line and exit with their own status
+(:data:`torchqsm.errors.EXIT_CODES`); anything else is a bug and keeps its traceback,
+followed by a line asking for a report.
+
+This module imports nothing heavy at import time: the commands (and torch) load inside
+:func:`main`'s guard, so an interrupt while they load is one line too.
 """
 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import traceback
 from collections.abc import Sequence
 
 from .. import __version__
-from ..errors import TorchQSMError
-from .bench import add_bench_parser
-from .commands import run_invert, run_methods, run_score
-from .models import add_models_parser
-from .run import add_run_parser
-from .simulate import add_simulate_parser
-from .train import add_train_parser
+from ..errors import EXIT_CODES, describe_failure
 
 __all__ = ["main", "build_parser"]
 
@@ -29,6 +32,14 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``torchqsm`` (its sub-commands and options)."""
+    # Imported here, not at the top: torch loads with them, inside main's guard.
+    from .bench import add_bench_parser
+    from .commands import run_invert, run_methods, run_score
+    from .models import add_models_parser
+    from .run import add_run_parser
+    from .simulate import add_simulate_parser
+    from .train import add_train_parser
+
     parser = _Parser(prog="torchqsm", description="Quantitative susceptibility mapping in PyTorch.")
     parser.add_argument("--version", action="version", version=f"torchqsm {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -78,29 +89,56 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _report(error: BaseException, command: str) -> int:
+    """Print one line (or, for a bug, the traceback and a request to report it); the exit status."""
+    previous = None
+    try:  # a second Ctrl-C while we print must not turn the line into a traceback
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except ValueError:  # not the main thread
+        pass
+    try:
+        described = describe_failure(error)
+        if described is None:
+            traceback.print_exception(type(error), error, error.__traceback__, file=sys.stderr)
+            print(f"{command}: internal error ({type(error).__name__}): this is a bug in torchqsm {__version__}; "
+                  "please report it with the command and the traceback above", file=sys.stderr)
+            return EXIT_CODES["bug"]
+        kind, line = described
+        line = " ".join(part.strip() for part in line.splitlines() if part.strip())  # one line, always
+        print("torchqsm: interrupted" if kind == "interrupted" else f"{command}: error: {line}", file=sys.stderr)
+        return EXIT_CODES[kind]
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the exit status (0 ok, 2 user error)."""
-    parser = build_parser()
-    argv = list(sys.argv[1:] if argv is None else argv)
+    """Entry point; returns the exit status (:data:`torchqsm.errors.EXIT_CODES`: 0 ok, 1 some subjects
+    failed, 2 user error, 3 system error, 4 out of memory, 70 internal error, 130 interrupted)."""
+    command = "torchqsm"
     try:
-        args = parser.parse_args(argv)
-    except SystemExit as exit_:  # --help, --version and usage errors: return the status, as documented
-        code = exit_.code
-        return code if isinstance(code, int) else (0 if code is None else 2)
-    args.argv = argv  # recorded in the sidecar as the command that made the output
-    try:
+        parser = build_parser()
+        argv = list(sys.argv[1:] if argv is None else argv)
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as exit_:  # --help, --version and usage errors: return the status, as documented
+            code = exit_.code
+            return code if isinstance(code, int) else (0 if code is None else 2)
+        command = f"torchqsm {args.command}"
+        args.argv = argv  # recorded in the sidecar as the command that made the output
         return int(args.handler(args) or 0)
-    except TorchQSMError as error:
-        print(f"torchqsm {args.command}: error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("torchqsm: interrupted", file=sys.stderr)
-        return 130
     except BrokenPipeError:  # the reader went away (`torchqsm methods | head`): stop quietly
         import os
 
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
         return 0
+    except SystemExit:
+        raise
+    except BaseException as error:  # noqa: BLE001 - the one top-level guard: one line, or a bug's traceback
+        return _report(error, command)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from .. import __version__
 from ..bench.suite import build_suite, suite_cases
 from ..errors import ParameterError
 from ..io import save_nifti
-from ..io._atomic import check_output_path, write_atomically
+from ..io._atomic import check_output_path, check_writable_folder, write_atomically
 from ..simulate.dataset import SimulatedQSMDataset, SimulationConfig, derive_seed, simulate_volume
 from ..simulate.orientation import affine_for_b0_dir
 
@@ -75,6 +75,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 def _nifti_output(path: str, overwrite: bool) -> Path:
     out = check_output_path(path, overwrite=overwrite)
+    check_writable_folder(out.parent)
     if not (out.name.endswith(".nii") or out.name.endswith(".nii.gz")):
         raise ParameterError("the output must be a .nii or .nii.gz file", source=str(out))
     return out
@@ -129,7 +130,7 @@ def run_dataset(args: argparse.Namespace) -> int:
         raise ParameterError("--patch-size and --patches-per-volume must be positive")
     config = SimulationConfig(task=args.task, source=args.source, patch_size=None if args.whole else tuple(args.patch_size),
                               patches_per_volume=args.patches_per_volume, max_tilt_deg=_tilt(args.max_tilt))
-    out = Path(args.output)
+    out = check_writable_folder(args.output)
     if (out / "dataset.json").exists() and not args.overwrite:
         raise ParameterError("a dataset exists in this folder; pass --overwrite to replace it", source=str(out))
     samples = itertools.islice(iter(SimulatedQSMDataset(config, seed=args.seed)), args.count)
@@ -166,6 +167,7 @@ def run_suite(args: argparse.Namespace) -> int:
             bar.set_postfix_str(case.name, refresh=False)
             bar.update(1)
 
+    check_writable_folder(args.output)
     try:
         index = build_suite(args.output, small=args.small, seed=args.seed, cases=args.case, overwrite=args.overwrite,
                             progress=progress)

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from ..errors import ParameterError
+from ..io._atomic import check_writable_folder
 from ..models.weights import save_weights
 from ..train import load_config, train
 from ..train.card import training_card
@@ -73,7 +74,7 @@ def run_train(args: argparse.Namespace) -> int:
     if args.stop_after is not None and args.stop_after < 0:
         raise ParameterError(f"--stop-after must be ≥ 0, got {args.stop_after}")
     suite = args.suite or config.validation.suite_dir
-    out = Path(args.output or Path("runs") / config.model.name)
+    out = check_writable_folder(args.output or Path("runs") / config.model.name, what="run folder")
     validate = suite_validator(suite, config.validation.cases) if suite else None
     result = train(config, out, resume=args.resume, validate=validate, progress=not args.quiet,
                    stop_after=args.stop_after)

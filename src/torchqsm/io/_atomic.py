@@ -14,7 +14,41 @@ from pathlib import Path
 
 from torchqsm.errors import InputError
 
-__all__ = ["check_output_path", "write_atomically"]
+__all__ = ["check_output_path", "check_writable_folder", "write_atomically"]
+
+
+def check_writable_folder(folder: str | os.PathLike[str], *, what: str = "output folder") -> Path:
+    """Refuse, before any computation, a folder that cannot be created or written to.
+
+    The nearest existing ancestor must be a folder in which a file can be created: one is
+    created and removed at once (``os.access`` says yes to root even on a read-only file
+    system). Nothing is created when the check fails, and missing folders are not created.
+
+    Raises
+    ------
+    InputError
+        ``folder`` (or an ancestor) is a file, or no file can be created there.
+    """
+    folder = Path(folder)
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        where = "is a file" if existing == folder else f"cannot be created: {existing} is a file"
+        raise InputError(f"the {what} {where}, not a folder", source=str(folder))
+    try:
+        descriptor, probe = _probe(existing)
+        os.close(descriptor)
+        os.unlink(probe)
+    except OSError as error:
+        reason = error.strerror or str(error)
+        raise InputError(f"the {what} is not writable ({existing}: {reason})", source=str(folder)) from None
+    return folder
+
+
+def _probe(folder: Path) -> tuple[int, Path]:
+    probe = folder / f".torchqsm-probe-{secrets.token_hex(4)}"
+    return os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), probe
 
 
 def check_output_path(path: str | os.PathLike[str], *, overwrite: bool) -> Path:

@@ -250,7 +250,7 @@ def acquisition_from_nifti(
         image = open_nifti(file, role="image")
         header, affine = image.header, image.affine
     source = str(file)
-    geometry = {"voxel_size_mm": header_voxel_size_mm(header) if voxel_size_mm is None else voxel_size_mm,
+    geometry = {"voxel_size_mm": header_voxel_size_mm(header, source=str(file)) if voxel_size_mm is None else voxel_size_mm,
                 "b0_dir": affine_b0_dir(affine, source=source) if b0_dir is None else b0_dir}
     sidecars = sidecars_beside([file])
     notes: list[str] = []

@@ -232,7 +232,7 @@ def discover_gre(
     Raises
     ------
     InputError
-        ``bids_dir`` is missing or has no ``sub-*`` folders; a participant or
+        ``bids_dir`` is missing, has no ``dataset_description.json`` or no ``sub-*`` folders; a participant or
         session is not found; no GRE run with phase is found; a run's
         magnitude and phase echoes do not pair up, or an echo has two files.
 
@@ -242,6 +242,7 @@ def discover_gre(
     >>> root = Path(tempfile.mkdtemp())
     >>> anat = root / "sub-01" / "anat"
     >>> anat.mkdir(parents=True)
+    >>> _ = (root / "dataset_description.json").write_text('{"Name": "demo", "BIDSVersion": "1.8.0"}')
     >>> for name in ("sub-01_echo-1_part-mag_MEGRE.nii", "sub-01_echo-1_part-phase_MEGRE.nii"):
     ...     _ = (anat / name).write_bytes(b"")
     >>> [(run.key, run.phase_files[0].name) for run in discover_gre(root)]
@@ -251,6 +252,9 @@ def discover_gre(
     if not bids_dir.is_dir():
         problem = "is a file, not a folder" if bids_dir.exists() else "does not exist"
         raise InputError(f"the BIDS folder {problem}", source=str(bids_dir))
+    if not (bids_dir / "dataset_description.json").is_file():
+        raise InputError("not a BIDS dataset: the folder has no dataset_description.json (BIDS requires one at "
+                         "the root; is this the dataset's root folder?)", source=str(bids_dir))
     subjects, session_labels = _labels(participant_labels, "sub-"), _labels(sessions, "ses-")
     runs, magnitude_only = [], 0
     for subject, session, anat in _anat_folders(bids_dir, subjects, session_labels):

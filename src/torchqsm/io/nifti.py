@@ -14,9 +14,11 @@ B0 direction in voxel coordinates is derived
 
 from __future__ import annotations
 
+import contextlib
+import math
 import os
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -25,10 +27,11 @@ import numpy as np
 from nibabel.filebasedimages import ImageFileError
 from nibabel.spatialimages import HeaderDataError
 
-from torchqsm.errors import InputError
-from torchqsm.physics.geometry import b0_dir_from_affine
+from torchqsm.errors import InputError, ResourceError
+from torchqsm.physics.geometry import b0_dir_from_affine, voxel_size_from_affine
 
-__all__ = ["Volume", "load_nifti", "load_mask", "check_same_grid", "open_nifti", "header_voxel_size_mm", "affine_b0_dir"]
+__all__ = ["Volume", "load_nifti", "load_mask", "check_same_grid", "open_nifti", "header_voxel_size_mm", "affine_b0_dir",
+           "check_orthogonal", "check_memory"]
 
 # What nibabel, gzip and zlib raise on a damaged, truncated or foreign file.
 _READ_ERRORS = (ImageFileError, HeaderDataError, OSError, EOFError, zlib.error, ValueError)
@@ -83,8 +86,8 @@ class Volume:
 
     @property
     def voxel_size_mm(self) -> tuple[float, float, float]:
-        """Voxel size (mm) along the first three axes, from the header's zooms (:func:`header_voxel_size_mm`)."""
-        return header_voxel_size_mm(self.header)
+        """Voxel size (mm) along the first three axes, from the affine checked against pixdim (:func:`header_voxel_size_mm`)."""
+        return header_voxel_size_mm(self.header, source=str(self.path) if self.path is not None else None)
 
     @property
     def b0_dir(self) -> tuple[float, float, float]:
@@ -92,15 +95,122 @@ class Volume:
         return affine_b0_dir(self.affine, source=str(self.path) if self.path is not None else None)
 
 
-def header_voxel_size_mm(header: nib.Nifti1Header) -> tuple[float, float, float]:
-    """Voxel size (mm) along the first three axes, from a header's zooms.
+def _shortest(value: float) -> float:
+    """The shortest decimal that round-trips ``value`` as float32 (``0.7``, not ``0.699999988``)."""
+    return float(str(np.float32(value)))
 
-    The header stores float32; each value is returned as the shortest decimal
-    that round-trips it (``0.7``, not ``0.699999988``).
+
+def header_voxel_size_mm(header: nib.Nifti1Header, *, source: str | None = None) -> tuple[float, float, float]:
+    """Voxel size (mm) along the first three axes, from the header's affine, checked against its pixdim.
+
+    The affine (sform, else qform; :meth:`~nibabel.nifti1.Nifti1Header.get_best_affine`) places
+    the voxels in space, so its column norms are the voxel size. ``pixdim`` must agree within
+    0.1 %; when it is zero, negative or not finite (some converters leave it empty), the
+    affine's values are used. Values are the shortest decimals that round-trip as float32.
+
+    Raises
+    ------
+    InputError
+        ``pixdim`` and the affine disagree, or the affine has a zero-length axis.
+
+    Examples
+    --------
+    >>> header = nib.Nifti1Header()
+    >>> header.set_data_shape((4, 4, 4))
+    >>> header.set_sform(np.diag([0.47, 0.47, 1.0, 1.0]), code=1)
+    >>> header["pixdim"][1:4] = 0          # an empty pixdim: the affine's voxel size
+    >>> header_voxel_size_mm(header)
+    (0.47, 0.47, 1.0)
     """
-    zooms = [float(str(np.float32(z))) for z in header.get_zooms()[:3]]
-    zooms += [1.0] * (3 - len(zooms))
-    return tuple(zooms)  # type: ignore[return-value]
+    try:
+        from_affine = voxel_size_from_affine(header.get_best_affine())
+    except ValueError as error:
+        raise InputError(f"the header gives no voxel size: {error}", source=source) from None
+    pixdim = [float(p) for p in header["pixdim"][1:4]]
+    if not all(math.isfinite(p) and p > 0 for p in pixdim):
+        return tuple(_shortest(h) for h in from_affine)  # type: ignore[return-value]
+    if any(abs(p - h) > 1e-3 * h for p, h in zip(pixdim, from_affine)):
+        shown = "×".join(f"{_shortest(p):g}" for p in pixdim), "×".join(f"{_shortest(h):g}" for h in from_affine)
+        raise InputError(f"the header's pixdim gives {shown[0]} mm voxels but its affine {shown[1]} mm; "
+                         "the header is inconsistent: fix pixdim or the affine", source=source)
+    return tuple(_shortest(p) for p in pixdim)  # type: ignore[return-value]
+
+
+def check_orthogonal(affine: np.ndarray, *, role: str = "image", source: str | None = None,
+                     tolerance_deg: float = 0.1) -> None:
+    """Refuse a sheared affine: the voxel axes must be at right angles (within ``tolerance_deg``).
+
+    The dipole kernel assumes a rectangular voxel grid; a sheared grid would be processed as
+    if it were not, silently. Resample such an image onto an orthogonal grid first.
+
+    >>> check_orthogonal(np.diag([1.0, 1.0, 2.0, 1.0]))
+    >>> sheared = np.diag([1.0, 1.0, 1.0, 1.0]); sheared[0, 1] = 0.2
+    >>> check_orthogonal(sheared, source="t1.nii")
+    Traceback (most recent call last):
+    ...
+    torchqsm.errors.InputError: t1.nii: the image's affine is sheared: voxel axes 1 and 2 are 78.7° apart, not 90°; ...
+    """
+    columns = np.asarray(affine, dtype=np.float64)[:3, :3].T
+    norms = np.linalg.norm(columns, axis=1)
+    if not (np.all(np.isfinite(columns)) and np.all(norms > 0)):
+        return  # reported by the B0 direction check
+    unit = columns / norms[:, None]
+    for i, j in ((0, 1), (0, 2), (1, 2)):
+        angle = math.degrees(math.acos(max(-1.0, min(1.0, float(unit[i] @ unit[j])))))
+        if abs(angle - 90.0) > tolerance_deg:
+            raise InputError(f"the {role}'s affine is sheared: voxel axes {i + 1} and {j + 1} are {angle:.1f}° "
+                             "apart, not 90°; resample it onto an orthogonal grid (e.g. with FSL flirt or "
+                             "nibabel.processing.resample_from_to)", source=source)
+
+
+def _human(count: int | float) -> str:
+    for unit in ("bytes", "kB", "MB", "GB", "TB", "PB"):
+        if abs(count) < 1000 or unit == "PB":
+            return f"{count:.0f} {unit}" if unit == "bytes" else f"{count:.3g} {unit}"
+        count /= 1000
+    return f"{count:.3g} PB"  # pragma: no cover
+
+
+#: Deflate never compresses more than 1032:1, so a .nii.gz holds at most this many bytes per stored byte.
+_GZIP_MAX_RATIO = 1032
+
+
+def _check_size(image: nib.Nifti1Image, path: Path, role: str) -> int:
+    """The array's size (bytes) as the header claims it, refused when the file cannot hold it."""
+    header = image.header
+    shape = tuple(int(n) for n in header.get_data_shape())
+    count = math.prod(shape)
+    nbytes = count * header.get_data_dtype().itemsize
+    stored_offset = float(header["vox_offset"])  # get_data_offset() reads 0 for some values nibabel reads at
+    if not math.isfinite(stored_offset) or stored_offset < 0:
+        raise InputError(f"the {role} header's vox_offset is {stored_offset:g}, not a byte position", source=str(path))
+    offset = max(int(stored_offset), 352)  # a single-file NIfTI-1 has its data after byte 352
+    stored = path.stat().st_size
+    compressed = path.name.lower().endswith(".gz")
+    room = stored * _GZIP_MAX_RATIO + 65536 if compressed else stored - offset
+    if offset + nbytes > (room if compressed else stored):
+        holds = f"at most {_human(room)} once decompressed" if compressed else f"{_human(max(room, 0))} of data"
+        raise InputError(
+            f"the {role} header claims a {format_shape(shape)} array of {header.get_data_dtype()} "
+            f"({_human(nbytes)}) but the file holds {holds}: it is truncated or its header is wrong",
+            source=str(path))
+    return count
+
+
+def _available_memory_bytes() -> int:
+    """Memory the system can give this process now (bytes)."""
+    import psutil  # a dependency of dask.distributed
+
+    return int(psutil.virtual_memory().available)
+
+
+def check_memory(count: int, dtype: np.dtype, on_disk: np.dtype, *, role: str, source: str) -> None:
+    """Refuse (:class:`~torchqsm.errors.ResourceError`) an array that would not fit in available memory."""
+    need = count * (np.dtype(dtype).itemsize + np.dtype(on_disk).itemsize)  # the raw read and the result
+    available = _available_memory_bytes()
+    if need > available:
+        raise ResourceError(f"reading the {role} image needs {_human(need)} of memory but {_human(available)} "
+                            "is available", source=source)
 
 
 def affine_b0_dir(affine: np.ndarray, *, source: str | None = None) -> tuple[float, float, float]:
@@ -151,14 +261,45 @@ def open_nifti(path: str | os.PathLike[str], *, role: str = "image", mmap: bool 
     if path.is_dir():
         raise InputError(f"the {role} path is a folder, not a NIfTI file", source=source)
     try:
-        image = nib.load(path, mmap=mmap)
+        with _quiet_nibabel():  # nibabel's header fixes: we check and say it ourselves
+            image = nib.load(path, mmap=mmap)
+            raw_pixdim = _raw_pixdim(path) if isinstance(image, nib.Nifti1Image) else None
     except _READ_ERRORS as error:
         raise InputError(f"the {role} file cannot be read as NIfTI: {error}", source=source) from error
     if not isinstance(image, nib.Nifti1Image):
         raise InputError(
             f"the {role} file is a {type(image).__name__}, not a NIfTI image", source=source
         )
+    # Before anything reads the voxels: a header that lies about the size, the voxel size or
+    # the grid is refused here, in milliseconds, with nothing allocated.
+    _check_size(image, path, role)
+    check_orthogonal(image.affine, role=role, source=source)
+    if raw_pixdim is not None and not all(math.isfinite(p) and p > 0 for p in raw_pixdim):
+        # nibabel replaces an empty pixdim by 1 mm; the voxel size then comes from the sform.
+        if int(image.header["sform_code"]) <= 0:
+            raise InputError(f"the {role} header gives no voxel size: pixdim is {list(raw_pixdim)} and there is "
+                             "no sform", source=source)
+        image.header.set_zooms((*voxel_size_from_affine(image.affine), *image.header.get_zooms()[3:]))
+    header_voxel_size_mm(image.header, source=source)
     return image
+
+
+@contextlib.contextmanager
+def _quiet_nibabel() -> Iterator[None]:
+    """Silence nibabel's global logger (its header fixes print to stderr through logging's last resort)."""
+    logger = nib.imageglobals.logger
+    disabled, logger.disabled = logger.disabled, True
+    try:
+        yield
+    finally:
+        logger.disabled = disabled
+
+
+def _raw_pixdim(path: Path) -> tuple[float, float, float]:
+    """``pixdim[1:4]`` as stored, before nibabel's checks replace zeros by 1."""
+    with nib.openers.ImageOpener(path) as stream:
+        header = nib.Nifti1Header.from_fileobj(stream, check=False)
+    return tuple(float(p) for p in header["pixdim"][1:4])  # type: ignore[return-value]
 
 
 def load_nifti(
@@ -212,6 +353,7 @@ def load_nifti(
     source = str(path)
     dtype = np.dtype(dtype)
     image = open_nifti(path, role=role, mmap=False)
+    check_memory(math.prod(image.shape), dtype, image.get_data_dtype(), role=role, source=source)
     data = _read_array(image, dtype, role=role, source=source)
     stored_shape = data.shape
     if ndim is not None:

@@ -22,10 +22,12 @@ from typing import Literal
 import torch
 
 from .. import __version__
-from ..errors import InputError, ParameterError, TorchQSMError
+from ..errors import InputError, ParameterError, describe_failure
 from ..io import load_mask
 from ..io.bids import discover_gre
 from ..io.derivatives import DERIVATIVE_SUFFIXES, derivative_path, write_dataset_description
+from ..io._atomic import check_writable_folder
+from ..io._fileset import recover
 from ..io.gre import load_gre
 from .outputs import OUTPUT_UNITS, is_finished, write_result
 from .recipes import Recipe
@@ -113,9 +115,11 @@ def _safe_job(job: Job, threads: int | None, quiet: bool) -> Outcome:
     started = time.perf_counter()
     try:
         return run_job(job, log=None if quiet else _stderr, threads=threads)
-    except TorchQSMError as error:
-        return Outcome(job.key, "failed", str(error), time.perf_counter() - started)
-    except Exception as error:  # a bug, not a user error: report it with its location, go on with the others
+    except Exception as error:
+        described = describe_failure(error)  # a bad input, the OS refusing, memory: one line
+        if described is not None:
+            return Outcome(job.key, "failed", described[1], time.perf_counter() - started)
+        # a bug, not a user error: report it with its location, go on with the others
         where = traceback.extract_tb(error.__traceback__)[-1]
         return Outcome(job.key, "failed", f"internal error {type(error).__name__}: {error} "
                        f"({Path(where.filename).name}:{where.lineno})", time.perf_counter() - started)
@@ -154,15 +158,16 @@ def run_files(
     ``<stem>`` is the phase file's name without its extension and its ``part-``/``echo-``
     entities (``sub-01_echo-1_part-phase_MEGRE.nii.gz`` → ``sub-01``).
     """
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise InputError("the output path is a file, not a folder", source=str(out))
+    out = check_writable_folder(out_dir)  # before any work, not after the whole computation
     stem = _file_stem(phase[0])
     job = Job(key="", magnitude_files=tuple(map(str, magnitude)), phase_files=tuple(map(str, phase)),
               outputs=_output_paths(lambda suffix: out / f"{stem}_{suffix}.nii.gz"),
               qc_path=out / f"{stem}_{DERIVATIVE_SUFFIXES['qc']}.png" if qc else None, recipe=recipe,
               echo_times_s=tuple(echo_times_s) if echo_times_s else None, b0_tesla=b0_tesla, mask_file=mask,
               reference_mask_file=reference_mask, phase_sign=phase_sign, device=device, overwrite=overwrite)
+    for line in recover(out):  # a killed run's staging folder: its previous results back, or nothing
+        if log is not None:
+            log(line)
     if not overwrite:
         existing = [p for p in [*job.outputs.values(), job.qc_path] if p is not None and p.exists()]
         if existing:
@@ -185,6 +190,7 @@ def plan_bids_jobs(
     qc: bool = True,
 ) -> list[Job]:
     """One :class:`Job` per GRE run found in ``bids_dir`` (outputs under ``out_dir``)."""
+    check_writable_folder(out_dir)
     runs = discover_gre(bids_dir, participant_labels=participant_labels, sessions=sessions)
     jobs = []
     for run in runs:

@@ -1,16 +1,16 @@
 """Writing one subject's results: all files or none.
 
 The maps are written into a hidden staging folder beside their destination and
-moved into place only when every one of them (and the QC figure) is complete;
-the JSON sidecar of χ is moved last and marks the subject as finished, so a
-rerun can skip it. An error at any point removes the staging folder: the
-output folder never holds a partial subject.
+moved into place as one set only when every one of them (and the QC figure) is
+complete (:mod:`torchqsm.io._fileset`); the JSON sidecar of χ is moved last and
+marks the subject as finished, so a rerun can skip it. An error, an interrupt or
+a crash at any point leaves the previous results (``--overwrite``) or nothing:
+the staging folder of a killed run is rolled back and removed by the next run
+in that folder (:func:`is_finished` does it first).
 """
 
 from __future__ import annotations
 
-import os
-import secrets
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
@@ -20,6 +20,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..io import Volume, read_sidecar, save_nifti, write_sidecar
+from ..io._fileset import commit, recover, staging_folder
 from ..io.qc import qc_figure
 from .subject import PipelineResult
 
@@ -33,6 +34,7 @@ OUTPUT_UNITS: Mapping[str, str] = {"chi": "ppm", "mask": "1", "eroded_mask": "1"
 def is_finished(chi_path: Path) -> bool:
     """Whether ``chi_path`` and its sidecar exist and the sidecar records a finished run."""
     sidecar = chi_path.with_name(chi_path.name.replace(".nii.gz", "").replace(".nii", "") + ".json")
+    recover(chi_path.parent)  # a killed run's staging folder: rolled back before anything is judged
     if not (chi_path.is_file() and sidecar.is_file()):
         return False
     try:
@@ -84,17 +86,16 @@ def write_result(
         "eroded_mask": result.local_mask.to(dtype=result.chi_ppm.dtype),
         "total_field": result.total_field_ppm, "local_field": result.local_field_ppm,
     }
-    chi_path.parent.mkdir(parents=True, exist_ok=True)
-    staging = chi_path.parent / f".torchqsm-staging-{secrets.token_hex(4)}"
-    staging.mkdir()
-    moved: list[Path] = []
+    staging = staging_folder(chi_path.parent)
+    new = staging / "new"
     try:
+        new.mkdir()
         staged: dict[str, Path] = {}
         for role, path in paths.items():
             dtype = np.uint8 if role.endswith("mask") else np.float32
-            staged[role] = save_nifti(staging / Path(path).name, data[role], like=like, dtype=dtype)
+            staged[role] = save_nifti(new / Path(path).name, data[role], like=like, dtype=dtype)
         if qc_path is not None:
-            staged["qc"] = qc_figure(staging / Path(qc_path).name, magnitude=result.magnitude,
+            staged["qc"] = qc_figure(new / Path(qc_path).name, magnitude=result.magnitude,
                                      total_field_ppm=result.total_field_ppm,
                                      local_field_ppm=result.local_field_ppm, chi_ppm=result.chi_ppm,
                                      mask=result.local_mask, voxel_size_mm=voxel_size_mm,
@@ -103,19 +104,14 @@ def write_result(
         if qc_path is not None:
             outputs["qc"] = {"file": targets["qc"].name}
         staged["sidecar"] = write_sidecar(
-            staging / sidecar.name, method=result.recipe.inversion, parameters=_parameters(result),
+            new / sidecar.name, method=result.recipe.inversion, parameters=_parameters(result),
             inputs=inputs, outputs=outputs,
             extra={**extra, "Recipe": result.recipe.name, "PhaseScaling": result.phase_scaling,
                    "TimingsSeconds": result.timings_s, "Notes": list(result.notes), "Units": "ppm",
                    "Status": "finished"})
-        for role in [r for r in staged if r != "sidecar"] + ["sidecar"]:  # the sidecar last: the finish mark
-            targets[role].parent.mkdir(parents=True, exist_ok=True)
-            os.replace(staged[role], targets[role])
-            moved.append(targets[role])
     except BaseException:
-        for target in moved:  # a failure between moves: take back what was moved
-            target.unlink(missing_ok=True)
-        raise
-    finally:
         shutil.rmtree(staging, ignore_errors=True)
+        raise
+    # the sidecar last: the finish mark (out first, in last: a mixed set is never "finished")
+    commit(staging, {staged[role]: targets[role] for role in [*(r for r in staged if r != "sidecar"), "sidecar"]})
     return targets

@@ -31,6 +31,7 @@ the one list of choices: :mod:`~torchqsm.pipeline.recipes` and ``torchqsm run`` 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
@@ -43,10 +44,10 @@ from ..errors import InputError, ParameterError
 from ..inversion.regularization import collect_choices, record_choices
 from ..physics.units import rad_per_s_to_ppm
 from ..preprocess.background import BACKGROUND_METHODS
-from ..preprocess.brain import extract_brain
+from ..preprocess.brain import extract_brain, mask_depth_mm
 from ..preprocess.differences import EchoDifferences, combine_differences, echo_differences
 from ..preprocess.echoes import combine_echoes, per_echo_frequencies
-from ..preprocess.masking import erode_mask, magnitude_mask, quality_mask
+from ..preprocess.masking import NO_BACKGROUND_CONTRAST, background_contrast, erode_mask, magnitude_mask, quality_mask
 from ..preprocess.referencing import reference
 from ..preprocess.unwrap import laplacian_unwrap, region_growing_unwrap, romeo_quality, unwrap_echoes, voxel_quality
 from .registry import get_method, invert
@@ -90,6 +91,7 @@ class State:
     local_mask: torch.Tensor | None = None
     chi_ppm: torch.Tensor | None = None
     regularization: tuple = ()  # automatic choices of the inversion (RegularizationChoice)
+    notes: tuple[str, ...] = ()  # what a step adapted (logged by process_gre, kept in the sidecar)
 
     @property
     def echo_times_s(self) -> tuple[float, ...]:
@@ -132,11 +134,31 @@ _CLEANUP = (ParameterSpec("brain_extraction_mm", 0.0, float, "radius of the open
             ParameterSpec("erode_voxels", 0, int, "voxels eroded from the brain mask", unit="voxels", ge=0))
 
 
-def _cleaned(state: State, brain: torch.Tensor, p: Mapping[str, Any]) -> State:
-    if p.get("brain_extraction_mm", 0) > 0:
-        brain = extract_brain(brain, voxel_size_mm=state.acquisition.voxel_size_mm, radius_mm=p["brain_extraction_mm"])
-    if p["erode_voxels"]:
-        brain = erode_mask(brain, voxels=p["erode_voxels"])
+def _noted(state: State, text: str) -> State:
+    return replace(state, notes=(*state.notes, text))
+
+
+def _cleaned(state: State, brain: torch.Tensor, p: Mapping[str, Any], *, extract: bool = True) -> State:
+    """Brain extraction and erosion, each adapted to a thin or partial acquisition (with a note)."""
+    voxel = state.acquisition.voxel_size_mm
+    radius = p.get("brain_extraction_mm", 0)
+    if extract and radius > 0:
+        depth = mask_depth_mm(brain, voxel_size_mm=voxel)
+        if depth <= radius:  # thin slab or partial coverage: no 2r-thick brain to keep, no scalp to cut
+            state = _noted(state, f"brain extraction skipped: the mask is at most {2 * depth:.3g} mm thick "
+                                  f"(thin slab or partial coverage), the {radius:g} mm scalp cut needs "
+                                  f"more than {2 * radius:g} mm")
+        else:
+            brain = extract_brain(brain, voxel_size_mm=voxel, radius_mm=radius)
+    erode = p["erode_voxels"]
+    if erode:
+        depth_voxels = mask_depth_mm(brain, voxel_size_mm=(1.0, 1.0, 1.0))
+        kept = min(erode, max(0, math.ceil(depth_voxels) - 1))
+        if kept < erode:
+            state = _noted(state, f"mask erosion shrunk from {erode} to {kept} voxel(s): the mask is at most "
+                                  f"{2 * depth_voxels:.3g} voxels thick")
+        if kept:
+            brain = erode_mask(brain, voxels=kept)
     return replace(state, mask=brain)
 
 
@@ -145,14 +167,28 @@ def _own(p: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _magnitude_mask(method: str) -> Run:
-    return lambda s, p: _cleaned(s, magnitude_mask(s.magnitude_rss, method=method, **_own(p)), p)
+    def run(s: State, p: dict[str, Any]) -> State:
+        if method == "otsu":
+            ratio = background_contrast(s.magnitude_rss)
+            if ratio > NO_BACKGROUND_CONTRAST:
+                # The field of view lies inside the head: Otsu would split tissue classes.
+                s = _noted(s, f"the magnitude has no dark background (Otsu's dark class is {ratio:.0%} as "
+                              "bright as its bright class: the field of view lies inside the head); the "
+                              "phase-quality mask is used and brain extraction skipped")
+                return _cleaned(s, _quality(s), p, extract=False)
+        return _cleaned(s, magnitude_mask(s.magnitude_rss, method=method, **_own(p)), p)
+    return run
 
 
-def _quality_mask(s: State, p: dict[str, Any]) -> State:
+def _quality(s: State, **p: Any) -> torch.Tensor:
     second = s.phase_rad[1] if s.phase_rad.shape[0] > 1 else None
     edges = romeo_quality(s.phase_rad[0], magnitude=s.magnitude[0], phase2_rad=second,
                           echo_times_s=s.echo_times_s[:2] if second is not None else None)
-    return _cleaned(s, quality_mask(voxel_quality(edges), **_own(p)), p)
+    return quality_mask(voxel_quality(edges), **p)
+
+
+def _quality_mask(s: State, p: dict[str, Any]) -> State:
+    return _cleaned(s, _quality(s, **_own(p)), p)
 
 
 def _given_mask(s: State, p: dict[str, Any]) -> State:

@@ -17,7 +17,7 @@ import torch
 from ..acquisition import Acquisition
 from ..errors import InputError, ParameterError
 from ..inversion.regularization import choices_record
-from ..preprocess.phase import rescale_phase
+from ..preprocess.phase import magnitude_as_phase, rescale_phase
 from .recipes import Recipe
 from .steps import State, inversion_record, plan
 
@@ -123,6 +123,10 @@ def process_gre(
     device, steps = torch.device(device), StepLog(log=log, prefix=prefix)
     planned = plan(recipe, echo_count=phase.shape[0], given_mask=mask is not None, note=steps.note)
     magnitude = magnitude.to(device=device, dtype=torch.float32)
+    looks = magnitude_as_phase(phase, magnitude)
+    if looks is not None:  # rescaling would map it onto [-π, π) and give a χ map of nothing
+        raise InputError(f"the phase looks like a magnitude image: {looks}; check that the phase file is the "
+                         "phase (not the magnitude, nor swapped with it)", source=source)
     with steps.step("phase scaling"):
         scaling = rescale_phase(phase.to(device=device, dtype=torch.float32), name=source or "phase")
     steps.note(scaling.message + ("; sign flipped" if phase_sign == -1 else ""))
@@ -130,8 +134,11 @@ def process_gre(
                   given_mask=None if mask is None else mask.to(device) != 0,
                   reference_mask=None if reference_mask is None else reference_mask.to(device) != 0)
     for stage in planned:
+        seen = len(state.notes)
         with steps.step(stage.label, stage.detail):
             state = stage(state)
+        for text in state.notes[seen:]:  # what the stage adapted: one log line each
+            steps.note(text)
     used = {p.stage: {"step": p.step.name, "parameters": dict(p.values)} for p in planned}
     used["invert"]["parameters"] = inversion_record(recipe.inversion, planned[4].values, acquisition,
                                                       state.regularization)

@@ -11,7 +11,24 @@ from scipy import ndimage
 from ..errors import InputError, check_positive
 from .masking import _as_mask, _erode
 
-__all__ = ["extract_brain"]
+__all__ = ["extract_brain", "mask_depth_mm"]
+
+
+def mask_depth_mm(mask: torch.Tensor, *, voxel_size_mm: Sequence[float] = (1.0, 1.0, 1.0)) -> float:
+    """The largest distance (mm) from a mask voxel to the nearest background voxel or array edge.
+
+    An erosion (or the opening of :func:`extract_brain`) by a ball of radius ``r`` leaves
+    something iff ``r`` is below this depth; the mask is at most twice it thick.
+
+    >>> import torch
+    >>> slab = torch.ones(20, 20, 3, dtype=torch.bool)
+    >>> mask_depth_mm(slab, voxel_size_mm=(1, 1, 2))
+    4.0
+    """
+    binary = _as_mask(mask, "mask").cpu().numpy()
+    spacing = tuple(float(h) for h in voxel_size_mm)
+    distance = ndimage.distance_transform_edt(np.pad(binary, 1), sampling=spacing)
+    return float(distance.max())
 
 
 def extract_brain(

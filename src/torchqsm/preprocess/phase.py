@@ -28,7 +28,7 @@ import torch
 from ..errors import InputError, ParameterError
 from ..validation import as_tensor, check_finite
 
-__all__ = ["PhaseScaling", "rescale_phase", "apply_phase_sign", "wrap_phase"]
+__all__ = ["magnitude_as_phase", "PhaseScaling", "rescale_phase", "apply_phase_sign", "wrap_phase"]
 
 PhaseKind = Literal["radians", "integer_4096", "integer_other", "arbitrary"]
 
@@ -236,6 +236,41 @@ def rescale_phase(
         # wrap again after the cast: π - ε in float64 may round to float32 π
         phase_rad = wrap_phase(wrap_phase((values - offset) * scale).to(out_dtype))
     return PhaseScaling(phase_rad=phase_rad, kind=kind, scale=scale, offset=offset, message=message)
+
+
+def magnitude_as_phase(phase: torch.Tensor, magnitude: torch.Tensor | None = None) -> str | None:
+    """Why ``phase`` (``(E, X, Y, Z)``, stored values) looks like a magnitude image, or ``None``.
+
+    A magnitude is non-negative and decays with echo time (T2*), so in most voxels each
+    echo is below the one before; a wrapped phase is as often above as below. With one
+    echo, a "phase" that correlates with the magnitude almost perfectly is the magnitude.
+    Signed data (any negative value) is never taken for a magnitude.
+
+    >>> import torch
+    >>> mag = (torch.rand(1, 8, 8, 8) + 0.1) * torch.tensor([1.0, 0.7, 0.5])[:, None, None, None]
+    >>> magnitude_as_phase(mag) is not None, magnitude_as_phase(torch.rand(3, 8, 8, 8) * 4095)
+    (True, None)
+    """
+    values = phase.detach().to(torch.float64)
+    if values.numel() == 0 or bool((values < 0).any()):
+        return None
+    if values.ndim == 4 and values.shape[0] >= 2:
+        both = (values[1:] != 0) & (values[:-1] != 0)
+        if int(both.sum()) < 100:
+            return None
+        falling = float(((values[1:] < values[:-1]) & both).sum() / both.sum())
+        if falling > 0.8:
+            return (f"it is non-negative and falls from each echo to the next in {falling:.0%} of the voxels, "
+                    "as a magnitude decays with echo time (a phase would in about half)")
+    if magnitude is not None and magnitude.shape == phase.shape:
+        a = values.reshape(-1) - values.mean()
+        b = magnitude.detach().to(torch.float64).reshape(-1)
+        b = b - b.mean()
+        denominator = float(a.norm() * b.norm())
+        correlation = float(a @ b) / denominator if denominator > 0 else 0.0
+        if correlation > 0.95:
+            return f"it is non-negative and correlates with the magnitude (r = {correlation:.3f})"
+    return None
 
 
 def apply_phase_sign(phase_rad: torch.Tensor, *, sign: Literal[1, -1]) -> torch.Tensor:
