@@ -273,21 +273,11 @@ def _execute_all(tasks: list[RunTask], workers: int | None, scheduler: str | Non
 
 
 def _local_cluster(count: int, threads: int):
-    """A local cluster of ``count`` single-task worker processes with ``threads`` torch/BLAS threads each.
+    """A local cluster of ``count`` single-task workers with ``threads`` torch/BLAS threads each
+    (:func:`torchqsm.pipeline.app.local_cluster`: without Dask's allocator setting)."""
+    from ..pipeline.app import local_cluster
 
-    Dask starts workers with ``MALLOC_TRIM_THRESHOLD_=65536`` by default, so glibc hands every
-    large tensor back to the OS and faults it in again: measured here, 30 TV iterations on the
-    2 mm suite took 15.0 s of CPU in such a worker against 7.4 s without it (6.4 s serial).
-    The workers inherit this process's allocator settings instead.
-    """
-    import dask
-    from dask.distributed import LocalCluster
-
-    environ = {key: value for key, value in dask.config.get("distributed.nanny.pre-spawn-environ", {}).items()
-               if key != "MALLOC_TRIM_THRESHOLD_"}
-    environ.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads, OPENBLAS_NUM_THREADS=threads)
-    with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
-        return LocalCluster(n_workers=count, threads_per_worker=1, processes=True, dashboard_address=None)
+    return local_cluster(count, threads)
 
 
 def _with_threads(task: RunTask, threads: int) -> RunTask:
