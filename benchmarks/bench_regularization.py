@@ -167,11 +167,12 @@ def render(rows, timing, index, args, command: str) -> str:
     return "\n".join(lines)
 
 
-def update_markdown(path: Path, section: str) -> None:
+def update_markdown(path: Path, section: str, *, begin: str = BEGIN, end: str = END) -> None:
+    """Replace the section between ``begin`` and ``end`` of ``path`` (append it if missing)."""
     import re
 
     text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n\n"
-    pattern = re.compile(re.escape(BEGIN) + r".*?" + re.escape(END) + r"\n?", re.S)
+    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end) + r"\n?", re.S)
     text = pattern.sub(lambda _: section, text, count=1) if pattern.search(text) else \
         text.rstrip("\n") + "\n\n" + section
     path.write_text(text, encoding="utf-8")

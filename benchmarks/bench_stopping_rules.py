@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import json
-import re
 import shlex
 import sys
 from pathlib import Path
@@ -40,6 +39,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_learned import default_suite_dir, ensure_suite, machine  # noqa: E402
+from bench_regularization import update_markdown  # noqa: E402
 
 from torchqsm import invert  # noqa: E402
 from torchqsm.bench.evaluate import load_case  # noqa: E402
@@ -173,14 +173,6 @@ def render(rows, index, args, command: str) -> str:
     return "\n".join(lines)
 
 
-def update_markdown(path: Path, section: str) -> None:
-    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n\n"
-    pattern = re.compile(re.escape(BEGIN) + r".*?" + re.escape(END) + r"\n?", re.S)
-    text = pattern.sub(lambda _: section, text, count=1) if pattern.search(text) else \
-        text.rstrip("\n") + "\n\n" + section
-    path.write_text(text, encoding="utf-8")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--suite-dir", type=Path, help="a built suite (default: the cache)")
@@ -199,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     section = render(rows, index, args, command)
     print(section)
     if not (args.no_write or args.small):
-        update_markdown(args.output, section)
+        update_markdown(args.output, section, begin=BEGIN, end=END)
         log(f"wrote {args.output}")
     return 0
 

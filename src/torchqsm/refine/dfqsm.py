@@ -185,22 +185,21 @@ def dfqsm(
     if auto:
         sigma, source = discrepancy_noise("dfqsm", noise_ppm, problem.field, problem.mask, problem.dipole())
         target = DISCREPANCY_TAU * sigma
-    count = float(problem.mask.sum())
+    scale = float(problem.mask.sum()) ** -0.5  # vector norm → rms over the mask
 
-    def residual_rms(residual: torch.Tensor) -> float:
-        return float(torch.linalg.vector_norm(residual)) / count ** 0.5
-
-    residual = data(chi) - measured
-    gradient = data.H(residual)
-    relative = float(torch.linalg.vector_norm(gradient)) / reference
-    iteration = 0
-    while relative > threshold and residual_rms(residual) > target and iteration < limit:
-        chi = chi - alpha * gradient
-        iteration += 1
+    def step(chi: torch.Tensor) -> tuple[torch.Tensor, float, bool]:
+        """The gradient at χ, ρ, and whether either stopping rule holds there."""
         residual = data(chi) - measured
         gradient = data.H(residual)
         relative = float(torch.linalg.vector_norm(gradient)) / reference
-        stop = relative <= threshold or residual_rms(residual) <= target
+        return gradient, relative, relative <= threshold or float(torch.linalg.vector_norm(residual)) * scale <= target
+
+    gradient, relative, stop = step(chi)
+    iteration = 0
+    while not stop and iteration < limit:
+        chi = chi - alpha * gradient
+        iteration += 1
+        gradient, relative, stop = step(chi)
         if callback is not None and callback(SolverStatus(iteration, _embed(chi, region, whole), relative, stop)):
             break
     if auto:
