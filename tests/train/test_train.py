@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -131,3 +132,18 @@ def test_losses_against_hand_computed_values():
     assert float(terms["model"]) == pytest.approx(float((fields * mask).square().sum() / n), rel=1e-5)
     assert float(masked_losses(target, target, mask, LossWeights(gradient=1))["gradient"]) == 0.0
     assert float(terms["gradient"]) > 0
+
+
+@pytest.mark.parametrize("architecture", ["lpcnn", "noqsm", "noqsm-sd", "nextqsm"])
+def test_data_consistent_networks_train_and_resume(tmp_path, architecture):
+    """Each data-consistent network trains on patches with their own field, and resumes on the same curve."""
+    values = tiny(steps=6, checkpoint_every=3)
+    hyper = {"stages": 2, "base_channels": 2} if architecture == "nextqsm" else {"channels": 2, "blocks": 1}
+    values["model"] = {"architecture": architecture, "name": "tiny", "hyperparameters": hyper}
+    values["data"]["patch_dipole"] = True
+    values["data"]["max_tilt_deg"] = 90.0
+    whole = train(config_from_dict(values), tmp_path / "whole", progress=False).losses
+    assert all(math.isfinite(v) for v in whole)
+    train(config_from_dict(values), tmp_path / "parts", progress=False, stop_after=3)
+    rest = train(config_from_dict(values), tmp_path / "parts", resume=True, progress=False).losses
+    assert rest == pytest.approx(whole[3:], rel=1e-5)

@@ -47,14 +47,19 @@ def suite_validator(suite_dir: str | Path, cases: tuple[str, ...]):
     """A validation callback: NRMSE (%) of the network on ``cases`` of a built evaluation suite."""
     from ..bench.evaluate import load_case  # cli sits above bench; imported here only to keep startup light
     from ..metrics import nrmse
-    from ..models.inference import predict
+    from ..models import is_physics
+    from ..models.inference import predict, predict_consistent
 
     loaded = [load_case(Path(suite_dir) / case) for case in cases]
 
     def validate(model: torch.nn.Module, normalization, device: torch.device) -> dict[str, float]:
         scores = {}
         for case in loaded:
-            chi = predict(model, case.local_field_ppm, case.mask, normalization=normalization, device=device)
+            if is_physics(model):  # the case's own geometry inside the network
+                chi = predict_consistent(model, case.local_field_ppm, case.mask, normalization=normalization,
+                                         b0_dir=case.b0_dir, voxel_size_mm=case.voxel_size_mm, device=device)
+            else:
+                chi = predict(model, case.local_field_ppm, case.mask, normalization=normalization, device=device)
             scores[f"nrmse_{case.name}"] = float(nrmse(chi.cpu(), case.chi_ppm, case.mask))
         return scores
 

@@ -3,7 +3,9 @@
 ``build_model(architecture, **hyperparameters)`` makes an untrained network by name;
 the architectures are listed in :data:`ARCHITECTURES`. Every network maps a normalised
 local field ``(N, 1, X, Y, Z)`` to a normalised χ of the same shape and has a
-``multiple`` property (spatial sizes must be multiples of it).
+``multiple`` property (spatial sizes must be multiples of it). The data-consistent networks
+(:mod:`torchqsm.models.unrolled`: ``lpcnn``, ``noqsm``, ``noqsm-sd``, ``nextqsm``) also take the
+mask, the B0 direction and the voxel size (:func:`is_physics`).
 """
 
 from __future__ import annotations
@@ -17,9 +19,11 @@ from .inference import crop, estimate_memory_mb, pad_to_multiple, predict
 from .normalization import Normalization
 from .reorient import ModelFrame, to_model_frame
 from .unet import UNet3d
+from .unrolled import LPCNN, PHYSICS_ARCHITECTURES, NoQSM, VarNet
 from .xqsm import XQSM
 
 __all__ = ["ARCHITECTURES", "build_model", "Normalization", "UNet3d", "qsmnet", "XQSM",
+           "LPCNN", "NoQSM", "VarNet", "is_physics",
            "predict", "estimate_memory_mb", "pad_to_multiple", "crop", "to_model_frame", "ModelFrame"]
 
 
@@ -36,7 +40,13 @@ def qsmnet(*, in_channels: int = 1, out_channels: int = 1, base_channels: int = 
 
 
 #: Architecture name → factory taking keyword hyperparameters.
-ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {"unet": UNet3d, "qsmnet": qsmnet, "xqsm": XQSM}
+ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {"unet": UNet3d, "qsmnet": qsmnet, "xqsm": XQSM,
+                                                      **PHYSICS_ARCHITECTURES}
+
+
+def is_physics(model: nn.Module) -> bool:
+    """Whether ``model`` applies the dipole operator inside (it takes the mask, B0 direction and voxel size)."""
+    return bool(getattr(model, "physics", False))
 
 
 def build_model(architecture: str, **hyperparameters) -> nn.Module:

@@ -28,7 +28,8 @@ from ..errors import ParameterError
 from .normalization import Normalization
 from .tiling import Region, Tile, _round_up, _triple, plan_tiles, tiled
 
-__all__ = ["predict", "estimate_memory_mb", "pad_to_multiple", "crop", "plan_tiles", "Tile", "inference_copy"]
+__all__ = ["predict", "predict_consistent", "estimate_memory_mb", "pad_to_multiple", "crop", "plan_tiles", "Tile",
+           "inference_copy"]
 
 logger = logging.getLogger(__name__)
 
@@ -302,3 +303,46 @@ def _fitting_tile(model: nn.Module, shape: Sequence[int], budget_mb: float, halo
         axis = max(shrinkable, key=lambda a: (windows()[a], sizes[a]))
         sizes[axis] -= multiple
     return tuple(sizes)  # type: ignore[return-value]
+
+
+def predict_consistent(
+    model: nn.Module,
+    local_field_ppm: torch.Tensor | np.ndarray,
+    mask: torch.Tensor | np.ndarray,
+    *,
+    normalization: Normalization,
+    b0_dir: Sequence[float],
+    voxel_size_mm: Sequence[float],
+    device: torch.device | str | None = None,
+) -> torch.Tensor | np.ndarray:
+    r"""χ (ppm) from a local field (ppm) by a data-consistent network, on the whole volume at its own geometry.
+
+    The network (:mod:`torchqsm.models.unrolled`) applies the dipole operator of ``b0_dir`` and
+    ``voxel_size_mm`` inside, so the volume is neither rotated nor resampled; it is not tiled
+    either (the dipole field reaches across the whole volume). Input and output as :func:`predict`.
+
+    Examples
+    --------
+    >>> from torchqsm.models import LPCNN
+    >>> chi = predict_consistent(LPCNN(channels=2, blocks=1), np.zeros((10, 9, 7)), np.ones((10, 9, 7)),
+    ...                          normalization=Normalization(), b0_dir=(0, 0, 1), voxel_size_mm=(1, 1, 1))
+    >>> chi.shape, chi.dtype
+    ((10, 9, 7), dtype('float32'))
+    """
+    as_numpy = not isinstance(local_field_ppm, torch.Tensor)
+    field, inside = field_and_mask(local_field_ppm, mask)
+    if device is None:
+        first = next(model.parameters(), None)
+        device = first.device if first is not None else field.device
+    device = torch.device(device)
+    multiple = int(getattr(model, "multiple", 1))
+    x = normalization.to_network(torch.where(inside, field, 0).to(torch.float32))
+    x, region = pad_to_multiple(x, multiple)
+    padded_mask, _ = pad_to_multiple(inside, multiple)
+    network = _copy.deepcopy(model).eval()
+    ratio = normalization.output_scale_ppm / normalization.input_scale_ppm
+    with torch.inference_mode():
+        y = network(x.to(device)[None, None], padded_mask.to(device)[None, None].float(), b0_dir=tuple(b0_dir),
+                    voxel_size_mm=tuple(voxel_size_mm), chi_to_field=ratio)[0, 0].float()
+    chi = torch.where(inside, crop(normalization.from_network(y), region).to(field.device), 0.0)
+    return chi.cpu().numpy() if as_numpy else chi

@@ -1,15 +1,17 @@
 r"""Learned dipole inversions in the method registry, alone and composed with a refinement.
 
-Each shipped model card (``torchqsm models``) whose architecture is ``unet``, ``xqsm`` or
-``qsmnet`` makes a method of that name (the first card of the architecture, by name, gives
+Each shipped model card (``torchqsm models``) whose architecture is one of
+:data:`LEARNED_ARCHITECTURES` makes a method of that name (the first card of the architecture, by name, gives
 the default ``weights``), and every such method ``NET`` also appears as ``NET+dfqsm``,
-``NET+dll2`` and ``NET+fine``: a composition of the network's spec and the refinement's
+``NET+dll2`` and ``NET+fine`` (the plain networks only): a composition of the network's spec and the refinement's
 (:func:`torchqsm.refine.dfqsm`, :func:`~torchqsm.refine.dll2`, :func:`~torchqsm.refine.fine`).
 The registry reads the cards on the first lookup of a learned method (:func:`learned_specs`),
 never at import; a card that cannot be read makes its method raise one
 :class:`~torchqsm.errors.InputError` naming the file, and leaves every other method working.
 
-Geometry. Every method takes the acquisition record. The refinements always apply the
+Geometry. Every method takes the acquisition record. The data-consistent networks
+(:data:`CONSISTENT_ARCHITECTURES`) apply the record's dipole operator inside, on the whole
+volume at its own B0 direction and voxel size. The refinements always apply the
 record's dipole operator (its B0 direction, voxel size, padding). The plain network runs on
 the data's own grid when B0 lies within the tilt the network was trained on (the card's
 ``training.config.data.max_tilt_deg``; 0 when the card does not say), and otherwise, by
@@ -37,10 +39,14 @@ from ..validation import LOG
 from .methods import DFQSMParameters, DLL2Parameters, FINEParameters
 from .specs import Parameters, param
 
-__all__ = ["LEARNED_ARCHITECTURES", "REFINEMENTS", "WeightsParameters", "NetworkParameters", "learned_specs",
+__all__ = ["LEARNED_ARCHITECTURES", "CONSISTENT_ARCHITECTURES", "REFINEMENTS", "WeightsParameters",
+           "NetworkParameters", "learned_specs",
            "load_cached", "network_inversion", "training_tilt_deg"]
 
-LEARNED_ARCHITECTURES = ("unet", "xqsm", "qsmnet")
+LEARNED_ARCHITECTURES = ("unet", "xqsm", "qsmnet", "lpcnn", "noqsm", "noqsm-sd", "nextqsm")
+#: The data-consistent networks (:mod:`torchqsm.models.unrolled`): the record's dipole operator is
+#: applied inside them, on the whole volume; they are not tiled, reoriented or composed with a refinement.
+CONSISTENT_ARCHITECTURES = ("lpcnn", "noqsm", "noqsm-sd", "nextqsm")
 
 _REFERENCES = {
     "unet": "Paluru N, Mathew RS, Yalavarthy PK. DF-QSM: data fidelity based hybrid approach for improved "
@@ -50,6 +56,15 @@ _REFERENCES = {
             "noise-regularized neural networks. NMR Biomed 2021;34:e4461. doi:10.1002/nbm.4461",
     "qsmnet": "Yoon J, Gong E, Chatnuntawech I, et al. Quantitative susceptibility mapping using deep neural network: "
               "QSMnet. NeuroImage 2018;179:199-206. doi:10.1016/j.neuroimage.2018.06.030",
+    "lpcnn": "Lai K-W, Aggarwal M, van Zijl P, Li X, Sulam J. Learned proximal networks for quantitative "
+             "susceptibility mapping. MICCAI 2020, LNCS 12262:125-135. doi:10.1007/978-3-030-59713-9_13",
+    "noqsm": "Feng R, et al. NoQSM-net: a hybrid architecture of CNN blocks and conjugate-gradient data-consistency "
+             "blocks for QSM (../shared/papers/noqsm-net_cnn-plus-cg.txt); Aggarwal HK, Mani MP, Jacob M. MoDL. "
+             "IEEE TMI 2019;38:394-405. doi:10.1109/TMI.2018.2865356",
+    "noqsm-sd": "NoQSM-net's steepest-descent ablation (NoQSM-SD), same references as noqsm",
+    "nextqsm": "Cognolato F, O'Brien K, Jin J, et al. NeXtQSM: a complete deep learning pipeline for data-consistent "
+               "quantitative susceptibility mapping trained with hybrid data. Med Image Anal 2023;84:102700. "
+               "doi:10.1016/j.media.2022.102700 (its variational network)",
 }
 
 
@@ -117,6 +132,12 @@ def network_inversion(local_field_ppm: torch.Tensor, mask: torch.Tensor, acquisi
     problem = prepare(local_field_ppm, mask, acquisition, method=method, pad=0)
     loaded = load_cached(weights, str(problem.field.device))
     record = problem.acquisition
+    if loaded.card["architecture"] in CONSISTENT_ARCHITECTURES:
+        from ..models.inference import predict_consistent
+
+        return problem.finish(predict_consistent(loaded.model, problem.field.float(), problem.mask,
+                                                 normalization=loaded.normalization, b0_dir=record.b0_dir,
+                                                 voxel_size_mm=record.voxel_size_mm, device=problem.field.device))
     trained = training_tilt_deg(loaded.card)
     beyond = _tilt_deg(record) > trained + 0.1
     if reorient is None:
@@ -192,8 +213,16 @@ def learned_specs() -> list:
         if architecture not in defaults:
             network = _broken(broken[architecture])
         summary = f"The {architecture} network (shipped weights '{weights or 'unavailable'}'): local field → χ."
+        title = architecture.replace("-", " ").title().replace(" ", "")
+        if architecture in CONSISTENT_ARCHITECTURES:
+            summary = (f"The data-consistent {architecture} network (shipped weights '{weights or 'unavailable'}'): "
+                       "local field → χ with the record's dipole operator inside.")
+            specs.append(MethodSpec(architecture, network, WeightsParameters.with_defaults(
+                f"{title}Parameters", weights=weights), kind="learned", summary=summary,
+                references=(_REFERENCES[architecture],)))
+            continue
         specs.append(MethodSpec(architecture, network, NetworkParameters.with_defaults(
-            f"{architecture.capitalize()}Parameters", weights=weights), kind="learned", summary=summary,
+            f"{title}Parameters", weights=weights), kind="learned", summary=summary,
             references=(_REFERENCES[architecture],)))
         for refinement in REFINEMENTS.values():
             name = f"{architecture}+{refinement.name}"

@@ -137,6 +137,12 @@ class SimulationConfig:
         (:func:`~torchqsm.simulate.background.external_sources`, through the voxel-integrated
         kernel), harmonic in the brain and largest at its edge, as background removal leaves it. The
         target χ is unchanged. ``(0, 0)`` (default) is off. Drawn last.
+    patch_dipole
+        ``local_to_chi`` with patches: the input field of each patch is the dipole field of the
+        patch's own χ, computed on the patch zero-padded by ``pad`` voxels (plus the volume's
+        model errors: anisotropy and residual background, cropped), not a crop of the volume's
+        field, which also holds the field of χ outside the patch. A data-consistent network sees
+        then data that its own dipole operator explains. Draws no random numbers.
     """
 
     task: Task = "local_to_chi"
@@ -163,6 +169,7 @@ class SimulationConfig:
     wm_anisotropy_ppm: tuple[float, float] = (0.0, 0.0)
     veins: tuple[int, int] = (0, 0)
     residual_background_ppm: tuple[float, float] = (0.0, 0.0)
+    patch_dipole: bool = False
 
     def __post_init__(self) -> None:
         if self.task not in ("local_to_chi", "total_to_local", "phase_to_chi"):
@@ -220,6 +227,7 @@ class SimulatedVolume:
     b0_tesla: float
     snr: float | None
     voxel_size_mm: tuple[float, float, float]
+    model_error_ppm: torch.Tensor | None = None
 
 
 @functools.lru_cache(maxsize=4)
@@ -336,9 +344,12 @@ def simulate_volume(config: SimulationConfig, generator: torch.Generator) -> Sim
         size = float(residual[mask].square().mean().sqrt()) if bool(mask.any()) else 0.0
         if size > 0:
             local = local + (rms / size) * residual * mask
+    model_error = None
+    if config.patch_dipole and config.task == "local_to_chi":  # what the scalar dipole model does not explain
+        model_error = local - dipole(chi * mask)
     return SimulatedVolume(chi_ppm=chi * mask, mask=mask, local_field_ppm=local, total_field_ppm=total, m0=m0,
                            r2star_hz=r2star, phase_offset_rad=offset, b0_dir=b0_dir, b0_tesla=b0_tesla, snr=snr,
-                           voxel_size_mm=tuple(float(h) for h in config.voxel_size_mm))
+                           voxel_size_mm=tuple(float(h) for h in config.voxel_size_mm), model_error_ppm=model_error)
 
 
 def _patch_corners(mask: torch.Tensor, size: tuple[int, ...], *, fraction: float,
@@ -385,6 +396,10 @@ def _sample(config: SimulationConfig, volume: SimulatedVolume, corner, size, see
     source, target = ((volume.local_field_ppm, volume.chi_ppm) if config.task == "local_to_chi"
                       else (volume.total_field_ppm, volume.local_field_ppm * volume.mask))
     field = _crop(source[None], corner, size)
+    if volume.model_error_ppm is not None:  # patch_dipole: the field of the patch's own χ, on the padded patch
+        dipole = DipoleOp(size, voxel_size_mm=volume.voxel_size_mm, b0_dir=volume.b0_dir, pad=config.pad)
+        patch_chi = _crop(volume.chi_ppm[None], corner, size)
+        field = dipole(patch_chi) + _crop(volume.model_error_ppm[None], corner, size)
     sigma = _uniform(generator, *config.local_noise_ppm)
     if sigma > 0:
         field = field + sigma * torch.randn(field.shape, generator=generator)

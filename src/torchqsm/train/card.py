@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from ..models.unrolled import PHYSICS_ARCHITECTURES
 from .config import RunConfig
 from .loop import TrainResult
 
@@ -58,7 +59,9 @@ def training_card(config: RunConfig, result: TrainResult, *, metrics: dict[str, 
         "voxel_size_mm": list(data.voxel_size_mm),
         "orientation": {"b0_dir_training": f"B0 {tilt}, in voxel coordinates",
                         "reorient_at_inference": False,
-                        "note": "trained on oblique B0, applied at the data's own orientation"},
+                        "note": ("the dipole operator of the data's B0 direction and voxel size is applied inside "
+                                 "the network" if config.model.architecture in PHYSICS_ARCHITECTURES else
+                                 "trained on oblique B0, applied at the data's own orientation")},
         "training": {
             "recipe": (f"Adam lr {training.learning_rate:g} (×{training.gamma:g} at "
                        f"{', '.join(f'{m:g}' for m in training.milestones)} of the steps), batch {training.batch_size}, "
@@ -67,7 +70,8 @@ def training_card(config: RunConfig, result: TrainResult, *, metrics: dict[str, 
                      f"{'x'.join(map(str, data.patch_size or ()))} at {'x'.join(f'{h:g}' for h in data.voxel_size_mm)} mm, "
                      f"lesion probability {data.lesion_probability:g}, input noise {data.local_noise_ppm} ppm"
                      + (f", white-matter anisotropy {data.wm_anisotropy_ppm} ppm" if max(data.wm_anisotropy_ppm) > 0
-                        else "")),
+                        else "")
+                     + (", each patch's field from its own padded χ" if data.patch_dipole else "")),
             "steps": result.step,
             "samples": result.step * training.batch_size * result.world_size,
             "time_s": round(result.total_seconds, 1),

@@ -38,7 +38,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from tqdm.auto import tqdm
 
 from ..errors import ParameterError
-from ..models import Normalization, build_model
+from ..models import Normalization, build_model, is_physics
 from ..simulate import SimulatedQSMDataset, derive_seed
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from .config import RunConfig
@@ -203,6 +203,8 @@ def train(config: RunConfig, out_dir: str | Path, *, resume: bool = False, valid
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
     normalization = config.normalization
+    physics = is_physics(model)
+    chi_to_field = normalization.output_scale_ppm / normalization.input_scale_ppm
     last = settings.steps if stop_after is None else min(settings.steps, step + stop_after)
     bar = tqdm(total=last, initial=step, desc=f"training {config.model.name}", unit="step", dynamic_ncols=True,
                disable=None if (progress and rank == 0) else True)
@@ -218,7 +220,11 @@ def train(config: RunConfig, out_dir: str | Path, *, resume: bool = False, valid
         target = normalization.chi_to_network(batch["target"].to(device, non_blocking=True))
         mask = batch["mask"].to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=amp_dtype) if use_amp else nullcontext():
-            estimate = network(field)
+            if physics:  # the dipole operator of each sample's geometry inside the network
+                estimate = network(field, mask, b0_dir=batch["b0_dir"], voxel_size_mm=batch["voxel_size_mm"],
+                                   chi_to_field=chi_to_field)
+            else:
+                estimate = network(field)
         terms = masked_losses(estimate, target, mask, settings.loss, b0_dir=batch["b0_dir"],
                               voxel_size_mm=batch["voxel_size_mm"])
         loss = total_loss(terms, settings.loss)
