@@ -28,7 +28,7 @@ __all__ = ["ARCHITECTURES", "build_model", "Normalization", "UNet3d", "qsmnet", 
 
 
 def qsmnet(*, in_channels: int = 1, out_channels: int = 1, base_channels: int = 32, depth: int = 4,
-           kernel_size: int = 5) -> UNet3d:
+           kernel_size: int = 5, orientation_adaptive: bool = False) -> UNet3d:
     """A QSMnet-style U-Net (Yoon et al. 2018): 5×5×5 kernels, 32 → 512 channels by default.
 
     References
@@ -36,7 +36,8 @@ def qsmnet(*, in_channels: int = 1, out_channels: int = 1, base_channels: int = 
     Yoon J, Gong E, Chatnuntawech I, et al. Quantitative susceptibility mapping using deep
     neural network: QSMnet. NeuroImage 2018;179:199-206. doi:10.1016/j.neuroimage.2018.06.030
     """
-    return UNet3d(in_channels, out_channels, base_channels=base_channels, depth=depth, kernel_size=kernel_size)
+    return UNet3d(in_channels, out_channels, base_channels=base_channels, depth=depth, kernel_size=kernel_size,
+                  orientation_adaptive=orientation_adaptive)
 
 
 #: Architecture name → factory taking keyword hyperparameters.

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["UNet3d", "ConvBlock"]
+__all__ = ["UNet3d", "ConvBlock", "OAConvBlock"]
 
 
 class ConvBlock(nn.Sequential):
@@ -35,6 +35,22 @@ class ConvBlock(nn.Sequential):
         )
 
 
+class OAConvBlock(nn.Module):
+    """A :class:`ConvBlock` with an OA-LFE module after each convolution (iQSM+, Fig. 2)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3) -> None:
+        super().__init__()
+        from .oalfe import OALFE
+
+        self.block = ConvBlock(in_channels, out_channels, kernel_size)
+        self.editors = nn.ModuleList([OALFE(out_channels), OALFE(out_channels)])
+
+    def forward(self, x: torch.Tensor, b0_dir: torch.Tensor) -> torch.Tensor:
+        conv1, norm1, act1, conv2, norm2, act2 = self.block
+        x = act1(norm1(self.editors[0](conv1(x), b0_dir)))
+        return act2(norm2(self.editors[1](conv2(x), b0_dir)))
+
+
 class UNet3d(nn.Module):
     r"""A 3-D U-Net: field (normalised) → χ (normalised).
 
@@ -50,6 +66,9 @@ class UNet3d(nn.Module):
         multiples of ``2**depth``.
     kernel_size
         Convolution kernel (3: DF-QSM, 5: QSMnet-style).
+    orientation_adaptive
+        Put an OA-LFE module (:class:`~torchqsm.models.oalfe.OALFE`) after every 3×3×3
+        convolution, as iQSM+ does; ``forward`` then needs ``b0_dir``.
 
     Examples
     --------
@@ -61,24 +80,26 @@ class UNet3d(nn.Module):
     """
 
     def __init__(self, in_channels: int = 1, out_channels: int = 1, *, base_channels: int = 16, depth: int = 4,
-                 kernel_size: int = 3) -> None:
+                 kernel_size: int = 3, orientation_adaptive: bool = False) -> None:
         super().__init__()
         if depth < 1 or base_channels < 1 or kernel_size % 2 == 0:
             raise ValueError("depth and base_channels must be positive and kernel_size odd")
         self.depth = depth
+        self.orientation_adaptive = bool(orientation_adaptive)
+        block = OAConvBlock if orientation_adaptive else ConvBlock
         widths = [base_channels * 2 ** level for level in range(depth + 1)]
         self.encoders = nn.ModuleList()
         channels = in_channels
         for width in widths[:-1]:
-            self.encoders.append(ConvBlock(channels, width, kernel_size))
+            self.encoders.append(block(channels, width, kernel_size))
             channels = width
         self.pool = nn.MaxPool3d(2)
-        self.bottleneck = ConvBlock(widths[-2], widths[-1], kernel_size)
+        self.bottleneck = block(widths[-2], widths[-1], kernel_size)
         self.upsamplers = nn.ModuleList()
         self.decoders = nn.ModuleList()
         for width in reversed(widths[:-1]):
             self.upsamplers.append(nn.ConvTranspose3d(width * 2, width, kernel_size=2, stride=2))
-            self.decoders.append(ConvBlock(width * 2, width, kernel_size))
+            self.decoders.append(block(width * 2, width, kernel_size))
         self.head = nn.Conv3d(widths[0], out_channels, kernel_size=1)
 
     @property
@@ -86,13 +107,23 @@ class UNet3d(nn.Module):
         """Every spatial size must be a multiple of this."""
         return 2 ** self.depth
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, b0_dir: torch.Tensor | None = None) -> torch.Tensor:
+        if self.orientation_adaptive:
+            from .oalfe import unit_directions
+
+            p = unit_directions(b0_dir, x.shape[0]).to(x.device)
+
+            def run(block: nn.Module, h: torch.Tensor) -> torch.Tensor:
+                return block(h, p)
+        else:
+            def run(block: nn.Module, h: torch.Tensor) -> torch.Tensor:
+                return block(h)
         skips = []
         for encoder in self.encoders:
-            x = encoder(x)
+            x = run(encoder, x)
             skips.append(x)
             x = self.pool(x)
-        x = self.bottleneck(x)
+        x = run(self.bottleneck, x)
         for upsample, decoder, skip in zip(self.upsamplers, self.decoders, reversed(skips)):
-            x = decoder(torch.cat([upsample(x), skip], dim=1))
+            x = run(decoder, torch.cat([upsample(x), skip], dim=1))
         return self.head(x)

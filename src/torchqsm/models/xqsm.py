@@ -124,6 +124,10 @@ class XQSM(nn.Module):
         xQSM and Chen et al. used 0.5.
     residual
         Add the input to the output, as xQSM does (needs ``in_channels == out_channels``).
+    orientation_adaptive
+        xQSM+ (iQSM+ paper, Sec. 4.5): an OA-LFE module (:class:`~torchqsm.models.oalfe.OALFE`)
+        on the high- and the low-frequency features after every octave block; ``forward`` then
+        needs ``b0_dir``.
 
     References
     ----------
@@ -147,7 +151,7 @@ class XQSM(nn.Module):
     """
 
     def __init__(self, in_channels: int = 1, out_channels: int = 1, *, base_channels: int = 64, depth: int = 2,
-                 alpha: float = 0.5, residual: bool = True) -> None:
+                 alpha: float = 0.5, residual: bool = True, orientation_adaptive: bool = False) -> None:
         super().__init__()
         if depth < 1 or base_channels < 2:
             raise ValueError(f"depth must be >= 1 and base_channels >= 2, got {depth}, {base_channels}")
@@ -179,26 +183,46 @@ class XQSM(nn.Module):
             self.decoders.append(_OctaveBlock((2 * high, 2 * low), widths[level], out, alpha))
         self.merge = OctaveConv3d(widths[0], widths[0], alpha_in=alpha, alpha_out=0.0)
         self.head = nn.Conv3d(widths[0], out_channels, kernel_size=1)
+        self.orientation_adaptive = bool(orientation_adaptive)
+        if self.orientation_adaptive:
+            from .oalfe import OALFE
+
+            outputs = [*widths, widths[-1], *(widths[level - 1] if level > 0 else widths[0]
+                                               for level in reversed(range(depth)))]
+            self.editors = nn.ModuleList(nn.ModuleList(OALFE(c) for c in _split(width, alpha)) for width in outputs)
 
     @property
     def multiple(self) -> int:
         """Every spatial size must be a multiple of this (the low group is pooled ``depth + 1`` times)."""
         return 2 ** (self.depth + 1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, b0_dir: torch.Tensor | None = None) -> torch.Tensor:
         if any(size % self.multiple for size in x.shape[-3:]):
             raise ValueError(f"spatial sizes {tuple(x.shape[-3:])} must be multiples of {self.multiple}")
+        editors = iter(self.editors) if self.orientation_adaptive else None
+        if editors is not None:
+            from .oalfe import unit_directions
+
+            p = unit_directions(b0_dir, x.shape[0]).to(x.device)
+
+        def run(block: nn.Module, high: torch.Tensor, low: torch.Tensor) -> Pair:
+            high, low = block(high, low)
+            if editors is None:
+                return high, low
+            edit_high, edit_low = next(editors)
+            return edit_high(high, p), edit_low(low, p)
+
         high, low = self.split(x)
         skips = []
         for encoder in self.encoders:
-            high, low = encoder(high, low)
+            high, low = run(encoder, high, low)
             skips.append((high, low))
             high, low = F.max_pool3d(high, 2), F.max_pool3d(low, 2)
-        high, low = self.middle(high, low)
+        high, low = run(self.middle, high, low)
         for up_high, up_low, decoder, (skip_high, skip_low) in zip(
                 self.upsample_high, self.upsample_low, self.decoders, reversed(skips)):
             high = torch.cat([up_high(high), skip_high], dim=1)
             low = torch.cat([up_low(low), skip_low], dim=1)
-            high, low = decoder(high, low)
+            high, low = run(decoder, high, low)
         output = self.head(self.merge(high, low)[0])
         return output + x if self.residual else output

@@ -1,0 +1,122 @@
+"""The LoT layer and OA-LFE of iQSM+: against the physics LoT, the phase model, and as identities when fresh."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from torchqsm.errors import ParameterError
+from torchqsm.models import UNet3d
+from torchqsm.models.oalfe import OALFE, LoTLayer, laplacian_stencil_27
+from torchqsm.physics.lot import laplacian_of_wrapped_phase
+from torchqsm.physics.operators import LaplacianOp
+from torchqsm.physics.units import GAMMA_BAR_MHZ_PER_T
+
+INTERIOR = (slice(2, -2),) * 3
+
+
+def _smooth_field(n: int = 48) -> torch.Tensor:
+    """A smooth field (ppm) of a few tenths of ppm: several phase wraps at 3 T and TE ≥ 10 ms."""
+    x = torch.arange(n, dtype=torch.float64) / n
+    return 0.4 * torch.sin(2 * math.pi * x)[:, None, None] * torch.cos(2 * math.pi * x)[None, :, None] \
+        + 0.1 * torch.cos(2 * math.pi * x)[None, None, :]
+
+
+def test_stencil_is_the_27_point_laplacian():
+    kernel = laplacian_stencil_27((1.0, 1.0, 1.0), dtype=torch.float64)
+    assert float(kernel.sum()) == pytest.approx(0.0, abs=1e-12)  # annihilates constants
+    x = torch.arange(5, dtype=torch.float64)
+    quadratic = (x[:, None, None] ** 2).expand(5, 5, 5)  # ∇² x² = 2
+    assert float((kernel * quadratic[1:4, 1:4, 1:4]).sum()) == pytest.approx(2.0, rel=1e-12)
+
+
+def test_lot_layer_at_initialisation_equals_the_physics_lot():
+    """Issue 15: at initialisation each channel equals physics LoT on wrapped phase (interior, one echo)."""
+    field = _smooth_field()
+    te, b0 = 0.02, 3.0
+    phase = 2 * math.pi * GAMMA_BAR_MHZ_PER_T * b0 * te * field
+    assert float(phase.abs().max()) > 2 * math.pi  # wrapped several times
+    wrapped = torch.angle(torch.exp(1j * phase))
+    layer = LoTLayer(out_channels=2).double()
+    out = layer(wrapped[None, None], echo_times_s=[te], b0_tesla=b0).detach()
+    reference = laplacian_of_wrapped_phase(wrapped, LaplacianOp(field.shape, stencil="27", dtype=torch.float64))
+    reference = reference / (2 * math.pi * GAMMA_BAR_MHZ_PER_T * b0 * te)
+    for channel in range(2):
+        assert torch.allclose(out[0, channel][INTERIOR], reference[INTERIOR], rtol=1e-6, atol=1e-9)
+
+
+def test_multi_echo_lot_recovers_the_laplacian_of_the_field_in_ppm():
+    field = _smooth_field()
+    echoes, b0 = [0.003, 0.006, 0.009, 0.012], 3.0
+    phases = torch.stack([2 * math.pi * GAMMA_BAR_MHZ_PER_T * b0 * te * field for te in echoes])
+    assert float(phases.abs().max()) > math.pi  # the later echoes wrap
+    wrapped = torch.angle(torch.exp(1j * phases))
+    out = LoTLayer(out_channels=1).double()(wrapped[None], echo_times_s=echoes, b0_tesla=b0)[0, 0].detach()
+    truth = LaplacianOp(field.shape, stencil="27", dtype=torch.float64)(field)
+    error = (out - truth)[INTERIOR].abs().max() / truth[INTERIOR].abs().max()
+    assert float(error) < 0.05  # the LoT identity is exact only for small neighbour differences
+
+
+def test_lot_layer_refuses_unwrapped_phase_and_bad_echo_times():
+    layer = LoTLayer()
+    with pytest.raises(ParameterError, match="not wrapped"):
+        layer(torch.full((1, 1, 4, 4, 4), 40.0), echo_times_s=[0.01], b0_tesla=3.0)
+    with pytest.raises(ParameterError, match="echo times"):
+        layer(torch.zeros(1, 2, 4, 4, 4), echo_times_s=[0.01], b0_tesla=3.0)
+
+
+def test_oalfe_is_the_identity_when_fresh_and_then_follows_the_orientation():
+    block = OALFE(3)
+    h = torch.randn(2, 3, 5, 5, 5)
+    axial, oblique = torch.tensor([[0.0, 0.0, 1.0]] * 2), torch.tensor([[0.0, 0.6, 0.8]] * 2)
+    assert torch.equal(block(h, axial), h)
+    for mlp in (block.kernel, block.scale, block.shift):
+        torch.nn.init.normal_(mlp[-1].weight, std=0.5)
+    assert not torch.allclose(block(h, axial), block(h, oblique))
+    block(h, oblique).square().sum().backward()
+    assert all(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in block.parameters())
+
+
+@pytest.mark.parametrize(("b0", "message"), [(None, "needs the B0"), ((0, 0, 0), "non-zero"), ((0, 0, 2), "unit")])
+def test_bad_b0_direction_is_one_clear_error(b0, message):
+    with pytest.raises(ParameterError, match=message):
+        OALFE(2)(torch.zeros(1, 2, 4, 4, 4), b0)
+
+
+def test_orientation_adaptive_unet_keeps_the_plain_unet_when_fresh():
+    """OA-LFE plugged into the U-Net by a constructor argument: a fresh one computes what the backbone does."""
+    torch.manual_seed(0)
+    plain = UNet3d(base_channels=2, depth=2).eval()
+    torch.manual_seed(0)
+    adaptive = UNet3d(base_channels=2, depth=2, orientation_adaptive=True).eval()
+    # copy the backbone weights by position (OA blocks wrap the plain ConvBlock as .block)
+    backbone = dict(plain.state_dict())
+    for name, target in adaptive.state_dict().items():
+        if "editors" not in name:
+            target.copy_(backbone[name.replace(".block.", ".")])
+    x = torch.randn(1, 1, 8, 8, 8)
+    with torch.no_grad():
+        assert torch.allclose(adaptive(x, torch.tensor([0.0, 0.6, 0.8])), plain(x), atol=1e-6)
+    with pytest.raises(ParameterError, match="needs the B0"):
+        adaptive(x)
+
+
+@pytest.mark.parametrize("architecture", ["unet", "qsmnet", "xqsm"])
+def test_oalfe_plugs_into_every_backbone_and_uses_the_orientation(architecture):
+    """Issue 15: U-Net, QSMnet and xQSM take OA-LFE by a constructor argument; trained editors see B0."""
+    from torchqsm.models import build_model
+
+    sizes = {"unet": dict(base_channels=2, depth=2), "qsmnet": dict(base_channels=2, depth=1),
+             "xqsm": dict(base_channels=4, depth=1)}[architecture]
+    net = build_model(architecture, orientation_adaptive=True, **sizes).eval()
+    editors = [m for m in net.modules() if isinstance(m, OALFE)]
+    assert editors
+    for editor in editors:
+        torch.nn.init.normal_(editor.scale[-1].weight, std=0.5)
+        torch.nn.init.normal_(editor.kernel[-1].weight, std=0.5)
+    x = torch.randn(1, 1, 8, 8, 8)
+    with torch.no_grad():
+        axial, tilted = net(x, torch.tensor([0.0, 0.0, 1.0])), net(x, torch.tensor([0.0, 0.6, 0.8]))
+    assert axial.shape == x.shape and not torch.allclose(axial, tilted)
