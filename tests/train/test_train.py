@@ -147,3 +147,21 @@ def test_data_consistent_networks_train_and_resume(tmp_path, architecture):
     train(config_from_dict(values), tmp_path / "parts", progress=False, stop_after=3)
     rest = train(config_from_dict(values), tmp_path / "parts", resume=True, progress=False).losses
     assert rest == pytest.approx(whole[3:], rel=1e-5)
+
+
+@pytest.mark.parametrize("architecture", ["iqsm", "iqsm+"])
+def test_phase_networks_train_on_wrapped_phase(tmp_path, architecture):
+    """iQSM and iQSM+ train on phase_to_chi samples (wrapped phase, echo times, B0 strength and direction)."""
+    values = tiny(steps=4, checkpoint_every=4, loss={"mse": 1.0})
+    values["model"] = {"architecture": architecture, "name": "tiny",
+                       "hyperparameters": {"base_channels": 2, "depth": 2}}
+    values["data"].update(task="phase_to_chi", max_tilt_deg=90.0)
+    losses = train(config_from_dict(values), tmp_path, progress=False).losses
+    assert len(losses) == 4 and all(math.isfinite(v) for v in losses)
+
+
+def test_phase_networks_refuse_a_field_task():
+    values = tiny()
+    values["model"] = {"architecture": "iqsm+", "name": "tiny"}
+    with pytest.raises(ParameterError, match="phase_to_chi"):
+        config_from_dict(values)

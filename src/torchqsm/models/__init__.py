@@ -5,7 +5,8 @@ the architectures are listed in :data:`ARCHITECTURES`. Every network maps a norm
 local field ``(N, 1, X, Y, Z)`` to a normalised χ of the same shape and has a
 ``multiple`` property (spatial sizes must be multiples of it). The data-consistent networks
 (:mod:`torchqsm.models.unrolled`: ``lpcnn``, ``noqsm``, ``noqsm-sd``, ``nextqsm``) also take the
-mask, the B0 direction and the voxel size (:func:`is_physics`).
+mask, the B0 direction and the voxel size (:func:`is_physics`); ``iqsm`` and ``iqsm+``
+(:mod:`torchqsm.models.iqsm`) take the wrapped multi-echo phase (:data:`PHASE_ARCHITECTURES`).
 """
 
 from __future__ import annotations
@@ -19,11 +20,13 @@ from .inference import crop, estimate_memory_mb, pad_to_multiple, predict
 from .normalization import Normalization
 from .reorient import ModelFrame, to_model_frame
 from .unet import UNet3d
+from .iqsm import IQSM, iqsm, iqsm_plus
 from .unrolled import LPCNN, PHYSICS_ARCHITECTURES, NoQSM, VarNet
 from .xqsm import XQSM
 
 __all__ = ["ARCHITECTURES", "build_model", "Normalization", "UNet3d", "qsmnet", "XQSM",
-           "LPCNN", "NoQSM", "VarNet", "is_physics",
+           "LPCNN", "NoQSM", "VarNet", "IQSM", "is_physics",
+           "PHASE_ARCHITECTURES",
            "predict", "estimate_memory_mb", "pad_to_multiple", "crop", "to_model_frame", "ModelFrame"]
 
 
@@ -42,7 +45,9 @@ def qsmnet(*, in_channels: int = 1, out_channels: int = 1, base_channels: int = 
 
 #: Architecture name → factory taking keyword hyperparameters.
 ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {"unet": UNet3d, "qsmnet": qsmnet, "xqsm": XQSM,
-                                                      **PHYSICS_ARCHITECTURES}
+                                                      **PHYSICS_ARCHITECTURES, "iqsm": iqsm, "iqsm+": iqsm_plus}
+#: Architectures whose input is the wrapped multi-echo phase (``phase_to_chi``), not a local field.
+PHASE_ARCHITECTURES = ("iqsm", "iqsm+")
 
 
 def is_physics(model: nn.Module) -> bool:

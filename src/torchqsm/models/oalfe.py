@@ -133,16 +133,23 @@ class LoTLayer(nn.Module):
         self.weight = nn.Parameter(stencil.expand(out_channels, 1, 3, 3, 3).clone())
 
     def forward(self, wrapped_phase_rad: torch.Tensor, *, echo_times_s: Sequence[float] | torch.Tensor,
-                b0_tesla: float) -> torch.Tensor:
-        """``(N, E, X, Y, Z)`` wrapped phase (rad) of E echoes → ``(N, out_channels, X, Y, Z)`` ∇²field (ppm/mm²)."""
+                b0_tesla: float | torch.Tensor) -> torch.Tensor:
+        """``(N, E, X, Y, Z)`` wrapped phase (rad) of E echoes → ``(N, out_channels, X, Y, Z)`` ∇²field (ppm/mm²).
+
+        ``echo_times_s``: ``(E,)`` or per sample ``(N, E)``; ``b0_tesla``: one or ``(N,)``.
+        """
         from ..errors import ParameterError
 
         n, echoes = wrapped_phase_rad.shape[:2]
-        te = torch.as_tensor(echo_times_s, dtype=wrapped_phase_rad.dtype, device=wrapped_phase_rad.device)
-        if te.numel() != echoes or not bool((te > 0).all()):
+        options = {"dtype": wrapped_phase_rad.dtype, "device": wrapped_phase_rad.device}
+        te = torch.as_tensor(echo_times_s, **options)
+        te = te.reshape(1, -1).expand(n, -1) if te.dim() <= 1 else te
+        b0 = torch.as_tensor(b0_tesla, **options).reshape(-1)
+        b0 = b0.expand(n) if b0.numel() == 1 else b0
+        if te.shape != (n, echoes) or not bool((te > 0).all()) or not bool(torch.isfinite(te).all()):
             raise ParameterError(f"{echoes} echoes need {echoes} positive echo times (s), got {te.tolist()}")
-        if not float(b0_tesla) > 0:
-            raise ParameterError(f"the field strength must be positive (T), got {b0_tesla}")
+        if b0.shape != (n,) or not bool((b0 > 0).all()):
+            raise ParameterError(f"the field strength must be positive (T), got {b0.tolist()}")
         if float(wrapped_phase_rad.detach().abs().max()) > torch.pi + 1e-3:
             raise ParameterError("the phase is not wrapped radians (values beyond ±π): apply the file's scaling "
                                  "(e.g. int16 scl_slope) or wrap it first")
@@ -151,6 +158,7 @@ class LoTLayer(nn.Module):
         channels = self.weight.shape[0]
         lot = cos * F.conv3d(sin, self.weight, padding=1) - sin * F.conv3d(cos, self.weight, padding=1)
         lot = lot.reshape(n, echoes, channels, *wrapped_phase_rad.shape[2:])
-        weights = te / te.square().sum()  # least squares for φ_e = ω·TE_e
-        omega_laplacian = (lot * weights.reshape(1, echoes, 1, 1, 1, 1)).sum(dim=1)  # rad/s/mm²
-        return omega_laplacian / (2 * torch.pi * GAMMA_BAR_MHZ_PER_T * float(b0_tesla))  # ω = 2πγ̄B0·f(ppm)
+        weights = te / te.square().sum(dim=1, keepdim=True)  # least squares for φ_e = ω·TE_e
+        omega_laplacian = (lot * weights.reshape(n, echoes, 1, 1, 1, 1)).sum(dim=1)  # rad/s/mm²
+        scale = 2 * torch.pi * GAMMA_BAR_MHZ_PER_T * b0  # ω = 2πγ̄B0·f(ppm)
+        return omega_laplacian / scale.reshape(n, 1, 1, 1, 1)

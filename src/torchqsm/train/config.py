@@ -42,7 +42,7 @@ from typing import Any, Literal
 import tomllib
 
 from ..errors import InputError, ParameterError
-from ..models import ARCHITECTURES, Normalization
+from ..models import ARCHITECTURES, PHASE_ARCHITECTURES, Normalization
 from ..simulate import SimulationConfig
 
 __all__ = ["ModelConfig", "LossWeights", "TrainingConfig", "ValidationConfig", "RunConfig", "load_config",
@@ -183,8 +183,9 @@ def config_from_dict(values: dict[str, Any], *, base: Path | None = None) -> Run
     training = _build(TrainingConfig, training_table, "training")
     training = dataclasses.replace(training, loss=loss)
     data = _build(SimulationConfig, values.get("data", {}), "data")
-    if data.task != "local_to_chi":
-        raise ParameterError(f"[data] task must be local_to_chi for dipole-inversion networks, got '{data.task}'")
+    wanted = "phase_to_chi" if model.architecture in PHASE_ARCHITECTURES else "local_to_chi"
+    if data.task != wanted:
+        raise ParameterError(f"[data] task must be {wanted} for the {model.architecture} network, got '{data.task}'")
     validation = _build(ValidationConfig, values.get("validation", {}), "validation")
     if validation.suite_dir and base is not None and not Path(validation.suite_dir).is_absolute():
         validation = dataclasses.replace(validation, suite_dir=str((base / validation.suite_dir).resolve()))

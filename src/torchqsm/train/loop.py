@@ -204,6 +204,7 @@ def train(config: RunConfig, out_dir: str | Path, *, resume: bool = False, valid
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
     normalization = config.normalization
     physics = is_physics(model)
+    phase_input = bool(getattr(model, "phase_input", False))
     chi_to_field = normalization.output_scale_ppm / normalization.input_scale_ppm
     last = settings.steps if stop_after is None else min(settings.steps, step + stop_after)
     bar = tqdm(total=last, initial=step, desc=f"training {config.model.name}", unit="step", dynamic_ncols=True,
@@ -220,7 +221,11 @@ def train(config: RunConfig, out_dir: str | Path, *, resume: bool = False, valid
         target = normalization.chi_to_network(batch["target"].to(device, non_blocking=True))
         mask = batch["mask"].to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=amp_dtype) if use_amp else nullcontext():
-            if physics:  # the dipole operator of each sample's geometry inside the network
+            if phase_input:  # iQSM: wrapped phase (rad), echo times, field strength and B0 direction
+                estimate = network(batch["input"].to(device, non_blocking=True), mask,
+                                   echo_times_s=batch["echo_times_s"].to(device), b0_tesla=batch["b0_tesla"].to(device),
+                                   b0_dir=batch["b0_dir"].to(device))
+            elif physics:  # the dipole operator of each sample's geometry inside the network
                 estimate = network(field, mask, b0_dir=batch["b0_dir"], voxel_size_mm=batch["voxel_size_mm"],
                                    chi_to_field=chi_to_field)
             else:
