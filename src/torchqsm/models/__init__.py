@@ -45,7 +45,8 @@ def qsmnet(*, in_channels: int = 1, out_channels: int = 1, base_channels: int = 
 
 #: Architecture name → factory taking keyword hyperparameters.
 ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {"unet": UNet3d, "qsmnet": qsmnet, "xqsm": XQSM,
-                                                      **PHYSICS_ARCHITECTURES, "iqsm": iqsm, "iqsm+": iqsm_plus}
+                                                      **PHYSICS_ARCHITECTURES,
+                                                      "iqsm": iqsm, "iqsm+": iqsm_plus}
 #: Architectures whose input is the wrapped multi-echo phase (``phase_to_chi``), not a local field.
 PHASE_ARCHITECTURES = ("iqsm", "iqsm+")
 

@@ -67,7 +67,7 @@ def unit_directions(b0_dir: torch.Tensor | Sequence[float], batch: int) -> torch
 
 
 class _MLP(nn.Sequential):
-    """3 → 3 → 5 → 10 → ``out`` with SiLU (the paper's Eq. 8); the last layer starts at ``bias``, weight zero."""
+    """3 → 3 → 5 → 10 → ``out``, SiLU (the paper's Eq. 8); the last layer starts at ``bias``, weight zero."""
 
     def __init__(self, out: int, bias: float = 0.0) -> None:
         super().__init__(nn.Linear(3, 3), nn.SiLU(), nn.Linear(3, 5), nn.SiLU(), nn.Linear(5, 10), nn.SiLU(),

@@ -41,7 +41,7 @@ from .specs import Parameters, param
 
 __all__ = ["LEARNED_ARCHITECTURES", "CONSISTENT_ARCHITECTURES", "REFINEMENTS", "WeightsParameters",
            "NetworkParameters", "learned_specs",
-           "load_cached", "network_inversion", "training_tilt_deg"]
+           "load_cached", "network_inversion", "shipped_defaults", "training_tilt_deg"]
 
 LEARNED_ARCHITECTURES = ("unet", "xqsm", "qsmnet", "lpcnn", "noqsm", "noqsm-sd", "nextqsm")
 #: The data-consistent networks (:mod:`torchqsm.models.unrolled`): the record's dipole operator is
@@ -186,14 +186,9 @@ def _broken(error: InputError) -> Callable[..., torch.Tensor]:
     return unavailable
 
 
-def learned_specs() -> list:
-    """The learned methods of the shipped cards (read now), as registry specs: each network and its compositions.
-
-    A card that cannot be read gives its architecture (from the file name ``ARCH-...``) a method
-    that raises the card's :class:`InputError`, unless another card of that architecture reads.
-    """
+def _shipped_cards() -> tuple[dict[str, str], dict[str, InputError]]:
+    """Architecture → the first shipped card's name (by file name); architecture → an unreadable card's error."""
     from ..models.weights import SHIPPED_DIR, model_card
-    from .registry import MethodSpec
 
     defaults: dict[str, str] = {}
     broken: dict[str, InputError] = {}
@@ -201,9 +196,27 @@ def learned_specs() -> list:
         try:
             card = model_card(path.stem)
         except InputError as error:
-            broken.setdefault(path.stem.split("-")[0], error)
+            stem = path.stem.split("-hybrid")[0] if "-hybrid" in path.stem else path.stem.split("-")[0]
+            broken.setdefault(stem, error)
             continue
         defaults.setdefault(card["architecture"], card["name"])
+    return defaults, broken
+
+
+def shipped_defaults() -> dict[str, str]:
+    """Architecture → the name of its default shipped weights (what the registry's methods load)."""
+    return _shipped_cards()[0]
+
+
+def learned_specs() -> list:
+    """The learned methods of the shipped cards (read now), as registry specs: each network and its compositions.
+
+    A card that cannot be read gives its architecture (from the file name ``ARCH-...``) a method
+    that raises the card's :class:`InputError`, unless another card of that architecture reads.
+    """
+    from .registry import MethodSpec
+
+    defaults, broken = _shipped_cards()
     specs = []
     for architecture in LEARNED_ARCHITECTURES:
         if architecture not in defaults and architecture not in broken:
