@@ -42,7 +42,7 @@ def test_every_physics_architecture_is_registered_and_flagged():
 
 
 def test_noqsm_solves_satisfy_the_normal_equations():
-    """Identity prior, NoQSM is iterated Tikhonov, χ₀ = (DᴴMD + λ)⁻¹DᴴMf, then the same with λχ₀ added."""
+    """Identity prior: iterated Tikhonov, χ₀ = (DᴴMD + λ)⁻¹DᴴMf, then the same with λχ₀ added."""
     chi, mask, field = _phantom()
     net = NoQSM(channels=2, blocks=1, solver_iterations=200, regularization=0.05).double()
     x = field[None, None] * mask
