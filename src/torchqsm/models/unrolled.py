@@ -9,7 +9,7 @@ anisotropic acquisition needs no rotation or resampling of the data:
   :math:`\chi_{k+1} = R_\omega(\chi_k - \alpha D^H M (D\chi_k - f))`, ``iterations`` times from
   :math:`\chi_0 = 0`, one residual CNN :math:`R_\omega` shared by every iteration, learnable
   :math:`\alpha > 0`.
-- :class:`NoQSM`: NoQSM-net (Feng et al. 2021): a data-consistency solve
+- :class:`NoQSM`: NoQSM-net (Zhang, Guo, Chen 2024): a data-consistency solve
   :math:`\chi = (D^H M D + \lambda I)^{-1}(D^H M f + \lambda\varphi)` alternating with the residual
   CNN :math:`\varphi = R_\omega(\chi)`, learnable :math:`\lambda > 0`. The solve is conjugate
   gradient with gradients by implicit differentiation
@@ -249,9 +249,12 @@ class NoQSM(_PhysicsNet):
 
     References
     ----------
-    Feng R, Zhao J, Wang H, et al. MoDL-QSM / NoQSM-net: a hybrid architecture to enforce data
-    consistency in CNN-based QSM reconstruction (``../shared/papers/noqsm-net_cnn-plus-cg.txt``);
-    Aggarwal HK, Mani MP, Jacob M. MoDL. IEEE TMI 2019;38:394-405. doi:10.1109/TMI.2018.2865356
+    Zhang Q, Guo Y, Chen W. NoQSM-net: combining convolutional neural network with numerical
+    optimization algorithm for quantitative susceptibility mapping reconstruction. IEEE Access
+    2024. doi:10.1109/ACCESS.2024.3368518
+
+    Aggarwal HK, Mani MP, Jacob M. MoDL: model-based deep learning architecture for inverse
+    problems. IEEE TMI 2019;38:394-405. doi:10.1109/TMI.2018.2865356
 
     Examples
     --------

@@ -48,6 +48,9 @@ LEARNED_ARCHITECTURES = ("unet", "xqsm", "qsmnet", "lpcnn", "noqsm", "noqsm-sd",
 #: applied inside them, on the whole volume; they are not tiled, reoriented or composed with a refinement.
 CONSISTENT_ARCHITECTURES = ("lpcnn", "noqsm", "noqsm-sd", "nextqsm")
 
+_NOQSM = ("Zhang Q, Guo Y, Chen W. NoQSM-net: combining convolutional neural network with numerical optimization "
+          "algorithm for quantitative susceptibility mapping reconstruction. IEEE Access 2024. "
+          "doi:10.1109/ACCESS.2024.3368518")
 _REFERENCES = {
     "unet": "Paluru N, Mathew RS, Yalavarthy PK. DF-QSM: data fidelity based hybrid approach for improved "
             "generalization of deep learning based quantitative susceptibility mapping. NMR Biomed 2024;e5163 "
@@ -58,10 +61,8 @@ _REFERENCES = {
               "QSMnet. NeuroImage 2018;179:199-206. doi:10.1016/j.neuroimage.2018.06.030",
     "lpcnn": "Lai K-W, Aggarwal M, van Zijl P, Li X, Sulam J. Learned proximal networks for quantitative "
              "susceptibility mapping. MICCAI 2020, LNCS 12262:125-135. doi:10.1007/978-3-030-59713-9_13",
-    "noqsm": "Feng R, et al. NoQSM-net: a hybrid architecture of CNN blocks and conjugate-gradient data-consistency "
-             "blocks for QSM (../shared/papers/noqsm-net_cnn-plus-cg.txt); Aggarwal HK, Mani MP, Jacob M. MoDL. "
-             "IEEE TMI 2019;38:394-405. doi:10.1109/TMI.2018.2865356",
-    "noqsm-sd": "NoQSM-net's steepest-descent ablation (NoQSM-SD), same references as noqsm",
+    "noqsm": _NOQSM,
+    "noqsm-sd": _NOQSM + " (its steepest-descent ablation, NoQSM-SD)",
     "nextqsm": "Cognolato F, O'Brien K, Jin J, et al. NeXtQSM: a complete deep learning pipeline for data-consistent "
                "quantitative susceptibility mapping trained with hybrid data. Med Image Anal 2023;84:102700. "
                "doi:10.1016/j.media.2022.102700 (its variational network)",
