@@ -132,6 +132,21 @@ def field_and_mask(local_field_ppm, mask, *, min_size: int = 1) -> tuple[torch.T
     return validation.field_and_mask(local_field_ppm, mask, name="local_field_ppm", min_size=min_size)
 
 
+def _network_input(model: nn.Module, local_field_ppm, mask, normalization: Normalization, device):
+    """Checked field and mask, the masked, normalised field zero-padded to the network's multiple (and the
+    padded mask and the region to crop back), the device to run on and the multiple."""
+    field, inside = field_and_mask(local_field_ppm, mask)
+    if device is None:
+        first = next(model.parameters(), None)
+        device = first.device if first is not None else field.device
+    device = torch.device(device)
+    multiple = int(getattr(model, "multiple", 1))
+    x = normalization.to_network(torch.where(inside, field, 0).to(torch.float32))
+    x, region = pad_to_multiple(x, multiple)
+    padded_mask, _ = pad_to_multiple(inside, multiple)
+    return field, inside, x, padded_mask, region, device, multiple
+
+
 def predict(
     model: nn.Module,
     local_field_ppm: torch.Tensor | np.ndarray,
@@ -217,16 +232,8 @@ def predict(
     ('ndarray', (10, 9, 7), dtype('float32'))
     """
     as_numpy = not isinstance(local_field_ppm, torch.Tensor)
-    field, inside = field_and_mask(local_field_ppm, mask)
-    if device is None:
-        first = next(model.parameters(), None)
-        device = first.device if first is not None else field.device
-    device = torch.device(device)
-    multiple = int(getattr(model, "multiple", 1))
-
-    x = normalization.to_network(torch.where(inside, field, 0).to(torch.float32))
-    x, region = pad_to_multiple(x, multiple)
-    padded_mask, _ = pad_to_multiple(inside, multiple)
+    field, inside, x, padded_mask, region, device, multiple = _network_input(model, local_field_ppm, mask,
+                                                                            normalization, device)
     network = inference_copy(model, channels_last=channels_last)  # memory estimates below: the original model
     dtype = torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float16
 
@@ -330,15 +337,8 @@ def predict_consistent(
     ((10, 9, 7), dtype('float32'))
     """
     as_numpy = not isinstance(local_field_ppm, torch.Tensor)
-    field, inside = field_and_mask(local_field_ppm, mask)
-    if device is None:
-        first = next(model.parameters(), None)
-        device = first.device if first is not None else field.device
-    device = torch.device(device)
-    multiple = int(getattr(model, "multiple", 1))
-    x = normalization.to_network(torch.where(inside, field, 0).to(torch.float32))
-    x, region = pad_to_multiple(x, multiple)
-    padded_mask, _ = pad_to_multiple(inside, multiple)
+    field, inside, x, padded_mask, region, device, _ = _network_input(model, local_field_ppm, mask,
+                                                                     normalization, device)
     network = _copy.deepcopy(model).eval()
     ratio = normalization.output_scale_ppm / normalization.input_scale_ppm
     with torch.inference_mode():
