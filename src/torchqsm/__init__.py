@@ -2,7 +2,7 @@
 
 >>> import torchqsm
 >>> sorted(torchqsm.METHODS)[:3]
-['cosmos', 'l2', 'medi']
+['cosmos', 'l2', 'lpcnn']
 
 The public names load on first use (PEP 562), so ``import torchqsm`` and the command
 line's start-up stay light until torch is needed: the ``torchqsm`` command installs its
