@@ -217,7 +217,7 @@ def train(config: RunConfig, out_dir: str | Path, *, resume: bool = False, valid
     batches = iter(loader)
     while step < last:
         batch = next(batches)
-        field = normalization.to_network(batch["input"].to(device, non_blocking=True))
+        field = None if phase_input else normalization.to_network(batch["input"].to(device, non_blocking=True))
         target = normalization.chi_to_network(batch["target"].to(device, non_blocking=True))
         mask = batch["mask"].to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=amp_dtype) if use_amp else nullcontext():
