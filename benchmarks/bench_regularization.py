@@ -51,7 +51,7 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUTPUT = REPO / "docs" / "benchmarks.md"
 FIGURE = REPO / "docs" / "figures" / "regularization_sweep.png"
 BEGIN, END = "<!-- bench-regularization -->", "<!-- /bench-regularization -->"
-CASES = ("baseline", "tilt-30deg", "tilt-45deg", "tilt-60deg", "snr-30", "snr-300", "res-1x1x2mm")
+CASES = ("baseline", "tilt-30deg", "tilt-45deg", "tilt-60deg", "snr-30", "snr-300", "res-1x1x2mm", "wm-anisotropy")
 #: The sweeps: factor ~1.5-2 steps around each method's optimum on the suite, wider on the sides.
 SWEEPS = {
     "tikhonov": [float(v) for v in torch.logspace(-4, 0, 17)],
@@ -138,22 +138,51 @@ def figure(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def render(rows, timing, index, args, command: str) -> str:
+def previous_data(path: Path) -> dict | None:
+    """The ``bench-data`` record of the current section of ``path`` (None when there is none)."""
+    import re
+
+    if not path.exists():
+        return None
+    text = path.read_text(encoding="utf-8")
+    section = re.search(re.escape(BEGIN) + r"(.*?)" + re.escape(END), text, re.S)
+    found = re.search(r"<!-- bench-data (\{.*?\}) -->", section.group(1)) if section else None
+    return json.loads(found.group(1)) if found else None
+
+
+def merge(rows: list[dict], timing: list[dict], old: dict | None) -> tuple[list[dict], list[dict]]:
+    """``--merge``: the new rows replace the old rows of the same (case, method); the others stay,
+    each with the date (and suite version) it was measured on."""
+    if not old:
+        return rows, timing
+    fresh = {(r["case"], r["method"]) for r in rows}
+    kept = [dict(r, date=r.get("date", old.get("date")), suite=r.get("suite", old.get("suite", "1.2")))
+            for r in old.get("rows", []) if (r["case"], r["method"]) not in fresh]
+    order = {c: i for i, c in enumerate(CASES)}
+    merged = sorted(kept + rows, key=lambda r: (order.get(r["case"], len(order)), list(SWEEPS).index(r["method"])))
+    return merged, timing or old.get("runtime", [])
+
+
+def render(rows, timing, index, args, command: str, commands: list[str] | None = None) -> str:
     date = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    commands = list(dict.fromkeys([*(commands or []), command]))
     lines = [BEGIN, "## Automatic regularization", "",
              f"- Suite {index['version']} ({'2 mm' if index.get('small') else '1 mm'} baseline), input as in the "
              "suite table (true local field plus the measured field noise); no `noise_ppm` given, so the noise is "
-             "estimated from the data. Rules (`torchqsm.inversion.regularization`): tikhonov GCV; l2 GCV of the "
-             "closed-form gradient-Tikhonov problem; tv α = κ σ̂ h̄ with σ̂ the in-mask residual of the "
+             "estimated from the data. Rules (`torchqsm.inversion.regularization`): tikhonov GCV over the mask's voxels; "
+             "l2 the same GCV of the closed-form gradient-Tikhonov problem; tv α = κ σ̂ h̄ with σ̂ the in-mask residual of the "
              "GCV-Tikhonov fit.",
              f"- Sweep values: {', '.join(f'{m}: {len(v)} values {v[0]:g}–{v[-1]:g}' for m, v in SWEEPS.items())}.",
              f"- Machine: {machine('cpu')}, {args.threads} torch threads; torch {torch.__version__}; measured {date}.",
-             f"- Reproduce: `{command}`", "",
-             "| case | method | sweep best (value) | auto (value) | gap (points) |", "| --- | --- | --- | --- | --- |"]
+             "- Reproduce (each row's date and suite version say which run measured it): "
+             + "; ".join(f"`{c}`" for c in commands), "",
+             "| case | method | sweep best (value) | auto (value) | gap (points) | measured (suite) |",
+             "| --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         gap = r["auto_nrmse"] - r["best_nrmse"]
         lines.append(f"| {r['case']} | {r['method']} | {r['best_nrmse']:.1f} ({r['best_value']:.2g}) | "
-                     f"{r['auto_nrmse']:.1f} ({r['auto_value']:.2g}) | {gap:+.1f} |")
+                     f"{r['auto_nrmse']:.1f} ({r['auto_value']:.2g}) | {gap:+.1f} | "
+                     f"{str(r.get('date', date))[:10]} ({r.get('suite', index['version'])}) |")
     if timing:
         lines += ["", "Runtime on 176×176×160 (shapes phantom, 1 mm, 1 % noise; median of "
                   f"{args.repeats}; the auto time includes the choice):", "",
@@ -162,7 +191,7 @@ def render(rows, timing, index, args, command: str) -> str:
             lines.append(f"| {t['method']} | {t['fixed']:.2f} | {t['auto']:.2f} | {t['auto'] / t['fixed']:.2f} |")
     if rows:
         lines += ["", f"![sweeps](figures/{FIGURE.name})"]
-    data = {"date": date, "rows": rows, "runtime": timing}
+    data = {"date": date, "suite": index["version"], "commands": commands, "rows": rows, "runtime": timing}
     lines += ["", f"<!-- bench-data {json.dumps(data, separators=(',', ':'))} -->", END, ""]
     return "\n".join(lines)
 
@@ -187,6 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3, help="runtime repeats (0: skip the runtime part)")
     parser.add_argument("--no-write", action="store_true", help="print only")
+    parser.add_argument("--merge", action="store_true",
+                        help="keep the rows of the current section that this run does not measure (each keeps its date)")
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -195,7 +226,14 @@ def main(argv: list[str] | None = None) -> int:
     rows = sweep(folder, list(args.cases), list(args.methods))
     timing = runtime(args.repeats) if args.repeats > 0 else []
     command = shlex.join(["python", "benchmarks/bench_regularization.py", *(argv if argv is not None else sys.argv[1:])])
-    section = render(rows, timing, index, args, command)
+    now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    rows = [dict(r, date=now, suite=index["version"]) for r in rows]
+    commands: list[str] = []
+    if args.merge:
+        old = previous_data(args.output)
+        rows, timing = merge(rows, timing, old)
+        commands = list((old or {}).get("commands", []))
+    section = render(rows, timing, index, args, command, commands)
     if args.no_write or args.small:
         print(section)
         return 0

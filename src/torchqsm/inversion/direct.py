@@ -209,8 +209,8 @@ def tikhonov(
         As :func:`tkd`.
     regularization
         :math:`\lambda` (dimensionless for ``"identity"``, mm² for ``"gradient"``), or
-        ``"auto"`` (default): the minimum of generalized cross-validation, closed form in
-        k-space (:mod:`torchqsm.inversion.regularization`; on the suite within 0.4 NRMSE
+        ``"auto"`` (default): the minimum of generalized cross-validation over the mask's
+        voxels (:mod:`torchqsm.inversion.regularization`; on suite 1.4 within 0.5 NRMSE
         points of the best λ of a sweep for the identity regulariser). The gradient regulariser vanishes at low
         frequencies, so near the cone it amplifies low-frequency errors by up to
         :math:`1/(2\sqrt\lambda\,|\nabla(\mathbf k)|)`; with small :math:`\lambda` its result
@@ -245,8 +245,9 @@ def tikhonov(
         raise ParameterError(f"regularizer must be 'identity' or 'gradient', got {regularizer!r}")
     spectrum = dipole.spectrum(problem.field)  # shared by the GCV and the solve
     if is_auto(regularization):
-        lam = gcv_tikhonov(spectrum, kernel, penalty, dipole.pad.padded_shape)
-        report(RegularizationChoice("tikhonov", "generalized cross-validation", lam))
+        lam = gcv_tikhonov(spectrum, kernel, penalty, dipole.pad.padded_shape, mask=problem.mask,
+                           image=dipole.image)
+        report(RegularizationChoice("tikhonov", "generalized cross-validation (in the mask)", lam))
     else:
         lam = check_positive("regularization", regularization)
     denominator = kernel * kernel + lam * penalty

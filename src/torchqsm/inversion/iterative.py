@@ -89,8 +89,9 @@ def l2(
     if is_auto(regularization):
         penalty = gradient_gram_symbol(dipole.pad.padded_shape, voxel_size_mm=problem.voxel_size_mm,
                                        dtype=dipole.kernel.dtype, device=dipole.kernel.device)
-        lam = gcv_tikhonov(dipole.spectrum(problem.field), dipole.kernel, penalty, dipole.pad.padded_shape)
-        report(RegularizationChoice("l2", "generalized cross-validation (closed-form gradient Tikhonov)", lam))
+        lam = gcv_tikhonov(dipole.spectrum(problem.field), dipole.kernel, penalty, dipole.pad.padded_shape,
+                           mask=problem.mask, image=dipole.image)
+        report(RegularizationChoice("l2", "generalized cross-validation in the mask (closed-form gradient Tikhonov)", lam))
     else:
         lam = check_positive("regularization", regularization, allow_zero=True)
     weights = weights_from_magnitude(magnitude, problem)
