@@ -140,6 +140,16 @@ def _runs_html(records: Sequence[dict[str, Any]]) -> str:
     return f"<table><tr><th>case</th><th>method</th>{head}</tr>{''.join(rows)}</table>"
 
 
+def input_note(source: str) -> str:
+    """One sentence on what the runs started from."""
+    if source == "raw":
+        return ("Input: each case's multi-echo magnitude and wrapped phase, through the named `torchqsm run` "
+                "recipe (masking, unwrapping, echo combination, background removal, inversion, referencing); "
+                "scored in the recipe's final mask ∩ the true brain mask (`brain_fraction` in each record).")
+    return ("Input: each case's true local field plus the field noise measured from its own echoes; every "
+            "method inverts it in the true brain mask.")
+
+
 def _page(result: BenchResult, case_figures: dict[str, Path], run_figures: dict[str, Path],
           summary: Sequence[Path]) -> str:
     records = result.records
@@ -150,6 +160,7 @@ def _page(result: BenchResult, case_figures: dict[str, Path], run_figures: dict[
             f"<p>{len(records)} runs ({len(result.computed)} computed now, {len(result.reused)} reused), "
             f"{len(result.failed)} failed; {html.escape(date)}. χ and errors are compared after removing each map's "
             "mean in the brain mask where the metric says so (NRMSE demeaned, figures).</p>",
+            f"<p>{html.escape(input_note(result.source))}</p>",
             "<h2>Summary figures</h2>"]
     body += [f'<p><img alt="{html.escape(p.stem)}" src="{_data_uri(p)}"></p>' for p in summary]
     body.append("<h2>Tables</h2><p>Each cell links to its run.</p>")
@@ -168,7 +179,9 @@ def _page(result: BenchResult, case_figures: dict[str, Path], run_figures: dict[
                 body.append(f"<p>failed: <code>{html.escape(str(r.get('error')))}</code></p>")
             elif anchor in run_figures:
                 body.append(f'<p><img alt="{html.escape(anchor)}" src="{_data_uri(run_figures[anchor])}"></p>')
-            params = json.dumps(r.get("params") or {}, sort_keys=True)
+            params = json.dumps(r.get("recipe") or r.get("params") or {}, sort_keys=True)
+            if r.get("brain_fraction") is not None:
+                body.append(f"<p>scored in {100 * r['brain_fraction']:.1f} % of the brain (the recipe's mask)</p>")
             body.append(f"<p>parameters <code>{html.escape(params)}</code>, device {html.escape(str(r.get('device')))},"
                         f" key <code>{html.escape(str(r.get('key'))[:16])}</code></p></section>")
     return ('<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>torchqsm bench</title>'
@@ -192,8 +205,10 @@ def write_report(result: BenchResult, *, figures: bool = True) -> ReportFiles:
     """
     out = result.report_dir
     csv_path = _text(out / "results.csv", csv_text(result.records, COLUMNS))
-    md_path = _text(out / "results.md", markdown_report(result.records, title=f"torchqsm bench: {out.name}"))
-    _text(out / "bench.json", json.dumps({"suite": result.suite, "cases": result.cases, "runs": result.records},
+    md_path = _text(out / "results.md", markdown_report(result.records, title=f"torchqsm bench: {out.name}",
+                                                                 note=input_note(result.source)))
+    _text(out / "bench.json", json.dumps({"suite": result.suite, "source": result.source, "cases": result.cases,
+                                          "runs": result.records},
                                          indent=1, default=str) + "\n")
     case_figures, run_figures, summary = _figures(result, out) if figures else ({}, {}, [])
     page = _text(out / "index.html", _page(result, case_figures, run_figures, summary))

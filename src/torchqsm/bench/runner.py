@@ -24,9 +24,14 @@ from typing import Any
 
 from ..errors import InputError, ParameterError
 from ..pipeline.registry import METHODS, coerce_parameter, get_method
-from .runs import RunTask, case_digest, execute, read_record, resolved_params, run_file_stem, run_key
+from .runs import RunTask, case_digest, execute, read_record, recipe_key, resolved_params, run_file_stem, run_key
 
-__all__ = ["MethodEntry", "BenchResult", "parse_method", "default_methods", "read_suite", "run_bench"]
+__all__ = ["MethodEntry", "BenchResult", "parse_method", "parse_recipe", "default_methods", "default_recipes",
+           "read_suite", "run_bench", "SOURCES"]
+
+#: What a bench run starts from: ``field`` (the case's local field, the inversion alone) or
+#: ``raw`` (magnitude and wrapped phase through a ``torchqsm run`` recipe).
+SOURCES = ("field", "raw")
 
 
 @dataclass(frozen=True)
@@ -49,6 +54,7 @@ class BenchResult:
     reused: list[tuple[str, str]]
     cases: list[dict[str, Any]]
     suite: dict[str, Any]
+    source: str = "field"
 
     @property
     def failed(self) -> list[dict[str, Any]]:
@@ -71,6 +77,27 @@ def parse_method(text: str) -> MethodEntry:
         params[key.strip()] = coerce_parameter(spec.parameter(key.strip()), value.strip())
     resolved_params(spec.name, params)  # a bad value fails now, not on every case
     return MethodEntry(text if options else spec.name, spec.name, params)
+
+
+def parse_recipe(text: str) -> MethodEntry:
+    """A recipe name for ``--from raw`` (:data:`torchqsm.pipeline.recipes.RECIPES`).
+
+    >>> parse_recipe("fast")
+    MethodEntry(label='fast', name='fast', params={})
+    """
+    from ..pipeline.recipes import get_recipe
+
+    name = text.strip()
+    if ":" in name or "=" in name:
+        raise ParameterError(f"--from raw takes recipe names without options, got '{text}'")
+    return MethodEntry(name, get_recipe(name).name)
+
+
+def default_recipes() -> list[MethodEntry]:
+    """Every recipe (``all`` with ``--from raw``)."""
+    from ..pipeline.recipes import RECIPES
+
+    return [MethodEntry(name, name) for name in RECIPES]
 
 
 def default_methods() -> list[MethodEntry]:
@@ -114,7 +141,7 @@ def _select(cases: list[dict[str, Any]], patterns: Sequence[str] | None, source:
 
 
 def _plan(root: Path, out: Path, entries: Sequence[MethodEntry], cases: list[dict[str, Any]], device: str,
-          suite_version: str) -> list[RunTask]:
+          suite_version: str, source: str = "field") -> list[RunTask]:
     tasks = []
     for case in cases:
         folder = (root / case["name"]).resolve()
@@ -123,9 +150,13 @@ def _plan(root: Path, out: Path, entries: Sequence[MethodEntry], cases: list[dic
         meta = {k: case[k] for k in ("varies", "tilt_deg", "snr", "b0_tesla", "pathology") if k in case}
         for entry in entries:
             stem = out / "runs" / run_file_stem(name) / run_file_stem(entry.label)
-            tasks.append(RunTask(name, str(folder), entry.label, entry.name, entry.params, device,
-                                 run_key(digest, entry.name, entry.params, device, suite_version),
-                                 str(stem.with_suffix(".json")), str(stem.with_suffix(".npy")), digest, meta=meta))
+            if source == "raw":
+                key = recipe_key(digest, entry.name, device, suite_version)
+            else:
+                key = run_key(digest, entry.name, entry.params, device, suite_version)
+            tasks.append(RunTask(name, str(folder), entry.label, entry.name, entry.params, device, key,
+                                 str(stem.with_suffix(".json")), str(stem.with_suffix(".npy")), digest, meta=meta,
+                                 source=source))
     return tasks
 
 
@@ -149,6 +180,7 @@ def run_bench(
     scheduler: str | None = None,
     retry_failed: bool = False,
     on_record: Callable[[dict[str, Any], bool], None] | None = None,
+    source: str = "field",
 ) -> BenchResult:
     """Run (or reuse) every method on every chosen case and return all records.
 
@@ -174,6 +206,11 @@ def run_bench(
         Recompute runs whose cached record is a failure.
     on_record
         Called with each record as it is ready and whether it was computed (``True``) or reused.
+    source
+        ``field`` (default): each method inverts the case's local field (truth plus the noise
+        measured from its own echoes). ``raw``: ``methods`` are recipes (default every recipe),
+        each run through :func:`~torchqsm.pipeline.subject.process_gre` from the case's magnitude
+        and wrapped phase, as ``torchqsm run`` does, and scored in its final mask ∩ the brain.
 
     Returns
     -------
@@ -191,7 +228,12 @@ def run_bench(
     root = Path(dataset)
     index, listed = read_suite(root)
     chosen = _select(listed, cases, str(root))
-    entries = [m if isinstance(m, MethodEntry) else parse_method(m) for m in (methods or default_methods())]
+    if source not in SOURCES:
+        raise ParameterError(f"--from must be one of {', '.join(SOURCES)}, got '{source}'")
+    if source == "raw":
+        entries = [m if isinstance(m, MethodEntry) else parse_recipe(m) for m in (methods or default_recipes())]
+    else:
+        entries = [m if isinstance(m, MethodEntry) else parse_method(m) for m in (methods or default_methods())]
     labels = [e.label for e in entries]
     if len(set(labels)) != len(labels):
         raise ParameterError(f"method labels must be unique, got {labels}")
@@ -203,7 +245,7 @@ def run_bench(
         out.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise InputError(f"cannot create the report folder: {error.strerror or error}", source=str(out)) from None
-    tasks = _plan(root, out, entries, chosen, device, str(index.get("version")))
+    tasks = _plan(root, out, entries, chosen, device, str(index.get("version")), source)
     done: dict[str, dict[str, Any]] = {}
     pending = []
     for task in tasks:
@@ -222,7 +264,7 @@ def run_bench(
     computed = [(t.case, t.label) for t in pending]
     reused = [(t.case, t.label) for t in tasks if t not in pending]
     case_meta = [dict(c, name=t.case, folder=t.case_dir) for c, t in zip(chosen, tasks[:: len(entries)])]
-    return BenchResult(out, [done[t.record_path] for t in tasks], computed, reused, case_meta, index)
+    return BenchResult(out, [done[t.record_path] for t in tasks], computed, reused, case_meta, index, source)
 
 
 def _check_device(device: str) -> None:

@@ -70,6 +70,7 @@ class RunTask:
     case_hash: str = ""
     threads: int | None = None
     meta: Mapping[str, Any] = field(default_factory=dict)
+    source: str = "field"
 
 
 def case_digest(case_dir: str | Path) -> str:
@@ -114,6 +115,22 @@ def run_key(case_digest_hex: str, method: str, params: Mapping[str, Any], device
                "device": torch.device(device).type, "suite": suite_version, "torchqsm": __version__,
                "torch": torch.__version__}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def recipe_key(case_digest_hex: str, recipe: str, device: str, suite_version: str) -> str:
+    """The cache key of a ``--from raw`` run: the case, every field of the recipe, the versions."""
+    from ..pipeline.recipes import get_recipe
+
+    payload = {"case": case_digest_hex, "source": "raw", "recipe": _jsonable_tree(get_recipe(recipe).as_dict()),
+               "device": torch.device(device).type, "suite": suite_version, "torchqsm": __version__,
+               "torch": torch.__version__}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def _jsonable_tree(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable_tree(v) for k, v in sorted(value.items())}
+    return _jsonable(value)
 
 
 def run_file_stem(label: str) -> str:
@@ -183,8 +200,11 @@ class _PeakMemory:
             self.mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _score(chi: torch.Tensor, case: SuiteInput, lesion: torch.Tensor | None) -> dict[str, Any]:
-    metrics = score(chi, case.chi_ppm, case.mask, labels=case.labels * case.mask)
+def _score(chi: torch.Tensor, case: SuiteInput, lesion: torch.Tensor | None,
+           mask: torch.Tensor | None = None) -> dict[str, Any]:
+    """Every metric of ``chi`` against the truth in ``mask`` (default: the case's brain mask)."""
+    mask = case.mask if mask is None else mask
+    metrics = score(chi, case.chi_ppm, mask, labels=case.labels * mask)
     roi = metrics.pop("roi")
     result: dict[str, Any] = {key: float(metrics[key]) for key in SCORE_KEYS}
     result.update(roi_slope=roi.get("slope"), roi_intercept=roi.get("intercept"), roi_r_squared=roi.get("r_squared"),
@@ -192,9 +212,10 @@ def _score(chi: torch.Tensor, case: SuiteInput, lesion: torch.Tensor | None) -> 
                        for row in roi.get("rows", [])])
     if lesion is not None and bool(lesion.any()):
         # χ is relative: both lesion means are taken against their own brain mean.
-        inside = lesion & case.mask
-        result["lesion_mean"] = float(chi[inside].double().mean() - chi[case.mask].double().mean())
-        result["lesion_mean_truth"] = float(case.chi_ppm[inside].double().mean() - case.chi_ppm[case.mask].double().mean())
+        inside = lesion & mask
+        if bool(inside.any()):
+            result["lesion_mean"] = float(chi[inside].double().mean() - chi[mask].double().mean())
+            result["lesion_mean_truth"] = float(case.chi_ppm[inside].double().mean() - case.chi_ppm[mask].double().mean())
     return result
 
 
@@ -215,22 +236,8 @@ def execute(task: RunTask) -> dict[str, Any]:
                               "params": {k: _jsonable(v) for k, v in task.params.items()}, "device": task.device,
                               "key": task.key, "torchqsm": __version__, **dict(task.meta)}
     try:
-        case, magnitude, lesion = _case(task.case_dir, task.case_hash)
-        params = dict(task.params)
-        if get_method(task.method).needs_magnitude and "magnitude" not in params:
-            params["magnitude"] = magnitude
-        with _PeakMemory(task.device) as memory:
-            started = time.perf_counter()
-            chi = invert(case.local_field_ppm, case.mask, task.method, case.acquisition,
-                         voxel_size_mm=case.voxel_size_mm, b0_dir=case.b0_dir, device=task.device, **params)
-            if torch.device(task.device).type == "cuda":
-                torch.cuda.synchronize()
-            seconds = time.perf_counter() - started
-        chi = chi.detach().cpu().float() * case.mask
-        if not bool(torch.isfinite(chi).all()):
-            raise FloatingPointError("χ has NaN or infinite values")
-        record.update(status="ok", error=None, seconds=seconds, peak_memory_mib=memory.mib, memory_kind=memory.kind,
-                      **_score(chi, case, lesion))
+        chi, extra = _from_raw(task) if task.source == "raw" else _from_field(task)
+        record.update(extra)
         array = chi.numpy()
         write_atomically(task.chi_path, lambda path: np.save(path, array), overwrite=True)
     except Exception as error:  # noqa: BLE001 - a failing method is a result, not a crash
@@ -240,3 +247,53 @@ def execute(task: RunTask) -> dict[str, Any]:
     write_atomically(task.record_path, lambda path: path.write_text(text, encoding="utf-8"), overwrite=True)
     return record
 
+
+def _from_field(task: RunTask) -> tuple[torch.Tensor, dict[str, Any]]:
+    """The method on the case's local field (truth + measured noise), scored in the brain mask."""
+    case, magnitude, lesion = _case(task.case_dir, task.case_hash)
+    params = dict(task.params)
+    if get_method(task.method).needs_magnitude and "magnitude" not in params:
+        params["magnitude"] = magnitude
+    with _PeakMemory(task.device) as memory:
+        started = time.perf_counter()
+        chi = invert(case.local_field_ppm, case.mask, task.method, case.acquisition,
+                     voxel_size_mm=case.voxel_size_mm, b0_dir=case.b0_dir, device=task.device, **params)
+        if torch.device(task.device).type == "cuda":
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - started
+    chi = chi.detach().cpu().float() * case.mask
+    if not bool(torch.isfinite(chi).all()):
+        raise FloatingPointError("χ has NaN or infinite values")
+    return chi, {"status": "ok", "error": None, "seconds": seconds, "peak_memory_mib": memory.mib,
+                 "memory_kind": memory.kind, **_score(chi, case, lesion)}
+
+
+def _from_raw(task: RunTask) -> tuple[torch.Tensor, dict[str, Any]]:
+    """``--from raw``: the recipe on the case's magnitude and wrapped phase, as ``torchqsm run`` does.
+
+    χ is scored in the voxels the pipeline reconstructed that lie in the brain (its final mask
+    ∩ the case's brain mask); the record says how much of the brain that is.
+    """
+    from ..pipeline.recipes import get_recipe
+    from ..pipeline.subject import process_gre
+
+    case, _, lesion = _case(task.case_dir, task.case_hash)
+    anat = Path(task.case_dir) / "sub-01" / "anat"
+    gre = load_gre(_echo_files(anat, "mag"), _echo_files(anat, "phase"))
+    with _PeakMemory(task.device) as memory:
+        started = time.perf_counter()
+        result = process_gre(gre.magnitude, gre.phase, gre.acquisition, recipe=get_recipe(task.method),
+                             device=task.device, source=str(anat))
+        seconds = time.perf_counter() - started
+    scored = result.local_mask.bool() & case.mask
+    if not bool(scored.any()):
+        raise ValueError("the pipeline's mask does not overlap the brain")
+    chi = result.chi_ppm.detach().cpu().float() * scored
+    if not bool(torch.isfinite(chi).all()):
+        raise FloatingPointError("χ has NaN or infinite values")
+    extra = {"status": "ok", "error": None, "seconds": seconds, "peak_memory_mib": memory.mib,
+             "memory_kind": memory.kind, "source": "raw", "recipe": get_recipe(task.method).as_dict(),
+             "stage_seconds": {k: round(float(v), 3) for k, v in result.timings_s.items()},
+             "scored_voxels": int(scored.sum()), "brain_fraction": float(scored.sum()) / float(case.mask.sum()),
+             **_score(chi, case, lesion, scored)}
+    return chi, extra

@@ -18,7 +18,8 @@ from typing import Any
 __all__ = ["COLUMNS", "TIMING_COLUMNS", "METRIC_TABLES", "csv_text", "metric_table", "markdown_report", "run_anchor"]
 
 COLUMNS = ("case", "method", "status", "nrmse", "nrmse_demeaned", "dnrmse", "hfen", "ssim", "xsim", "psnr", "pearson",
-           "roi_slope", "roi_r_squared", "lesion_mean", "lesion_mean_truth", "seconds", "peak_memory_mib", "error")
+           "roi_slope", "roi_r_squared", "lesion_mean", "lesion_mean_truth", "brain_fraction", "seconds", "peak_memory_mib",
+           "error")
 #: Columns that differ between two runs of the same computation.
 TIMING_COLUMNS = ("seconds", "peak_memory_mib")
 #: metric → (title, best is lowest, cell format)
@@ -123,9 +124,9 @@ def metric_table(records: Sequence[dict[str, Any]], metric: str, *, links: bool 
 
 
 def markdown_report(records: Sequence[dict[str, Any]], *, title: str = "torchqsm bench",
-                    metrics: Sequence[str] = tuple(METRIC_TABLES)) -> str:
+                    metrics: Sequence[str] = tuple(METRIC_TABLES), note: str = "") -> str:
     """Every metric table, then the failed runs with their errors, as one Markdown document."""
-    parts = [f"# {title}", ""]
+    parts = [f"# {title}", ""] + ([note, ""] if note else [])
     for metric in metrics:
         if metric == "lesion_mean" and not any(r.get("lesion_mean") is not None for r in records):
             continue

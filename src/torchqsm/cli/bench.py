@@ -12,7 +12,7 @@ import argparse
 import sys
 
 from ..bench.report import write_report
-from ..bench.runner import default_methods, parse_method, run_bench
+from ..bench.runner import default_methods, default_recipes, parse_method, parse_recipe, run_bench
 
 __all__ = ["add_bench_parser", "run_bench_command"]
 
@@ -28,8 +28,11 @@ def add_bench_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     bench.add_argument("dataset", metavar="DATASET", help="suite folder (suite.json) or one case folder")
     bench.add_argument("-o", "--output", required=True, metavar="REPORT_DIR", help="report folder (also the run cache)")
     bench.add_argument("--methods", nargs="+", default=["all"], metavar="NAME",
-                       help="'all' (every single-orientation method) and/or names, each optionally "
-                            "NAME:KEY=VALUE,KEY=VALUE (default all)")
+                       help="'all' (every single-orientation method; with --from raw every recipe) and/or names, "
+                            "each optionally NAME:KEY=VALUE,KEY=VALUE (default all)")
+    bench.add_argument("--from", dest="source", choices=("field", "raw"), default="field",
+                       help="field (default): methods invert each case's local field; raw: --methods are "
+                            "recipes (torchqsm run --list-recipes), run from the case's magnitude and wrapped phase")
     bench.add_argument("--cases", nargs="+", metavar="PATTERN", help="case name glob patterns (default every case)")
     bench.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     where = bench.add_mutually_exclusive_group()
@@ -46,8 +49,9 @@ def add_bench_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
 
 def run_bench_command(args: argparse.Namespace) -> int:
     methods = []
+    every, parse = (default_recipes, parse_recipe) if args.source == "raw" else (default_methods, parse_method)
     for text in args.methods:
-        methods += default_methods() if text == "all" else [parse_method(text)]
+        methods += every() if text == "all" else [parse(text)]
     methods = list({entry.label: entry for entry in methods}.values())
 
     def show(record: dict, computed: bool) -> None:
@@ -62,7 +66,7 @@ def run_bench_command(args: argparse.Namespace) -> int:
                   flush=True)
 
     result = run_bench(args.dataset, args.output, methods, cases=args.cases, device=args.device, workers=args.workers,
-                       scheduler=args.scheduler, retry_failed=args.retry_failed, on_record=show)
+                       scheduler=args.scheduler, retry_failed=args.retry_failed, on_record=show, source=args.source)
     files = write_report(result, figures=not args.no_figures)
     print(f"{len(result.records)} runs ({len(result.computed)} computed, {len(result.reused)} reused, "
           f"{len(result.failed)} failed): {files.html}")
