@@ -64,15 +64,25 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def sweep(suite: Path, cases: list[str], methods: list[str]) -> list[dict]:
+def sweep(suite: Path, cases: list[str], methods: list[str], known: dict | None = None) -> list[dict]:
+    """Sweep and automatic choice per (case, method); ``known`` maps (case, method) to a row whose
+    curve is reused (same sweep values on the same data: the fixed-value solves do not depend on
+    the rule), so only the automatic choice runs."""
     rows = []
     for name in cases:
         case = load_case(suite / name)
         for method in methods:
-            curve = []
-            for value in SWEEPS[method]:
-                chi = invert(case.local_field_ppm, case.mask, method, case.acquisition, regularization=value)
-                curve.append((value, _score(chi, case.chi_ppm, case.mask)[0]))
+            old = (known or {}).get((name, method))
+            extra = {}
+            if old is not None and [round(v, 12) for v, _ in old["curve"]] == [round(v, 12) for v in SWEEPS[method]]:
+                curve = [tuple(p) for p in old["curve"]]
+                extra = {"curve_date": old.get("curve_date", old.get("date"))}
+                log(f"{name} {method}: sweep curve reused from {extra['curve_date']}")
+            else:
+                curve = []
+                for value in SWEEPS[method]:
+                    chi = invert(case.local_field_ppm, case.mask, method, case.acquisition, regularization=value)
+                    curve.append((value, _score(chi, case.chi_ppm, case.mask)[0]))
             started = time.perf_counter()
             with collect_choices() as made:
                 chi = invert(case.local_field_ppm, case.mask, method, case.acquisition)
@@ -81,7 +91,7 @@ def sweep(suite: Path, cases: list[str], methods: list[str]) -> list[dict]:
             best_value, best = min(curve, key=lambda p: p[1])
             rows.append({"case": name, "method": method, "curve": curve, "auto_value": made[-1].value,
                          "auto_nrmse": auto, "best_value": best_value, "best_nrmse": best, "auto_seconds": seconds,
-                         "noise_ppm": made[-1].noise_ppm, "rule": made[-1].rule})
+                         "noise_ppm": made[-1].noise_ppm, "rule": made[-1].rule, **extra})
             log(f"{name} {method}: best {best:.1f} % at {best_value:.3g}, auto {auto:.1f} % at {made[-1].value:.3g}")
     return rows
 
@@ -182,7 +192,8 @@ def render(rows, timing, index, args, command: str, commands: list[str] | None =
         gap = r["auto_nrmse"] - r["best_nrmse"]
         lines.append(f"| {r['case']} | {r['method']} | {r['best_nrmse']:.1f} ({r['best_value']:.2g}) | "
                      f"{r['auto_nrmse']:.1f} ({r['auto_value']:.2g}) | {gap:+.1f} | "
-                     f"{str(r.get('date', date))[:10]} ({r.get('suite', index['version'])}) |")
+                     f"{str(r.get('date', date))[:10]} ({r.get('suite', index['version'])})"
+                     + (f"; sweep {str(r['curve_date'])[:10]}" if r.get("curve_date") else "") + " |")
     if timing:
         lines += ["", "Runtime on 176×176×160 (shapes phantom, 1 mm, 1 % noise; median of "
                   f"{args.repeats}; the auto time includes the choice):", "",
@@ -216,6 +227,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3, help="runtime repeats (0: skip the runtime part)")
     parser.add_argument("--no-write", action="store_true", help="print only")
+    parser.add_argument("--reuse-curves", action="store_true",
+                        help="take each sweep curve from the current section when it has the same case, method and "
+                             "values (the fixed-value solves do not depend on the rule): only the automatic choice runs")
     parser.add_argument("--merge", action="store_true",
                         help="keep the rows of the current section that this run does not measure (each keeps its date)")
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
@@ -223,7 +237,12 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     folder = args.suite_dir or default_suite_dir(args.small)
     index = ensure_suite(folder, list(args.cases), small=args.small, cached=args.suite_dir is None)
-    rows = sweep(folder, list(args.cases), list(args.methods))
+    known = None
+    if args.reuse_curves:
+        old_data = previous_data(args.output) or {}
+        known = {(r["case"], r["method"]): dict(r, date=r.get("date", old_data.get("date")))
+                 for r in old_data.get("rows", [])}
+    rows = sweep(folder, list(args.cases), list(args.methods), known)
     timing = runtime(args.repeats) if args.repeats > 0 else []
     command = shlex.join(["python", "benchmarks/bench_regularization.py", *(argv if argv is not None else sys.argv[1:])])
     now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
