@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_learned import update_cards as shared_update_cards  # noqa: E402
 from bench_regularization import update_markdown  # noqa: E402
 
 from torchqsm.bench.report import write_report  # noqa: E402
@@ -64,35 +65,6 @@ def section(result, command: str, load: float) -> str:
     return "\n".join(lines)
 
 
-def update_cards(result) -> list[Path]:
-    from torchqsm.models import weights as weights_module
-    from torchqsm.pipeline.learned import shipped_defaults
-
-    written = []
-    for architecture, name in shipped_defaults().items():
-        scores: dict[str, dict[str, dict[str, float]]] = {}
-        for r in result.records:
-            base, _, refinement = r["method"].partition("+")
-            if base == architecture and r.get("status") == "ok":
-                scores.setdefault(refinement or "network", {})[r["case"]] = {
-                    "nrmse": round(float(r["nrmse_demeaned"]), 2), "hfen": round(float(r["hfen"]), 2),
-                    "ssim": round(float(r["ssim"]), 4)}
-        if "baseline" not in scores.get("network", {}):
-            continue
-        path = weights_module.SHIPPED_DIR / f"{name}.json"
-        card = json.loads(path.read_text(encoding="utf-8"))
-        card["metrics"] = {
-            "suite": scores["network"]["baseline"], "headline": "suite.nrmse",
-            "suite_version": result.suite.get("version"), "suite_case_of_headline": "baseline",
-            "suite_input": "true local field + measured multi-echo field noise (benchmarks/bench_consistent.py)",
-            "units": "NRMSE (demeaned) and HFEN in %, SSIM 0-1, in the brain mask",
-            "cases": scores,
-        }
-        path.write_text(json.dumps(card, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
-        written.append(path)
-    return written
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--suite-dir", type=Path, required=True)
@@ -121,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_write:
         update_markdown(args.output, text, begin=BEGIN, end=END)
     if args.update_cards:
-        for path in update_cards(result):
+        for path in shared_update_cards(result, "benchmarks/bench_consistent.py"):
             print(f"updated {path}", file=sys.stderr)
     return 0
 

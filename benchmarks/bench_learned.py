@@ -1,32 +1,34 @@
 #!/usr/bin/env python
-"""Dipole inversion methods, classical and learned, scored on the evaluation suite.
+"""Every registered dipole inversion method, classical and learned, on the evaluation suite, through ``torchqsm bench``.
 
-Every method runs through the registry (``torchqsm.invert``) on chosen cases of the evaluation
-suite (``torchqsm.bench.suite``): the input is each case's true local field plus the field noise
-measured from its own multi-echo signal (``torchqsm.bench.evaluate``; background removal is left
-out, as in the QSM challenges). NRMSE and HFEN (%) and SSIM are computed in the brain mask after
-demeaning χ and the truth there; the time is that of the inversion alone.
+Every method runs through :func:`torchqsm.bench.run_bench`, the engine of ``torchqsm bench``
+(the registry's ``torchqsm.invert`` on each case's true local field plus the field noise
+measured from its own multi-echo signal; background removal left out, as in the QSM
+challenges). Runs are cached in ``--report-dir`` (the bench report folder: tables, figures,
+``index.html``), so a rerun computes only what is missing or stale. Metrics in the brain mask:
+NRMSE demeaned, HFEN (%), SSIM; the time is that of the inversion alone.
+
+Writes:
+
+* the section between ``<!-- bench-learned:suite -->`` and ``<!-- /bench-learned:suite -->`` of
+  docs/benchmarks.md (NRMSE, HFEN, SSIM and time tables);
+* ``docs/results.md`` (``--results``): every metric table of the bench report, its summary figures
+  and the baseline's slices copied to ``docs/figures/results/``: the results page of the project,
+  generated from this one bench run;
+* with ``--update-cards``, each shipped network's suite scores into its model card.
 
 The suite is built once into a cache (``$XDG_CACHE_HOME/torchqsm/suite-<version>[-small]``,
 default ``~/.cache``) and reused; ``--suite-dir`` names another built suite.
-
-The section between ``<!-- bench-learned:suite -->`` and ``<!-- /bench-learned:suite -->`` of
-docs/benchmarks.md is replaced (appended if missing); the rest of the file is kept. ``--small``
-runs print only.
 
 Examples
 --------
 Smoke run (2 mm suite, prints, writes nothing)::
 
-    python benchmarks/bench_learned.py --small --methods tkd tikhonov
+    python benchmarks/bench_learned.py --small --methods tkd tikhonov --cases baseline
 
-The section in docs/benchmarks.md (classical methods plus every registered learned one)::
+Every registered method (FINE capped at 10 steps) on five cases, docs and cards updated::
 
-    python benchmarks/bench_learned.py --threads 2
-
-A method with parameters, labelled by its text::
-
-    python benchmarks/bench_learned.py --methods tkd "tkd:threshold=0.1" "l2:regularization=3e-4"
+    python benchmarks/bench_learned.py --suite-dir SUITE --report-dir REPORT --update-cards
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ import os
 import platform
 import re
 import shlex
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -45,37 +48,23 @@ from pathlib import Path
 import torch
 
 from torchqsm.bench import SUITE_VERSION, build_suite
-from torchqsm.bench.evaluate import evaluate, load_case, markdown_table
-from torchqsm.pipeline.registry import METHODS, coerce_parameter, get_method
+from torchqsm.bench.evaluate import load_case
+from torchqsm.bench.report import input_note, write_report
+from torchqsm.bench.runner import default_methods as every_method
+from torchqsm.bench.runner import run_bench
+from torchqsm.bench.tables import METRIC_TABLES, metric_table
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUTPUT = REPO / "docs" / "benchmarks.md"
+RESULTS = REPO / "docs" / "results.md"
 BEGIN, END = "<!-- bench-learned:suite -->", "<!-- /bench-learned:suite -->"
-DEFAULT_CASES = ("baseline", "tilt-30deg", "tilt-60deg", "snr-30", "haemorrhage", "res-1x1x2mm", "b0-7T",
-                 "calcification")
-CLASSICAL = ("tkd", "tikhonov", "l2", "tv")
+DEFAULT_CASES = ("baseline", "tilt-30deg", "tilt-60deg", "snr-30", "haemorrhage")
+#: FINE fine-tunes the network for 100 Adam steps by default: minutes per 1 mm case on 2 CPU cores.
+FINE_STEPS = 10
 
 
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
-
-
-def default_methods() -> list[str]:
-    """The classical baselines and every learned method registered now."""
-    return [*CLASSICAL, *(name for name, spec in METHODS.items() if spec.kind == "learned")]
-
-
-def parse_method(text: str) -> str | tuple[str, str, dict]:
-    """``name`` or ``name:key=value,key=value`` (labelled by the text itself)."""
-    name, _, options = text.partition(":")
-    spec = get_method(name)
-    if not options:
-        return name
-    params = {}
-    for item in options.split(","):
-        key, _, value = item.partition("=")
-        params[key.strip()] = coerce_parameter(spec.parameter(key.strip()), value)
-    return text, name, params
 
 
 def default_suite_dir(small: bool) -> Path:
@@ -118,42 +107,98 @@ def machine(device: str) -> str:
     return text
 
 
-def render(rows, noise: dict[str, tuple[float, float]], index: dict, args, command: str, load: float) -> str:
-    date = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+def default_methods() -> list[str]:
+    """Every registered single-orientation method (``torchqsm bench --methods all``), FINE capped."""
+    return [f"{e.name}:max_iterations={FINE_STEPS}" if e.name.endswith("+fine") else e.name for e in every_method()]
+
+
+def default_report_dir(index: dict) -> Path:
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "torchqsm" / f"bench-{index['version']}{'-small' if index.get('small') else ''}"
+
+
+def field_noise(folder: Path, cases: list[str]) -> dict[str, tuple[float, float]]:
+    """Per case: the input's field noise rms and the true local field's rms in the brain (ppm)."""
+    noise = {}
+    for case in cases:
+        suite_input = load_case(folder / case)
+        mask = suite_input.mask
+        noise[case] = (suite_input.noise_rms_ppm, float(suite_input.true_local_field_ppm[mask].square().mean().sqrt()))
+    return noise
+
+
+def header(result, noise, args, command: str, load: float, date: str) -> list[str]:
+    index = result.suite
     grid = "small: 2 mm" if index.get("small") else "full: 1 mm"
     noise_text = ", ".join(f"{case} {n * 1e3:.1f} ({n / f:.0%})" for case, (n, f) in noise.items())
-    lines = [BEGIN, "## Dipole inversion on the evaluation suite", "",
-             f"- Suite {index['version']} ({grid} baseline, seed {index['seed']}), cases: {', '.join(noise)}. "
-             "Input: the true local field plus the field noise measured from each case's own 3-echo signal "
-             "(weighted fit of the echo-difference phase residuals; `torchqsm.bench.evaluate`); background "
-             "removal is left out, so this isolates the dipole inversion, as in the QSM challenges.",
+    lines = [f"- Suite {index['version']} ({grid} baseline, seed {index.get('seed')}), cases: {', '.join(noise)}. "
+             + input_note(result.source) + " Background removal is left out, so this isolates the dipole "
+             "inversion, as in the QSM challenges.",
              f"- Field noise rms in the brain (ppb, and relative to the local field's rms): {noise_text}.",
-             "- Metrics in the brain mask after demeaning χ and the truth there: NRMSE and HFEN (%; lower is better), "
-             "SSIM (higher is better); time = the inversion alone. Bold: best in its column. Registry defaults "
-             "unless a method's label gives parameters.",
-             f"- Machine: {machine(args.device)}, device {args.device}, {args.threads} torch threads; Python "
-             f"{platform.python_version()}, torch {torch.__version__}; measured {date}; load average {load:.2f} "
-             "before the run (other work on the machine slows the times).",
+             "- Metrics in the brain mask; NRMSE demeaned (χ and the truth each minus their brain mean), HFEN (%; "
+             "lower is better), SSIM (higher is better); time = the inversion alone. Bold: best in its column. "
+             f"Registry defaults unless a method's label gives parameters (FINE: {FINE_STEPS} of its 100 steps).",
+             f"- Machine: {machine(args.device)}, device {args.device}, {args.workers} worker(s); Python "
+             f"{platform.python_version()}, torch {torch.__version__}; measured {date} (runs reused from the "
+             f"cache keep their own date, in `bench.json`); load average {load:.2f} before the run.",
              f"- Reproduce: `{command}`"]
     for case, (n, f) in noise.items():
         if n > f:  # not acquisition noise: the input's error is larger than the field itself
             lines.append(f"- **{case}**: the measured field error ({n * 1e3:.0f} ppb) exceeds the local field "
                          f"({f * 1e3:.0f} ppb): the phase of the signal disagrees with the ground-truth field, "
                          "so this column scores that mismatch, not the inversion.")
-    lines.append("")
-    for metric in ("nrmse", "hfen", "ssim", "seconds"):
-        lines += [markdown_table(rows, metric), ""]
-    data = {"suite_version": index["version"], "small": bool(index.get("small")), "date": date,
-            "threads": args.threads, "device": args.device, "torch": torch.__version__,
-            "rows": [{"case": r.case, "method": r.method, "nrmse": round(r.nrmse, 3), "hfen": round(r.hfen, 3),
-                      "ssim": round(r.ssim, 5), "seconds": round(r.seconds, 3)} for r in rows]}
+    return lines
+
+
+def render(result, noise, args, command: str, load: float) -> str:
+    date = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [BEGIN, "## Dipole inversion on the evaluation suite", "",
+             *header(result, noise, args, command, load, date),
+             "- Every table and figure of this run: [results.md](results.md).", ""]
+    for metric in ("nrmse_demeaned", "hfen", "ssim", "seconds"):
+        lines += [metric_table(result.records, metric), ""]
+    data = {"suite_version": result.suite["version"], "small": bool(result.suite.get("small")), "date": date,
+            "device": args.device, "torch": torch.__version__,
+            "rows": [{k: r.get(k) for k in ("case", "method", "status", "nrmse_demeaned", "hfen", "ssim", "seconds")}
+                     for r in result.records]}
     lines += [f"<!-- bench-data {json.dumps(data, separators=(',', ':'))} -->", END, ""]
     return "\n".join(lines)
 
 
-def update_markdown(path: Path, section: str) -> None:
+def results_page(result, files, noise, args, command: str, load: float) -> str:
+    """docs/results.md: every metric table of the run, its summary figures and the baseline's slices
+    (copied to ``figures/results/`` beside the page)."""
+    folder = args.results.parent / "figures" / "results"
+    date = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    figures = []
+    for path in files.figures:
+        relative = path.relative_to(result.report_dir / "figures")
+        if len(relative.parts) == 1 or relative.name == "slices.png" and relative.parts[0] == "baseline":
+            target = folder / "_".join(relative.parts)
+            shutil.copyfile(path, target)
+            figures.append(target)
+    lines = ["# Results: every method on the evaluation suite", "",
+             "<!-- generated by benchmarks/bench_learned.py from one torchqsm bench run: do not edit -->", "",
+             *header(result, noise, args, command, load, date),
+             f"- {len(result.records)} runs, {len(result.failed)} failed; the full report (every run's figure, "
+             "`index.html`) is written to the bench report folder.", ""]
+    for path in figures:
+        lines += [f"![{path.stem}]({path.relative_to(args.results.parent).as_posix()})", ""]
+    for metric in METRIC_TABLES:
+        if metric == "lesion_mean" and not any(r.get("lesion_mean") is not None for r in result.records):
+            continue
+        lines += [metric_table(result.records, metric), ""]
+    if result.failed:
+        lines += ["## Failed runs", ""] + [f"- {r['method']} on {r['case']}: {r.get('error')}" for r in result.failed]
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def update_markdown(path: Path, section: str, *, begin: str = BEGIN, end: str = END) -> None:
     text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n\n"
-    pattern = re.compile(re.escape(BEGIN) + r".*?" + re.escape(END) + r"\n?", re.S)
+    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end) + r"\n?", re.S)
     if pattern.search(text):
         text = pattern.sub(lambda _: section, text, count=1)
     else:
@@ -165,67 +210,78 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--small", action="store_true", help="the 2 mm suite (seconds to build); print only")
     parser.add_argument("--suite-dir", type=Path, help="a built suite (default: a cache, built when missing)")
+    parser.add_argument("--report-dir", type=Path, help="bench report folder and run cache (default: a cache)")
     parser.add_argument("--cases", nargs="+", default=list(DEFAULT_CASES))
-    parser.add_argument("--methods", nargs="+", help="names or name:key=value,... "
-                        f"(default: {', '.join(CLASSICAL)} and every registered learned method)")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--methods", nargs="+", help="names or name:key=value,... (default: every registered "
+                        f"single-orientation method, FINE at {FINE_STEPS} steps)")
+    parser.add_argument("--workers", type=int, default=1, help="Dask workers (1: serial, in this process)")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads of a serial run")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
+    parser.add_argument("--results", type=Path, default=RESULTS, help="the generated results page")
     parser.add_argument("--no-write", action="store_true", help="print the section only")
     parser.add_argument("--update-cards", action="store_true",
                         help="write each learned method's scores into its shipped model card (metrics)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    methods = [parse_method(text) for text in (args.methods or default_methods())]
     folder = args.suite_dir or default_suite_dir(args.small)
-    index = ensure_suite(folder, args.cases, small=args.small, cached=args.suite_dir is None)
+    small = args.small
+    if args.suite_dir is not None and (args.suite_dir / "suite.json").is_file():  # a given suite says its grid
+        small = bool(json.loads((args.suite_dir / "suite.json").read_text(encoding="utf-8")).get("small"))
+    index = ensure_suite(folder, args.cases, small=small, cached=args.suite_dir is None)
+    report_dir = args.report_dir or default_report_dir(index)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    noise = {}
-    for case in args.cases:
-        suite_input = load_case(folder / case)
-        mask = suite_input.mask
-        noise[case] = (suite_input.noise_rms_ppm, float(suite_input.true_local_field_ppm[mask].square().mean().sqrt()))
-    log(f"{len(methods)} methods × {len(args.cases)} cases on {args.device}, {args.threads} threads ...")
-    rows = evaluate(folder, methods, cases=args.cases, device=args.device)
+    noise = field_noise(folder, args.cases)
+    methods = args.methods or default_methods()
+    log(f"{len(methods)} methods × {len(args.cases)} cases on {args.device}; report and cache in {report_dir}")
+
+    def show(record, computed):
+        log(f"{record['case']} {record['method']}: {record.get('status')} NRMSE {record.get('nrmse_demeaned')} "
+            f"({'computed' if computed else 'reused'})")
+
+    result = run_bench(folder, report_dir, methods, cases=args.cases, device=args.device, workers=args.workers,
+                       on_record=show)
+    files = write_report(result)
     command = shlex.join(["python", "benchmarks/bench_learned.py", *(argv if argv is not None else sys.argv[1:])])
-    section = render(rows, noise, index, args, command, load)
+    section = render(result, noise, args, command, load)
     print(section)
     if not (args.small or args.no_write):
         update_markdown(args.output, section)
-        log(f"updated {args.output}")
+        args.results.write_text(results_page(result, files, noise, args, command, load), encoding="utf-8")
+        log(f"updated {args.output} and {args.results}")
     if args.update_cards and not args.small:
-        for path in update_cards(rows, index):
+        for path in update_cards(result):
             log(f"updated {path}")
     return 0
 
 
-def update_cards(rows, index: dict) -> list[Path]:
-    """Write the suite scores of each learned network (and its refinements) into its shipped card.
+def update_cards(result, script: str = "benchmarks/bench_learned.py") -> list[Path]:
+    """Write the suite scores of each shipped network (and its refinements) into its card.
 
-    Only the card's ``metrics`` change; the weights file and its SHA-256 are untouched.
+    Only the card's ``metrics`` change; the weights file and its SHA-256 are untouched. Shared by
+    ``bench_consistent.py``.
     """
     from torchqsm.models import weights as weights_module
     from torchqsm.pipeline.learned import shipped_defaults
 
     written = []
     for architecture, name in shipped_defaults().items():
+        scores: dict[str, dict[str, dict[str, float]]] = {}
+        for r in result.records:  # "unet+fine:max_iterations=10" is stored as "fine:max_iterations=10"
+            base, _, refinement = r["method"].partition("+")
+            if base == architecture and r.get("status") == "ok":
+                scores.setdefault(refinement or "network", {})[r["case"]] = {
+                    "nrmse": round(float(r["nrmse_demeaned"]), 2), "hfen": round(float(r["hfen"]), 2),
+                    "ssim": round(float(r["ssim"]), 4)}
+        if "baseline" not in scores.get("network", {}):
+            continue
         path = weights_module.SHIPPED_DIR / f"{name}.json"
         card = json.loads(path.read_text(encoding="utf-8"))
-        scores: dict[str, dict[str, dict[str, float]]] = {}
-        for r in rows:  # "unet+fine:max_iterations=10" is stored as "fine:max_iterations=10"
-            base, _, refinement = r.method.partition("+")
-            if base == architecture:
-                scores.setdefault(refinement or "network", {})[r.case] = {
-                    "nrmse": round(r.nrmse, 2), "hfen": round(r.hfen, 2), "ssim": round(r.ssim, 4)}
-        if not scores.get("network"):
-            continue
-        baseline = scores["network"].get("baseline") or next(iter(scores["network"].values()))
         card["metrics"] = {
-            "suite": baseline, "headline": "suite.nrmse",
-            "suite_version": index["version"], "suite_case_of_headline": "baseline" if "baseline" in
-            scores["network"] else next(iter(scores["network"])),
-            "suite_input": "true local field + measured multi-echo field noise (benchmarks/bench_learned.py)",
-            "units": "NRMSE and HFEN in %, SSIM 0-1, in the brain mask after demeaning",
+            "suite": scores["network"]["baseline"], "headline": "suite.nrmse",
+            "suite_version": result.suite.get("version"), "suite_case_of_headline": "baseline",
+            "suite_input": f"true local field + measured multi-echo field noise ({script})",
+            "units": "NRMSE (demeaned) and HFEN in %, SSIM 0-1, in the brain mask",
             "cases": scores,
         }
         path.write_text(json.dumps(card, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
