@@ -26,7 +26,7 @@ Smoke run (2 mm suite, prints, writes nothing)::
 
     python benchmarks/bench_learned.py --small --methods tkd tikhonov --cases baseline
 
-Every registered method (FINE capped at 10 steps) on five cases, docs and cards updated::
+Every registered method (FINE capped at 3 steps) on five cases, docs and cards updated::
 
     python benchmarks/bench_learned.py --suite-dir SUITE --report-dir REPORT --update-cards
 """
@@ -59,8 +59,9 @@ DEFAULT_OUTPUT = REPO / "docs" / "benchmarks.md"
 RESULTS = REPO / "docs" / "results.md"
 BEGIN, END = "<!-- bench-learned:suite -->", "<!-- /bench-learned:suite -->"
 DEFAULT_CASES = ("baseline", "tilt-30deg", "tilt-60deg", "snr-30", "haemorrhage")
-#: FINE fine-tunes the network for 100 Adam steps by default: minutes per 1 mm case on 2 CPU cores.
-FINE_STEPS = 10
+#: FINE fine-tunes the network for 100 Adam steps by default: about a minute a step per 1 mm case on
+#: 2 shared CPU cores, so the suite run takes 3.
+FINE_STEPS = 3
 
 
 def log(message: str) -> None:
