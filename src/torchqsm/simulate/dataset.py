@@ -52,6 +52,7 @@ from .forward import HEAD_KERNEL_FORM
 from .hybrid import hybrid_chi, random_deformation
 from .lesions import add_lesions, add_veins
 from .orientation import random_b0_dir
+from .partial_volume import fine_veins
 from .phantoms import ellipsoid
 from .shapes import random_shapes
 from .signal import add_complex_noise, complex_gre_signal, smooth_phase_offset
@@ -131,6 +132,12 @@ class SimulationConfig:
         Inclusive range of the number of veins painted into χ (``simulate.lesions.add_veins``,
         χ 0.2–0.45 ppm, radius 0.5–1.5 mm); their field joins the local and total fields. ``(0, 0)``
         (default) is off. Drawn after the anisotropy.
+    vein_factor
+        1 (default): veins are painted on the volume's own grid. An integer > 1: drawn that many times
+        finer and their field computed there, both averaged into the voxels
+        (``simulate.partial_volume.fine_veins``: sub-voxel partial volume, as the suite's ``vessels``
+        case). Costs ``vein_factor``³ the volume's memory for that step. The GRE signal of
+        ``phase_to_chi`` samples is still computed from the voxel-mean field (no intravoxel dephasing).
     residual_background_ppm
         Range of the rms (ppm, in the mask) of a residual background added to the input of the
         ``local_to_chi`` task: the field of random sources just outside the brain
@@ -168,6 +175,7 @@ class SimulationConfig:
     pad: int = 32
     wm_anisotropy_ppm: tuple[float, float] = (0.0, 0.0)
     veins: tuple[int, int] = (0, 0)
+    vein_factor: int = 1
     residual_background_ppm: tuple[float, float] = (0.0, 0.0)
     patch_dipole: bool = False
 
@@ -200,6 +208,8 @@ class SimulationConfig:
             raise ParameterError(f"wm_anisotropy_ppm must be 0 ≤ low ≤ high, got {self.wm_anisotropy_ppm}")
         if len(self.veins) != 2 or not 0 <= self.veins[0] <= self.veins[1]:
             raise ParameterError(f"veins must be a count range 0 ≤ low ≤ high, got {self.veins}")
+        if not isinstance(self.vein_factor, int) or not 1 <= self.vein_factor <= 4:
+            raise ParameterError(f"vein_factor must be an integer from 1 to 4, got {self.vein_factor!r}")
         if len(self.residual_background_ppm) != 2 or \
                 not 0 <= self.residual_background_ppm[0] <= self.residual_background_ppm[1]:
             raise ParameterError(f"residual_background_ppm must be 0 ≤ low ≤ high, got {self.residual_background_ppm}")
@@ -329,8 +339,12 @@ def simulate_volume(config: SimulationConfig, generator: torch.Generator) -> Sim
         total = None if total is None else total + extra
     if config.veins[1] > 0:  # after the anisotropy: earlier draws of a seed stay as they were
         count = int(torch.randint(config.veins[0], config.veins[1] + 1, (), generator=generator))
-        veined = add_veins(chi, mask, count=count, generator=generator, voxel_size_mm=config.voxel_size_mm).float()
-        extra = dipole((veined - chi) * mask)
+        if config.vein_factor > 1:
+            veined, extra = fine_veins(chi * mask, mask, count=count, factor=config.vein_factor, generator=generator,
+                                       voxel_size_mm=config.voxel_size_mm, b0_dir=b0_dir, pad=config.pad)
+        else:
+            veined = add_veins(chi, mask, count=count, generator=generator, voxel_size_mm=config.voxel_size_mm).float()
+            extra = dipole((veined - chi) * mask)
         chi, local = veined, local + extra
         total = None if total is None else total + extra
     if config.residual_background_ppm[1] > 0 and config.task == "local_to_chi":  # last
