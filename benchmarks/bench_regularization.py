@@ -112,7 +112,8 @@ def runtime(repeats: int) -> list[dict]:
                 invert(field, mask, method, acquisition, regularization=value)
                 measured.append(time.perf_counter() - started)
             times[label] = statistics.median(measured)
-        out.append({"method": method, **times})
+        out.append({"method": method, **times, "repeats": repeats,
+                    "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")})
         log(f"runtime {method}: fixed {times['fixed']:.2f} s, auto {times['auto']:.2f} s")
     return out
 
@@ -196,7 +197,8 @@ def render(rows, timing, index, args, command: str, commands: list[str] | None =
                      + (f"; sweep {str(r['curve_date'])[:10]}" if r.get("curve_date") else "") + " |")
     if timing:
         lines += ["", "Runtime on 176×176×160 (shapes phantom, 1 mm, 1 % noise; median of "
-                  f"{args.repeats}; the auto time includes the choice):", "",
+                  f"{timing[0].get('repeats', args.repeats)}, measured {str(timing[0].get('date', date))[:10]}; "
+                  "the auto time includes the choice):", "",
                   "| method | fixed value (s) | auto (s) | ratio |", "| --- | --- | --- | --- |"]
         for t in timing:
             lines.append(f"| {t['method']} | {t['fixed']:.2f} | {t['auto']:.2f} | {t['auto'] / t['fixed']:.2f} |")
