@@ -131,7 +131,7 @@ def figure(rows: list[dict], path: Path) -> None:
     for ax, method in zip(axes[0], methods):
         for i, case in enumerate(cases):
             row = next((r for r in rows if r["case"] == case and r["method"] == method), None)
-            if row is None or case == "res-1x1x2mm":
+            if row is None:
                 continue
             values, errors = zip(*row["curve"])
             ax.plot(values, errors, "-", color=colours[i % len(colours)], label=case, lw=1.2)
