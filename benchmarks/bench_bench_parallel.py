@@ -38,7 +38,7 @@ from torchqsm.bench.tables import COLUMNS, TIMING_COLUMNS, csv_text
 REPO = Path(__file__).resolve().parents[1]
 BEGIN, END = "<!-- bench-bench:parallel -->", "<!-- /bench-bench:parallel -->"
 CASES = ("baseline", "tilt-30deg", "snr-30", "haemorrhage")
-METHODS = ("tv:max_iterations=30", "l2:max_iterations=30")
+ITERATIONS = 30  # per run; --iterations N > 30 writes its own section (longer runs amortise the cluster's start)
 
 
 def _cpu_seconds() -> float:
@@ -67,7 +67,12 @@ def main() -> int:
     parser.add_argument("--output", type=Path, default=REPO / "docs" / "benchmarks.md")
     parser.add_argument("--repeats", type=int, default=2, help="alternations of serial and Dask (default 2)")
     parser.add_argument("--print-only", action="store_true")
+    parser.add_argument("--iterations", type=int, default=ITERATIONS, help="tv and l2 iterations per run")
     args = parser.parse_args()
+    methods = (f"tv:max_iterations={args.iterations}", f"l2:max_iterations={args.iterations}")
+    begin, end = BEGIN, END
+    if args.iterations != ITERATIONS:
+        begin, end = (marker.replace("parallel", f"parallel-{args.iterations}") for marker in (BEGIN, END))
     if not (args.suite_dir / "suite.json").is_file():
         build_suite(args.suite_dir, small=True, cases=CASES)
     load_before = os.getloadavg()
@@ -78,7 +83,7 @@ def main() -> int:
     reference = None
     for _ in range(args.repeats):
         for label, workers in configurations:
-            seconds, cpu, records = timed(args.suite_dir, workers, 1, METHODS, CASES)
+            seconds, cpu, records = timed(args.suite_dir, workers, 1, methods, CASES)
             accuracy = csv_text(records, [c for c in COLUMNS if c not in TIMING_COLUMNS])
             reference = reference or accuracy
             walls[label].append(seconds)
@@ -88,10 +93,11 @@ def main() -> int:
                   flush=True)
     load_after = os.getloadavg()
     date = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    runs = len(CASES) * len(METHODS)
+    runs = len(CASES) * len(methods)
     serial = statistics.median(walls[configurations[0][0]])
-    lines = [BEGIN, "## `torchqsm bench`: serial against 2 Dask workers (CPU)", "",
-             f"{runs} runs: {', '.join(METHODS)} on {', '.join(CASES)} of the small (2 mm) suite, each bench into a "
+    title = "" if args.iterations == ITERATIONS else f", {args.iterations} iterations a run"
+    lines = [begin, f"## `torchqsm bench`: serial against 2 Dask workers (CPU{title})", "",
+             f"{runs} runs: {', '.join(methods)} on {', '.join(CASES)} of the small (2 mm) suite, each bench into a "
              f"fresh report folder, serial and Dask alternating {args.repeats}× (`benchmarks/bench_bench_parallel.py`, "
              f"{date}, {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}). Wall time of "
              "`run_bench`, Dask cluster start and stop included; CPU is this process plus its workers.", "",
@@ -106,15 +112,15 @@ def main() -> int:
               "The Dask column pays a fixed cost: the scheduler, 2 nannies and 2 workers start (each worker imports "
               "torch and torchqsm, about 4.5 s of CPU) and stop. Dask's default `MALLOC_TRIM_THRESHOLD_=65536` for "
               "workers doubled the CPU time of the runs themselves (30 TV iterations: 15.0 s against 7.4 s); "
-              "`torchqsm bench` starts its workers without it.", END]
+              "`torchqsm bench` starts its workers without it.", end]
     section = "\n".join(lines) + "\n"
     print(section)
     if args.print_only:
         return 0
     text = args.output.read_text(encoding="utf-8") if args.output.exists() else ""
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + section.rstrip("\n") + rest.split(END, 1)[1]
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        text = head + section.rstrip("\n") + rest.split(end, 1)[1]
     else:
         text = text.rstrip("\n") + "\n\n" + section
     args.output.write_text(text, encoding="utf-8")
