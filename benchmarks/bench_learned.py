@@ -59,8 +59,8 @@ DEFAULT_OUTPUT = REPO / "docs" / "benchmarks.md"
 RESULTS = REPO / "docs" / "results.md"
 BEGIN, END = "<!-- bench-learned:suite -->", "<!-- /bench-learned:suite -->"
 DEFAULT_CASES = ("baseline", "tilt-30deg", "tilt-60deg", "snr-30", "haemorrhage")
-#: FINE fine-tunes the network for 100 Adam steps by default: about a minute a step per 1 mm case on
-#: 2 shared CPU cores, so the suite run takes 3.
+#: FINE fine-tunes the network for 100 Adam steps by default; on a 1 mm case 3 steps took 585-904 s on 2
+#: shared CPU cores (2026-12-05), so the suite run takes 3.
 FINE_STEPS = 3
 
 
@@ -259,8 +259,8 @@ def main(argv: list[str] | None = None) -> int:
 def update_cards(result, script: str = "benchmarks/bench_learned.py") -> list[Path]:
     """Write the suite scores of each shipped network (and its refinements) into its card.
 
-    Only the card's ``metrics`` change; the weights file and its SHA-256 are untouched. Shared by
-    ``bench_consistent.py``.
+    Only the card's ``metrics`` change; the weights file and its SHA-256 are untouched. Scores of
+    the same suite version for cases this run did not score are kept. Shared by ``bench_consistent.py``.
     """
     from torchqsm.models import weights as weights_module
     from torchqsm.pipeline.learned import shipped_defaults
@@ -278,6 +278,11 @@ def update_cards(result, script: str = "benchmarks/bench_learned.py") -> list[Pa
             continue
         path = weights_module.SHIPPED_DIR / f"{name}.json"
         card = json.loads(path.read_text(encoding="utf-8"))
+        previous = card.get("metrics") or {}
+        if previous.get("suite_version") == result.suite.get("version"):  # keep the cases this run did not score
+            for refinement, cases in (previous.get("cases") or {}).items():
+                for case, values in cases.items():
+                    scores.setdefault(refinement, {}).setdefault(case, values)
         card["metrics"] = {
             "suite": scores["network"]["baseline"], "headline": "suite.nrmse",
             "suite_version": result.suite.get("version"), "suite_case_of_headline": "baseline",
