@@ -59,7 +59,7 @@ DEFAULT_OUTPUT = REPO / "docs" / "benchmarks.md"
 RESULTS = REPO / "docs" / "results.md"
 BEGIN, END = "<!-- bench-learned:suite -->", "<!-- /bench-learned:suite -->"
 DEFAULT_CASES = ("baseline", "tilt-30deg", "tilt-60deg", "snr-30", "haemorrhage")
-#: FINE fine-tunes the network for 100 Adam steps by default; on a 1 mm case 3 steps took 585-904 s on 2
+#: FINE fine-tunes the network for 100 Adam steps by default; on a 1 mm case 3 steps took 585-914 s on 2
 #: shared CPU cores (2026-12-05), so the suite run takes 3.
 FINE_STEPS = 3
 
