@@ -239,17 +239,7 @@ def gcv_tikhonov(spectrum: torch.Tensor, kernel: torch.Tensor, penalty: torch.Te
         trace = (count * one_minus).sum()
         return float(n * residual / trace.square())
 
-    grid = _GRID.tolist()
-    scores = [score(lam) for lam in grid]
-    best = min(range(len(grid)), key=scores.__getitem__)
-    if 0 < best < len(grid) - 1:  # parabola in log λ through the minimum and its neighbours
-        y0, y1, y2 = (math.log(v) for v in scores[best - 1:best + 2])
-        curvature = y0 - 2 * y1 + y2
-        shift = 0.5 * (y0 - y2) / curvature if curvature > 0 else 0.0
-        step = math.log(grid[1] / grid[0])
-        lam = grid[best] * math.exp(max(-1.0, min(1.0, shift)) * step)
-    else:
-        lam = grid[best]
+    lam = _grid_minimum(score, _GRID.tolist())
     if mask is None:
         return lam
     if image is None:
@@ -284,16 +274,20 @@ def _masked_gcv(spectrum, kernel, penalty, weights, n, mask, image, start: float
         residual = float(torch.linalg.vector_norm(image(spectrum * one_minus) * inside, dtype=torch.float64))
         return residual ** 2 / (m * (1.0 - trace / n) ** 2)
 
-    step = math.log(10.0) / 4.0
-    grid = [start * math.exp(step * i) for i in range(-6, 3)]
+    return _grid_minimum(score, [start * 10.0 ** (i / 4.0) for i in range(-6, 3)])
+
+
+def _grid_minimum(score, grid: list[float]) -> float:
+    """The λ of a log-spaced ``grid`` with the lowest ``score``, refined by a parabola in log λ through it
+    and its neighbours (at most one grid step away)."""
     scores = [score(lam) for lam in grid]
     best = min(range(len(grid)), key=scores.__getitem__)
-    if 0 < best < len(grid) - 1:
-        y0, y1, y2 = (math.log(v) for v in scores[best - 1:best + 2])
-        curvature = y0 - 2 * y1 + y2
-        shift = 0.5 * (y0 - y2) / curvature if curvature > 0 else 0.0
-        return grid[best] * math.exp(max(-1.0, min(1.0, shift)) * step)
-    return grid[best]
+    if not 0 < best < len(grid) - 1:
+        return grid[best]
+    y0, y1, y2 = (math.log(v) for v in scores[best - 1:best + 2])
+    curvature = y0 - 2 * y1 + y2
+    shift = 0.5 * (y0 - y2) / curvature if curvature > 0 else 0.0
+    return grid[best] * math.exp(max(-1.0, min(1.0, shift)) * math.log(grid[1] / grid[0]))
 
 
 def gcv_residual_noise(field: torch.Tensor, mask: torch.Tensor, dipole) -> float:
