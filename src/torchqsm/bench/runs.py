@@ -157,15 +157,14 @@ def read_record(path: str | Path) -> dict[str, Any] | None:
 
 
 @lru_cache(maxsize=2)
-def _case(case_dir: str, digest: str) -> tuple[SuiteInput, torch.Tensor | None, torch.Tensor | None]:
-    """The loaded case, its RSS magnitude (for methods that need one) and lesion mask; cached per worker."""
+def _case(case_dir: str, digest: str):
+    """The loaded case, its multi-echo GRE data (``GreData``) and lesion mask; cached per worker."""
     case = load_case(case_dir)
     anat = Path(case_dir) / "sub-01" / "anat"
     gre = load_gre(_echo_files(anat, "mag"), _echo_files(anat, "phase"))
-    magnitude = gre.magnitude.square().sum(0).sqrt().float()
     lesion_path = Path(case_dir) / "derivatives" / "groundtruth" / "sub-01" / "anat" / "sub-01_desc-lesion_mask.nii.gz"
     lesion = torch.from_numpy(load_mask(lesion_path, like=gre.reference).data) if lesion_path.is_file() else None
-    return case, magnitude, lesion
+    return case, gre, lesion
 
 
 class _PeakMemory:
@@ -250,10 +249,10 @@ def execute(task: RunTask) -> dict[str, Any]:
 
 def _from_field(task: RunTask) -> tuple[torch.Tensor, dict[str, Any]]:
     """The method on the case's local field (truth + measured noise), scored in the brain mask."""
-    case, magnitude, lesion = _case(task.case_dir, task.case_hash)
+    case, gre, lesion = _case(task.case_dir, task.case_hash)
     params = dict(task.params)
     if get_method(task.method).needs_magnitude and "magnitude" not in params:
-        params["magnitude"] = magnitude
+        params["magnitude"] = gre.magnitude.square().sum(0).sqrt().float()  # RSS over the echoes
     with _PeakMemory(task.device) as memory:
         started = time.perf_counter()
         chi = invert(case.local_field_ppm, case.mask, task.method, case.acquisition,
@@ -277,13 +276,11 @@ def _from_raw(task: RunTask) -> tuple[torch.Tensor, dict[str, Any]]:
     from ..pipeline.recipes import get_recipe
     from ..pipeline.subject import process_gre
 
-    case, _, lesion = _case(task.case_dir, task.case_hash)
-    anat = Path(task.case_dir) / "sub-01" / "anat"
-    gre = load_gre(_echo_files(anat, "mag"), _echo_files(anat, "phase"))
+    case, gre, lesion = _case(task.case_dir, task.case_hash)
     with _PeakMemory(task.device) as memory:
         started = time.perf_counter()
-        result = process_gre(gre.magnitude, gre.phase, gre.acquisition, recipe=get_recipe(task.method),
-                             device=task.device, source=str(anat))
+        result = process_gre(gre.magnitude.clone(), gre.phase.clone(), gre.acquisition, recipe=get_recipe(task.method),
+                             device=task.device, source=str(Path(task.case_dir) / "sub-01" / "anat"))
         seconds = time.perf_counter() - started
     scored = result.local_mask.bool() & case.mask
     if not bool(scored.any()):
