@@ -29,10 +29,9 @@ from typing import Any
 import numpy as np
 
 from ..io._atomic import write_atomically
-from .evaluate import load_case
 from .figures import case_figure, run_figure, runtime_figure, trend_figure
 from .runner import BenchResult
-from .runs import run_file_stem
+from .runs import load_bench_case, run_file_stem
 from .tables import COLUMNS, METRIC_TABLES, csv_text, markdown_report, run_anchor
 
 __all__ = ["ReportFiles", "write_report"]
@@ -77,7 +76,7 @@ def _figures(result: BenchResult, out: Path) -> tuple[dict[str, Path], dict[str,
         records = [r for r in result.records if r["case"] == case["name"] and r.get("status") == "ok"]
         if not records:
             continue
-        loaded = load_case(case["folder"])
+        loaded = load_bench_case(case["folder"], bids_key=case.get("bids_key"))[0]
         truth, mask = loaded.chi_ppm.numpy(), loaded.mask.numpy()
         estimates = {}
         for record in records:
@@ -140,14 +139,24 @@ def _runs_html(records: Sequence[dict[str, Any]]) -> str:
     return f"<table><tr><th>case</th><th>method</th>{head}</tr>{''.join(rows)}</table>"
 
 
-def input_note(source: str) -> str:
-    """One sentence on what the runs started from."""
+def input_note(source: str, cases: Sequence[dict[str, Any]] = ()) -> str:
+    """What the runs started from, in a sentence or two (``cases``: the bench's case records)."""
     if source == "raw":
         return ("Input: each case's multi-echo magnitude and wrapped phase, through the named `torchqsm run` "
                 "recipe (masking, unwrapping, echo combination, background removal, inversion, referencing); "
                 "scored in the recipe's final mask ∩ the true brain mask (`brain_fraction` in each record).")
-    return ("Input: each case's true local field plus the field noise measured from its own echoes; every "
-            "method inverts it in the true brain mask.")
+    bids = [c for c in cases if c.get("bids_key")]
+    if not bids:
+        return ("Input: each case's true local field plus the field noise measured from its own echoes; every "
+                "method inverts it in the true brain mask.")
+    kinds = []
+    for field_kind, noise in dict.fromkeys((c.get("input", ""), c.get("noise", "")) for c in bids):
+        names = [c["name"] for c in bids if (c.get("input", ""), c.get("noise", "")) == (field_kind, noise)]
+        added = ("plus the field noise measured from its echoes against the true total field" if noise == "measured"
+                 else "without noise (the dataset has no true total field map to measure it against)")
+        kinds.append(f"{', '.join(names)}: the {field_kind} {added}")
+    return ("Input (BIDS dataset, truth under derivatives/): " + "; ".join(kinds) + ". Every method inverts it in "
+            "the true brain mask; `--from raw` runs the recipes on the measured magnitude and phase instead.")
 
 
 def _page(result: BenchResult, case_figures: dict[str, Path], run_figures: dict[str, Path],
@@ -160,7 +169,7 @@ def _page(result: BenchResult, case_figures: dict[str, Path], run_figures: dict[
             f"<p>{len(records)} runs ({len(result.computed)} computed now, {len(result.reused)} reused), "
             f"{len(result.failed)} failed; {html.escape(date)}. χ and errors are compared after removing each map's "
             "mean in the brain mask where the metric says so (NRMSE demeaned, figures).</p>",
-            f"<p>{html.escape(input_note(result.source))}</p>",
+            f"<p>{html.escape(input_note(result.source, result.cases))}</p>",
             "<h2>Summary figures</h2>"]
     body += [f'<p><img alt="{html.escape(p.stem)}" src="{_data_uri(p)}"></p>' for p in summary]
     body.append("<h2>Tables</h2><p>Each cell links to its run.</p>")
@@ -206,7 +215,7 @@ def write_report(result: BenchResult, *, figures: bool = True) -> ReportFiles:
     out = result.report_dir
     csv_path = _text(out / "results.csv", csv_text(result.records, COLUMNS))
     md_path = _text(out / "results.md", markdown_report(result.records, title=f"torchqsm bench: {out.name}",
-                                                                 note=input_note(result.source)))
+                                                                 note=input_note(result.source, result.cases)))
     _text(out / "bench.json", json.dumps({"suite": result.suite, "source": result.source, "cases": result.cases,
                                           "runs": result.records},
                                          indent=1, default=str) + "\n")

@@ -24,6 +24,7 @@ from typing import Any
 
 from ..errors import InputError, ParameterError
 from ..pipeline.registry import METHODS, coerce_parameter, get_method
+from .bids import bids_case_digest, bids_cases, is_bids_dataset
 from .runs import RunTask, case_digest, execute, read_record, recipe_key, resolved_params, run_file_stem, run_key
 
 __all__ = ["MethodEntry", "BenchResult", "parse_method", "parse_recipe", "default_methods", "default_recipes",
@@ -108,8 +109,9 @@ def default_methods() -> list[MethodEntry]:
 def read_suite(dataset: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The suite index and its case records (name, varies, tilt_deg, snr, ...) of ``dataset``.
 
-    ``dataset`` is a suite folder (``suite.json``) or one case folder (``sub-01/anat`` and
-    ``derivatives/groundtruth``), read as a suite of one case.
+    ``dataset`` is a suite folder (``suite.json``), one case folder (``sub-01/anat`` and
+    ``derivatives/groundtruth``), read as a suite of one case, or any BIDS dataset whose GRE runs
+    have a ground-truth χ under ``derivatives/`` (:mod:`torchqsm.bench.bids`): a case per run.
     """
     root = Path(dataset)
     index_path = root / "suite.json"
@@ -126,8 +128,11 @@ def read_suite(dataset: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]
         return {"name": root.name, "version": "unversioned"}, [{"name": ".", "varies": "baseline"}]
     if not root.exists():
         raise InputError("the dataset folder does not exist", source=str(root))
-    raise InputError("not an evaluation suite (no suite.json) nor a case with derivatives/groundtruth",
-                     source=str(root))
+    if is_bids_dataset(root):
+        cases, skipped = bids_cases(root)
+        return {"name": root.name, "version": "bids", "layout": "bids", "runs_without_truth": skipped}, cases
+    raise InputError("not an evaluation suite (no suite.json), a case with derivatives/groundtruth, nor a BIDS "
+                     "dataset (no dataset_description.json with sub-* folders)", source=str(root))
 
 
 def _select(cases: list[dict[str, Any]], patterns: Sequence[str] | None, source: str) -> list[dict[str, Any]]:
@@ -144,10 +149,12 @@ def _plan(root: Path, out: Path, entries: Sequence[MethodEntry], cases: list[dic
           suite_version: str, source: str = "field") -> list[RunTask]:
     tasks = []
     for case in cases:
-        folder = (root / case["name"]).resolve()
-        digest = case_digest(folder)
+        run_of = case.get("bids_key")
+        folder = root.resolve() if run_of else (root / case["name"]).resolve()
+        digest = bids_case_digest(folder, run_of) if run_of else case_digest(folder)
         name = root.resolve().name if case["name"] == "." else case["name"]
-        meta = {k: case[k] for k in ("varies", "tilt_deg", "snr", "b0_tesla", "pathology") if k in case}
+        meta = {k: case[k] for k in ("varies", "tilt_deg", "snr", "b0_tesla", "pathology", "input", "noise")
+                if k in case}
         for entry in entries:
             stem = out / "runs" / run_file_stem(name) / run_file_stem(entry.label)
             if source == "raw":
@@ -156,7 +163,7 @@ def _plan(root: Path, out: Path, entries: Sequence[MethodEntry], cases: list[dic
                 key = run_key(digest, entry.name, entry.params, device, suite_version)
             tasks.append(RunTask(name, str(folder), entry.label, entry.name, entry.params, device, key,
                                  str(stem.with_suffix(".json")), str(stem.with_suffix(".npy")), digest, meta=meta,
-                                 source=source))
+                                 source=source, bids_key=run_of))
     return tasks
 
 

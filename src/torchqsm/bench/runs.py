@@ -41,9 +41,10 @@ from ..io import load_gre, load_mask
 from ..io._atomic import write_atomically
 from ..metrics import score
 from ..pipeline.registry import get_method, invert
+from .bids import load_bids_case
 from .evaluate import SuiteInput, _echo_files, load_case
 
-__all__ = ["RunTask", "resolved_params", "run_key", "case_digest", "run_file_stem", "execute", "read_record"]
+__all__ = ["RunTask", "load_bench_case", "resolved_params", "run_key", "case_digest", "run_file_stem", "execute", "read_record"]
 
 #: Keys of :func:`torchqsm.metrics.score` copied into every record (same order as the tables).
 SCORE_KEYS = ("nrmse", "nrmse_demeaned", "dnrmse", "hfen", "ssim", "xsim", "psnr", "pearson")
@@ -71,6 +72,7 @@ class RunTask:
     threads: int | None = None
     meta: Mapping[str, Any] = field(default_factory=dict)
     source: str = "field"
+    bids_key: str | None = None
 
 
 def case_digest(case_dir: str | Path) -> str:
@@ -156,9 +158,19 @@ def read_record(path: str | Path) -> dict[str, Any] | None:
     return record
 
 
+def load_bench_case(case_dir: str, digest: str = "", bids_key: str | None = None):
+    """The loaded case, its multi-echo GRE data (``GreData``) and lesion mask; cached per worker.
+
+    ``bids_key``: the run of a BIDS dataset at ``case_dir`` (:mod:`torchqsm.bench.bids`);
+    ``None``: a case folder of the evaluation suite.
+    """
+    if bids_key is not None:
+        return load_bids_case(case_dir, bids_key, digest)
+    return _case(case_dir, digest)
+
+
 @lru_cache(maxsize=2)
 def _case(case_dir: str, digest: str):
-    """The loaded case, its multi-echo GRE data (``GreData``) and lesion mask; cached per worker."""
     case = load_case(case_dir)
     anat = Path(case_dir) / "sub-01" / "anat"
     gre = load_gre(_echo_files(anat, "mag"), _echo_files(anat, "phase"))
@@ -249,7 +261,7 @@ def execute(task: RunTask) -> dict[str, Any]:
 
 def _from_field(task: RunTask) -> tuple[torch.Tensor, dict[str, Any]]:
     """The method on the case's local field (truth + measured noise), scored in the brain mask."""
-    case, gre, lesion = _case(task.case_dir, task.case_hash)
+    case, gre, lesion = load_bench_case(task.case_dir, task.case_hash, task.bids_key)
     params = dict(task.params)
     if get_method(task.method).needs_magnitude and "magnitude" not in params:
         params["magnitude"] = gre.magnitude.square().sum(0).sqrt().float()  # RSS over the echoes
@@ -276,11 +288,11 @@ def _from_raw(task: RunTask) -> tuple[torch.Tensor, dict[str, Any]]:
     from ..pipeline.recipes import get_recipe
     from ..pipeline.subject import process_gre
 
-    case, gre, lesion = _case(task.case_dir, task.case_hash)
+    case, gre, lesion = load_bench_case(task.case_dir, task.case_hash, task.bids_key)
     with _PeakMemory(task.device) as memory:
         started = time.perf_counter()
         result = process_gre(gre.magnitude.clone(), gre.phase.clone(), gre.acquisition, recipe=get_recipe(task.method),
-                             device=task.device, source=str(Path(task.case_dir) / "sub-01" / "anat"))
+                             device=task.device, source=str(Path(gre.sources.get("phase_echo-1", task.case_dir))))
         seconds = time.perf_counter() - started
     scored = result.local_mask.bool() & case.mask
     if not bool(scored.any()):

@@ -25,7 +25,8 @@ def add_bench_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
                     "in parallel through Dask, score them against the ground truth, and write CSV/Markdown tables, "
                     "PNG figures and an offline HTML page into REPORT_DIR. A rerun computes only missing or stale "
                     "runs.")
-    bench.add_argument("dataset", metavar="DATASET", help="suite folder (suite.json) or one case folder")
+    bench.add_argument("dataset", metavar="DATASET", help="suite folder (suite.json), one case folder, or a BIDS "
+                       "dataset with ground-truth χ under derivatives/ (a case per GRE run: RUN_KEY_Chimap.nii[.gz])")
     bench.add_argument("-o", "--output", required=True, metavar="REPORT_DIR", help="report folder (also the run cache)")
     bench.add_argument("--methods", nargs="+", default=["all"], metavar="NAME",
                        help="'all' (every single-orientation method; with --from raw every recipe) and/or names, "
