@@ -7,7 +7,10 @@ every value of a fixed grid (the sweep); NRMSE (%) in the brain mask after demea
 NRMSE points; the figure (``docs/figures/regularization_sweep.png``) draws each sweep with the
 automatic choice marked. The input is the case's true local field plus the field noise measured
 from its own multi-echo signal (``torchqsm.bench.evaluate``), with no ``noise_ppm``: the noise is
-estimated from the data, as for a user's field map.
+estimated from the data, as for a user's field map. Every solve is a ``torchqsm bench`` run
+(:func:`torchqsm.bench.run_bench`: ``METHOD:regularization=VALUE`` for the sweep, ``METHOD`` for the
+automatic choice, whose record holds the rule, the value and the noise estimate), cached in
+``--report-dir``: an interrupted sweep resumes, ``--workers N`` spreads it over Dask workers.
 
 The runtime part times, on a 176×176×160 synthetic head-sized problem, one solve with a fixed value
 against one with ``"auto"`` (median of ``--repeats``).
@@ -43,8 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_learned import default_suite_dir, ensure_suite, machine  # noqa: E402
 
 from torchqsm import Acquisition, invert  # noqa: E402
-from torchqsm.bench.evaluate import _score, load_case  # noqa: E402
-from torchqsm.inversion.regularization import collect_choices  # noqa: E402
+from torchqsm.bench.runner import parse_method, run_bench  # noqa: E402
 from torchqsm.simulate import forward_field, shapes_phantom  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -64,35 +66,62 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def sweep(suite: Path, cases: list[str], methods: list[str], known: dict | None = None) -> list[dict]:
-    """Sweep and automatic choice per (case, method); ``known`` maps (case, method) to a row whose
-    curve is reused (same sweep values on the same data: the fixed-value solves do not depend on
-    the rule), so only the automatic choice runs."""
+def _label(method: str, value: float) -> str:
+    return f"{method}:regularization={value:.6g}"
+
+
+def sweep(suite: Path, cases: list[str], methods: list[str], known: dict | None = None, *,
+          report_dir: Path, workers: int = 1) -> list[dict]:
+    """Sweep and automatic choice per (case, method), as ``torchqsm bench`` runs (cached in ``report_dir``).
+
+    Each sweep value is the run ``METHOD:regularization=VALUE``, the automatic choice the run
+    ``METHOD`` (its record holds the choice: rule, value, noise estimate). ``known`` maps (case,
+    method) to a row of an earlier section whose curve is reused (same values, same data: the
+    fixed-value solves do not depend on the rule), so only the automatic choice runs.
+    """
     rows = []
     for name in cases:
-        case = load_case(suite / name)
+        entries, reuse, labels = [], {}, {}
         for method in methods:
             old = (known or {}).get((name, method))
-            extra = {}
             if old is not None and [round(v, 12) for v, _ in old["curve"]] == [round(v, 12) for v in SWEEPS[method]]:
-                curve = [tuple(p) for p in old["curve"]]
-                extra = {"curve_date": old.get("curve_date", old.get("date"))}
-                log(f"{name} {method}: sweep curve reused from {extra['curve_date']}")
+                reuse[method] = old
+                log(f"{name} {method}: sweep curve reused from {old.get('curve_date', old.get('date'))}")
             else:
-                curve = []
                 for value in SWEEPS[method]:
-                    chi = invert(case.local_field_ppm, case.mask, method, case.acquisition, regularization=value)
-                    curve.append((value, _score(chi, case.chi_ppm, case.mask)[0]))
-            started = time.perf_counter()
-            with collect_choices() as made:
-                chi = invert(case.local_field_ppm, case.mask, method, case.acquisition)
-            seconds = time.perf_counter() - started
-            auto = _score(chi, case.chi_ppm, case.mask)[0]
+                    entries.append(parse_method(_label(method, value)))
+                    labels[method, value] = entries[-1].label
+            entries.append(parse_method(method))
+
+        def show(record, computed):
+            log(f"{record['case']} {record['method']}: NRMSE {record.get('nrmse_demeaned', float('nan')):.1f} "
+                f"({'computed' if computed else 'reused'}){' ' + str(record.get('error')) if record.get('error') else ''}")
+
+        result = run_bench(suite, report_dir, entries, cases=[name], workers=workers, on_record=show)
+        by_label = {r["method"]: r for r in result.records}
+        failed = [r for r in result.records if r.get("status") != "ok"]
+        if failed:
+            raise RuntimeError(f"{name}: {failed[0]['method']} failed: {failed[0].get('error')}")
+        for method in methods:
+            extra = {}
+            if method in reuse:
+                curve = [tuple(p) for p in reuse[method]["curve"]]
+                extra = {"curve_date": reuse[method].get("curve_date", reuse[method].get("date"))}
+            else:
+                curve = [(value, by_label[labels[method, value]]["nrmse_demeaned"]) for value in SWEEPS[method]]
+            auto = by_label[method]
+            choices = [c for c in auto.get("choices", []) if c.get("parameter") == "regularization"]
+            if not choices:
+                raise RuntimeError(f"{name} {method}: the cached run has no recorded choice (made before records "
+                                   f"held them); delete {report_dir / 'runs' / name / (method + '.json')} and rerun")
+            choice = choices[-1]
             best_value, best = min(curve, key=lambda p: p[1])
-            rows.append({"case": name, "method": method, "curve": curve, "auto_value": made[-1].value,
-                         "auto_nrmse": auto, "best_value": best_value, "best_nrmse": best, "auto_seconds": seconds,
-                         "noise_ppm": made[-1].noise_ppm, "rule": made[-1].rule, **extra})
-            log(f"{name} {method}: best {best:.1f} % at {best_value:.3g}, auto {auto:.1f} % at {made[-1].value:.3g}")
+            rows.append({"case": name, "method": method, "curve": curve, "auto_value": choice["value"],
+                         "auto_nrmse": auto["nrmse_demeaned"], "best_value": best_value, "best_nrmse": best,
+                         "auto_seconds": auto["seconds"], "noise_ppm": choice.get("noise_ppm"),
+                         "rule": choice["rule"], **extra})
+            log(f"{name} {method}: best {best:.1f} % at {best_value:.3g}, auto {auto['nrmse_demeaned']:.1f} % at "
+                f"{choice['value']:.3g}")
     return rows
 
 
@@ -227,6 +256,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cases", nargs="+", default=list(CASES))
     parser.add_argument("--methods", nargs="+", default=list(SWEEPS), choices=list(SWEEPS))
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--report-dir", type=Path,
+                        help="the bench run cache (default: a folder beside the suite's cache, one per suite version)")
+    parser.add_argument("--workers", type=int, default=1, help="Dask workers for the sweep (1: serial, here)")
     parser.add_argument("--repeats", type=int, default=3, help="runtime repeats (0: skip the runtime part)")
     parser.add_argument("--no-write", action="store_true", help="print only")
     parser.add_argument("--reuse-curves", action="store_true",
@@ -244,7 +276,8 @@ def main(argv: list[str] | None = None) -> int:
         old_data = previous_data(args.output) or {}
         known = {(r["case"], r["method"]): dict(r, date=r.get("date", old_data.get("date")))
                  for r in old_data.get("rows", [])}
-    rows = sweep(folder, list(args.cases), list(args.methods), known)
+    report_dir = args.report_dir or folder.parent / f"bench-regularization-{index['version']}"
+    rows = sweep(folder, list(args.cases), list(args.methods), known, report_dir=report_dir, workers=args.workers)
     timing = runtime(args.repeats) if args.repeats > 0 else []
     command = shlex.join(["python", "benchmarks/bench_regularization.py", *(argv if argv is not None else sys.argv[1:])])
     now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")

@@ -187,3 +187,24 @@ def test_cli_bench(suite, tmp_path, capsys):
     assert "unknown method 'nope'" in capsys.readouterr().err
     assert main(["bench", str(suite), "-o", str(out), "--workers", "0", "--methods", "tkd"]) == 2
     assert main(["bench", str(suite), "-o", str(out), "--workers", "2", "--scheduler", "tcp://x:1"]) == 2
+
+
+def test_records_hold_the_automatic_choices(suite, tmp_path):
+    """An "auto" parameter's rule and value are in the record; a fixed value makes no choice."""
+    result = run_bench(suite, tmp_path, ["tikhonov", "tikhonov:regularization=0.01"], cases=["baseline"], workers=1)
+    auto, fixed = result.records
+    (choice,) = auto["choices"]
+    assert choice["parameter"] == "regularization" and "cross-validation" in choice["rule"]
+    assert 1e-4 < choice["value"] < 1 and choice["value"] != 0.01
+    assert fixed["choices"] == []
+
+
+def test_labels_with_dots_get_their_own_files(suite, tmp_path):
+    """Two values of one parameter (labels "…=0.1", "…=0.2") are two runs, not one file overwritten."""
+    result = run_bench(suite, tmp_path, ["tkd:threshold=0.1", "tkd:threshold=0.2"], cases=["baseline"], workers=1)
+    first, second = result.records
+    assert first["nrmse"] != second["nrmse"]
+    assert sorted(p.name for p in (tmp_path / "runs" / "baseline").glob("*.json")) == sorted(
+        f"{run_file_stem(label)}.json" for label in ("tkd:threshold=0.1", "tkd:threshold=0.2"))
+    again = run_bench(suite, tmp_path, ["tkd:threshold=0.1", "tkd:threshold=0.2"], cases=["baseline"], workers=1)
+    assert again.computed == [] and [r["nrmse"] for r in again.records] == [first["nrmse"], second["nrmse"]]

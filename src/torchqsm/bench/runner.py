@@ -156,13 +156,13 @@ def _plan(root: Path, out: Path, entries: Sequence[MethodEntry], cases: list[dic
         meta = {k: case[k] for k in ("varies", "tilt_deg", "snr", "b0_tesla", "pathology", "input", "noise")
                 if k in case}
         for entry in entries:
-            stem = out / "runs" / run_file_stem(name) / run_file_stem(entry.label)
+            stem = out / "runs" / run_file_stem(name) / run_file_stem(entry.label)  # may hold dots: not with_suffix
             if source == "raw":
                 key = recipe_key(digest, entry.name, device, suite_version)
             else:
                 key = run_key(digest, entry.name, entry.params, device, suite_version)
             tasks.append(RunTask(name, str(folder), entry.label, entry.name, entry.params, device, key,
-                                 str(stem.with_suffix(".json")), str(stem.with_suffix(".npy")), digest, meta=meta,
+                                 f"{stem}.json", f"{stem}.npy", digest, meta=meta,
                                  source=source, bids_key=run_of))
     return tasks
 

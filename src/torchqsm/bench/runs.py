@@ -6,7 +6,8 @@ registry's :func:`~torchqsm.pipeline.registry.invert`, scores χ against the tru
 :func:`torchqsm.metrics.score` (and the ROI statistics of the case's label map, and the
 lesion mean where the case has a lesion mask), and writes two files under
 ``REPORT_DIR/runs/<case>/``: ``<run>.npy`` (χ, ppm, float32) and then ``<run>.json`` (the
-record). Both are written atomically, the record last, so a record on disk always has its
+record, with every automatic choice the method made under ``choices``: the rule, value and
+noise estimate of each ``"auto"`` parameter). Both are written atomically, the record last, so a record on disk always has its
 χ beside it; a killed run leaves nothing, a finished run is never lost.
 
 The cache key (:func:`run_key`) is the SHA-256 of the case's input files (their bytes), the
@@ -38,6 +39,7 @@ import torch
 
 from .. import __version__
 from ..io import load_gre, load_mask
+from ..inversion.regularization import collect_choices
 from ..io._atomic import write_atomically
 from ..metrics import score
 from ..pipeline.registry import get_method, invert
@@ -153,7 +155,7 @@ def read_record(path: str | Path) -> dict[str, Any] | None:
         return None
     if not isinstance(record, dict) or "key" not in record:
         return None
-    if record.get("status") == "ok" and not Path(path).with_suffix(".npy").is_file():
+    if record.get("status") == "ok" and not Path(str(path).removesuffix(".json") + ".npy").is_file():
         return None
     return record
 
@@ -265,7 +267,7 @@ def _from_field(task: RunTask) -> tuple[torch.Tensor, dict[str, Any]]:
     params = dict(task.params)
     if get_method(task.method).needs_magnitude and "magnitude" not in params:
         params["magnitude"] = gre.magnitude.square().sum(0).sqrt().float()  # RSS over the echoes
-    with _PeakMemory(task.device) as memory:
+    with _PeakMemory(task.device) as memory, collect_choices() as choices:
         started = time.perf_counter()
         chi = invert(case.local_field_ppm, case.mask, task.method, case.acquisition,
                      voxel_size_mm=case.voxel_size_mm, b0_dir=case.b0_dir, device=task.device, **params)
@@ -276,7 +278,7 @@ def _from_field(task: RunTask) -> tuple[torch.Tensor, dict[str, Any]]:
     if not bool(torch.isfinite(chi).all()):
         raise FloatingPointError("χ has NaN or infinite values")
     return chi, {"status": "ok", "error": None, "seconds": seconds, "peak_memory_mib": memory.mib,
-                 "memory_kind": memory.kind, **_score(chi, case, lesion)}
+                 "memory_kind": memory.kind, "choices": [c.as_record() for c in choices], **_score(chi, case, lesion)}
 
 
 def _from_raw(task: RunTask) -> tuple[torch.Tensor, dict[str, Any]]:
