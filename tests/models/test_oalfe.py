@@ -79,6 +79,22 @@ def test_oalfe_is_the_identity_when_fresh_and_then_follows_the_orientation():
     assert all(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in block.parameters())
 
 
+def test_every_branch_of_a_fresh_oalfe_learns():
+    """A fresh module is the identity, yet the gradient reaches the editing kernel's and the scale's last
+    layers (with both starting at zero, V1·(H*K) had no gradient in either and only the shift learned)."""
+    block = OALFE(3)
+    h = torch.randn(2, 3, 5, 5, 5)
+    oblique = torch.tensor([[0.0, 0.6, 0.8], [0.6, 0.0, 0.8]])
+    assert torch.equal(block(h, oblique), h)
+    (block(h, oblique) * torch.randn(2, 3, 5, 5, 5)).sum().backward()
+    assert float(block.scale[-1].weight.grad.abs().sum()) > 0 and float(block.shift[-1].weight.grad.abs().sum()) > 0
+    optimizer = torch.optim.SGD(block.parameters(), lr=0.1)
+    optimizer.step()
+    optimizer.zero_grad()
+    (block(h, oblique) * torch.randn(2, 3, 5, 5, 5)).sum().backward()
+    assert float(block.kernel[-1].weight.grad.abs().sum()) > 0  # once the scale moved, the kernel learns too
+
+
 @pytest.mark.parametrize(("b0", "message"), [(None, "needs the B0"), ((0, 0, 0), "non-zero"), ((0, 0, 2), "unit")])
 def test_bad_b0_direction_is_one_clear_error(b0, message):
     with pytest.raises(ParameterError, match=message):

@@ -12,8 +12,11 @@ r"""Orientation-adaptive building blocks of iQSM+: the learnable LoT layer and O
   volume; the convolution zero-pads, the physics operator is periodic).
 - :class:`OALFE` (iQSM+, the paper's Eqs. 8-11): three 4-layer MLPs (3 → 3 → 5 → 10 → out, SiLU)
   map the unit B0 direction to a 3×3×3 feature-editing kernel and two per-channel vectors;
-  :math:`H_{OA} = H + V_1 \cdot (H * K) + V_2`. Its last layers start at zero, so a fresh module
-  is the identity and plugging it into a trained backbone changes nothing until it is trained.
+  :math:`H_{OA} = H + V_1 \cdot (H * K) + V_2`. :math:`V_1, V_2` start at zero, so a fresh module
+  is the identity and plugging it into a trained backbone changes nothing until it is trained;
+  :math:`K` starts at the centred unit impulse, not at zero: with both :math:`V_1` and :math:`K` at
+  zero, :math:`V_1 \cdot (H * K)` has no gradient in either and only the shift :math:`V_2` could
+  ever learn (measured: zero gradient in both last layers, fixed 2026-12-05).
 
 References
 ----------
@@ -67,13 +70,15 @@ def unit_directions(b0_dir: torch.Tensor | Sequence[float], batch: int) -> torch
 
 
 class _MLP(nn.Sequential):
-    """3 → 3 → 5 → 10 → ``out``, SiLU (the paper's Eq. 8); the last layer starts at ``bias``, weight zero."""
+    """3 → 3 → 5 → 10 → ``out``, SiLU (the paper's Eq. 8); the last layer starts at ``bias`` (a number or
+    ``out`` values), weight zero."""
 
-    def __init__(self, out: int, bias: float = 0.0) -> None:
+    def __init__(self, out: int, bias: torch.Tensor | float = 0.0) -> None:
         super().__init__(nn.Linear(3, 3), nn.SiLU(), nn.Linear(3, 5), nn.SiLU(), nn.Linear(5, 10), nn.SiLU(),
                          nn.Linear(10, out))
         nn.init.zeros_(self[-1].weight)
-        nn.init.constant_(self[-1].bias, bias)
+        with torch.no_grad():
+            self[-1].bias.copy_(torch.as_tensor(bias, dtype=self[-1].bias.dtype).expand(out))
 
 
 class OALFE(nn.Module):
@@ -95,7 +100,9 @@ class OALFE(nn.Module):
     def __init__(self, channels: int) -> None:
         super().__init__()
         self.channels = int(channels)
-        self.kernel = _MLP(27)
+        impulse = torch.zeros(27)
+        impulse[13] = 1.0  # the centre of the 3×3×3 kernel: H * K = H while fresh
+        self.kernel = _MLP(27, impulse)
         self.scale = _MLP(channels)
         self.shift = _MLP(channels)
 
