@@ -29,12 +29,15 @@ import datetime as _dt
 import json
 import math
 import platform
-import re
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_learned_inference import _peak_mib  # noqa: E402
+from bench_regularization import update_markdown  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 OUTPUT = REPO / "docs" / "benchmarks.md"
@@ -42,18 +45,10 @@ BEGIN, END = "<!-- bench-phase-network:cpu -->", "<!-- /bench-phase-network:cpu 
 SHAPE = (176, 176, 160)
 
 
-def _peak_mib() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def run_row(row: str, weights: str, threads: int, repeats: int) -> dict:
     import torch
     import torch.nn.functional as F
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     from bench_pipeline import ECHO_TIMES, simulate
 
     from torchqsm.acquisition import Acquisition
@@ -123,17 +118,8 @@ def table(rows: list[dict], weights: str, threads: int, repeats: int) -> str:
         label = f"`{name}`" if row["row"] == "network" else f"`{row['row']}` recipe"
         lines.append(f"| {label} | {row['first_s']:.2f} | {row['median_s']:.2f} | {row['peak_mib']:.0f} | "
                      f"{row['mask_voxels']} | {row['nrmse']:.1f} |")
-    lines += ["", END]
+    lines += ["", END, ""]
     return "\n".join(lines)
-
-
-def write(section: str) -> None:
-    text = OUTPUT.read_text(encoding="utf-8")
-    if BEGIN in text:
-        text = re.sub(re.escape(BEGIN) + r".*?" + re.escape(END), lambda _: section, text, flags=re.S)
-    else:
-        text = text.rstrip() + "\n\n" + section + "\n"
-    OUTPUT.write_text(text, encoding="utf-8")
 
 
 def main() -> None:
@@ -158,7 +144,7 @@ def main() -> None:
     section = table(rows, args.weights, args.threads, args.repeats)
     print(section)
     if not args.no_write:
-        write(section)
+        update_markdown(OUTPUT, section, begin=BEGIN, end=END)
 
 
 if __name__ == "__main__":
