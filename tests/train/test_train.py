@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -165,3 +166,15 @@ def test_phase_networks_refuse_a_field_task():
     values["model"] = {"architecture": "iqsm+", "name": "tiny"}
     with pytest.raises(ParameterError, match="phase_to_chi"):
         config_from_dict(values)
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.toml")),
+                         ids=lambda p: p.stem)
+def test_every_shipped_config_loads_and_builds_its_network(path):
+    """A config in configs/ is what a user trains from: it must read and its network must build."""
+    from torchqsm.models import build_model
+
+    config = load_config(path)
+    model = build_model(config.model.architecture, **config.model.hyperparameters)
+    assert config.model.name == path.stem
+    assert sum(p.numel() for p in model.parameters()) > 0
