@@ -63,3 +63,16 @@ def test_missing_or_zero_geometry_is_one_clear_error(phantom, name):
         torchqsm.invert(field, mask, name)
     with pytest.raises(ParameterError, match="b0_dir"):
         torchqsm.invert(field, mask, name, voxel_size_mm=(1, 1, 1), b0_dir=(0, 0, 0))
+
+
+@pytest.mark.parametrize("name", [*SHIPPED, "unet", "unet+dfqsm", "unet+fine"])
+def test_a_field_in_hz_is_one_clear_error(phantom, name):
+    """A network gives silently wrong χ for a field in other units, so a field in Hz is refused (the same
+    field in ppm runs)."""
+    from torchqsm.errors import InputError
+    from torchqsm.physics.units import ppm_to_hz
+
+    chi, mask, field = phantom
+    with pytest.raises(InputError, match="in Hz or radians"):
+        torchqsm.invert(ppm_to_hz(field, b0_tesla=3.0), mask, name, OBLIQUE)
+    assert float(field[mask].abs().quantile(0.99)) < 3.0

@@ -41,7 +41,7 @@ from .specs import Parameters, param
 
 __all__ = ["LEARNED_ARCHITECTURES", "CONSISTENT_ARCHITECTURES", "REFINEMENTS", "WeightsParameters",
            "NetworkParameters", "learned_specs",
-           "load_cached", "network_inversion", "shipped_defaults", "training_tilt_deg"]
+           "check_field_units", "load_cached", "network_inversion", "shipped_defaults", "training_tilt_deg"]
 
 LEARNED_ARCHITECTURES = ("unet", "xqsm", "qsmnet", "lpcnn", "noqsm", "noqsm-sd", "nextqsm")
 #: The data-consistent networks (:mod:`torchqsm.models.unrolled`): the record's dipole operator is
@@ -123,6 +123,33 @@ def _tilt_deg(acquisition: Acquisition) -> float:
     return math.degrees(math.acos(min(1.0, abs(acquisition.b0_dir[2]))))
 
 
+#: The largest 99th percentile of |local field| (ppm) in the mask a network accepts. Tissue local fields
+#: stay well below 1 ppm (veins and haemorrhage reach a few tenths); the same field in Hz is γ̄B0 ≈ 64-298
+#: times larger (1.5-7 T), so it lands far above.
+FIELD_LIMIT_PPM = 3.0
+
+
+def check_field_units(field_ppm: torch.Tensor, mask: torch.Tensor, method: str) -> None:
+    """Refuse a field that cannot be a local field in ppm: a network, unlike a linear solver, gives silently
+    wrong χ for a field in other units.
+
+    >>> field = torch.full((4, 4, 4), 0.2)                # ppm; × 128 below: the same field in Hz at 3 T
+    >>> check_field_units(field, torch.ones(4, 4, 4, dtype=torch.bool), "unet")
+    >>> check_field_units(field * 128, torch.ones(4, 4, 4, dtype=torch.bool), "unet")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    torchqsm.errors.InputError: unet: the local field reaches 25.6 in the mask (99th percentile of |field|), but ...
+    """
+    inside = field_ppm[mask.bool()].detach().abs().float()
+    if inside.numel() == 0:
+        return
+    level = float(torch.quantile(inside[:: max(1, inside.numel() // 1_000_000)], 0.99))
+    if level > FIELD_LIMIT_PPM:
+        raise InputError(f"{method}: the local field reaches {level:.3g} in the mask (99th percentile of |field|), but "
+                         f"a local field in ppm of B0 stays below {FIELD_LIMIT_PPM:g} ppm: is it in Hz or radians? "
+                         "Convert it to ppm (torchqsm.physics.units.hz_to_ppm: divide Hz by γ̄B0 = 42.58 Hz/ppm/T × B0)")
+
+
 def network_inversion(local_field_ppm: torch.Tensor, mask: torch.Tensor, acquisition: Acquisition | None = None, *,
                       weights: str, tile_size: int = 0, reorient: bool | None = None,
                       method: str = "network") -> torch.Tensor:
@@ -131,6 +158,7 @@ def network_inversion(local_field_ppm: torch.Tensor, mask: torch.Tensor, acquisi
     from ..models.reorient import to_model_frame
 
     problem = prepare(local_field_ppm, mask, acquisition, method=method, pad=0)
+    check_field_units(problem.field, problem.mask, method)
     loaded = load_cached(weights, str(problem.field.device))
     record = problem.acquisition
     if loaded.card["architecture"] in CONSISTENT_ARCHITECTURES:
@@ -166,6 +194,7 @@ def refined_inversion(local_field_ppm: torch.Tensor, mask: torch.Tensor, acquisi
     rest = {k: v for k, v in values.items() if k not in network_names}
     if refinement == "fine":
         problem = prepare(local_field_ppm, mask, acquisition, method=method, pad=rest.get("pad"))
+        check_field_units(problem.field, problem.mask, method)
         loaded = load_cached(network["weights"], str(problem.field.device))
         return refine.fine(loaded.model, local_field_ppm, mask, problem.acquisition, normalization=loaded.normalization,
                            callback=callback, **rest)
