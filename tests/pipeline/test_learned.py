@@ -149,3 +149,19 @@ def test_every_shipped_learned_method_runs(name):
     estimate = registry.invert(field, mask, name, AXIAL, **params)
     assert estimate.shape == field.shape and torch.isfinite(estimate).all()
     assert torch.all(estimate[mask == 0] == 0) and float(estimate.abs().max()) > 0
+
+
+def test_fine_runs_in_the_networks_frame_like_the_network(shipped_tiny):
+    """Beyond the card's training tilt the network is reoriented; FINE fine-tunes it in that same frame, so
+    with 0 steps it returns exactly the reoriented network's χ (it returned the un-rotated network's)."""
+    chi, mask = shapes_phantom((24, 24, 24))
+    tilt = tilt_b0_dir(40.0, about=0)
+    field = forward_field(chi, b0_dir=tilt, pad=8)
+    oblique = AXIAL.with_values("test", b0_dir=tilt)
+    network = registry.invert(field, mask, "unet", oblique)
+    untuned = registry.invert(field, mask, "unet+fine", oblique, max_iterations=0)
+    assert torch.allclose(untuned, network, atol=1e-6 * float(network.abs().max()))
+    unrotated = registry.invert(field, mask, "unet", oblique, reorient=False)
+    assert float((untuned - unrotated).abs().max()) > 1e-3 * float(unrotated.abs().max())
+    tuned = registry.invert(field, mask, "unet+fine", oblique, max_iterations=2)
+    assert tuned.shape == chi.shape and bool(torch.isfinite(tuned).all()) and float(tuned[~mask].abs().max()) == 0

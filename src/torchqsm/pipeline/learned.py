@@ -196,8 +196,23 @@ def refined_inversion(local_field_ppm: torch.Tensor, mask: torch.Tensor, acquisi
         problem = prepare(local_field_ppm, mask, acquisition, method=method, pad=rest.get("pad"))
         check_field_units(problem.field, problem.mask, method)
         loaded = load_cached(network["weights"], str(problem.field.device))
-        return refine.fine(loaded.model, local_field_ppm, mask, problem.acquisition, normalization=loaded.normalization,
-                           callback=callback, **rest)
+        record = problem.acquisition
+        if (loaded.card["architecture"] in CONSISTENT_ARCHITECTURES
+                or _tilt_deg(record) <= training_tilt_deg(loaded.card) + 0.1):
+            return refine.fine(loaded.model, local_field_ppm, mask, record, normalization=loaded.normalization,
+                               callback=callback, **rest)
+        # Beyond the tilts it was trained on, the network runs in its own frame (as `network_inversion` does):
+        # FINE fine-tunes it there, on the rotated field, against the dipole of that frame (B0 along axis 3).
+        from ..models.reorient import to_model_frame
+
+        voxel = tuple(loaded.card.get("voxel_size_mm", (1.0, 1.0, 1.0)))
+        frame_of = {"voxel_size_mm": record.voxel_size_mm, "b0_dir": record.b0_dir, "model_voxel_size_mm": voxel}
+        rotated, rotated_mask, frame = to_model_frame(problem.field.float(), problem.mask, **frame_of)
+        if rest.get("magnitude") is not None:
+            rest["magnitude"] = to_model_frame(torch.as_tensor(rest["magnitude"]).float(), problem.mask, **frame_of)[0]
+        chi = refine.fine(loaded.model, rotated, rotated_mask, Acquisition(voxel_size_mm=voxel, b0_dir=(0.0, 0.0, 1.0)),
+                          normalization=loaded.normalization, callback=callback, **rest)
+        return problem.finish(frame.to_original(chi))
     chi0 = network_inversion(local_field_ppm, mask, acquisition, method=method, **network)
     return getattr(refine, refinement)(chi0, local_field_ppm, mask, acquisition, callback=callback, **rest)
 
