@@ -208,3 +208,14 @@ def test_labels_with_dots_get_their_own_files(suite, tmp_path):
         f"{run_file_stem(label)}.json" for label in ("tkd:threshold=0.1", "tkd:threshold=0.2"))
     again = run_bench(suite, tmp_path, ["tkd:threshold=0.1", "tkd:threshold=0.2"], cases=["baseline"], workers=1)
     assert again.computed == [] and [r["nrmse"] for r in again.records] == [first["nrmse"], second["nrmse"]]
+
+
+def test_lesion_table_shows_the_truth():
+    from torchqsm.bench.tables import metric_table
+
+    records = [{"case": "haemorrhage", "method": m, "status": "ok", "lesion_mean": v, "lesion_mean_truth": 1.45}
+               for m, v in (("tkd", 1.2), ("tv", 1.44))] + [
+        {"case": "baseline", "method": "tkd", "status": "ok", "lesion_mean": None}]
+    table = metric_table(records, "lesion_mean")
+    assert table.splitlines()[-1] == "| *truth* | 1.450 | — | — |"
+    assert "truth" not in metric_table(records, "nrmse")

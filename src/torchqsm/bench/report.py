@@ -32,7 +32,7 @@ from ..io._atomic import write_atomically
 from .figures import case_figure, run_figure, runtime_figure, trend_figure
 from .runner import BenchResult
 from .runs import load_bench_case, run_file_stem
-from .tables import COLUMNS, METRIC_TABLES, csv_text, markdown_report, run_anchor
+from .tables import COLUMNS, METRIC_TABLES, csv_text, markdown_report, reference_row, run_anchor
 
 __all__ = ["ReportFiles", "write_report"]
 
@@ -122,6 +122,11 @@ def _metric_html(records: Sequence[dict[str, Any]], metric: str) -> str:
                 cells.append(f'<td class="n{mark}"><a href="#{run_anchor(case, method)}">'
                              f'{html.escape(_format(metric, value))}</a></td>')
         rows.append(f"<tr><th>{html.escape(method)}</th>{''.join(cells)}</tr>")
+    truth = reference_row(records, metric, cases)
+    if truth:
+        cells = "".join("<td>—</td>" if truth.get(c) is None else f'<td class="n">{html.escape(_format(metric, truth[c]))}</td>'
+                        for c in cases)
+        rows.append(f"<tr><th><em>truth</em></th>{cells}</tr>")
     return f"<h3>{html.escape(title)}</h3><table><tr><th>method</th>{head}</tr>{''.join(rows)}</table>"
 
 

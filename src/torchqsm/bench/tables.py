@@ -120,7 +120,24 @@ def metric_table(records: Sequence[dict[str, Any]], metric: str, *, links: bool 
                 text = f"[{text}](#{run_anchor(column, method)})"
             cells.append(text)
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    truth = reference_row(records, metric, cases)
+    if truth:
+        lines.append("| *truth* | " + " | ".join("—" if truth.get(c) is None else fmt.format(truth[c]) for c in cases)
+                     + " | — |")
     return "\n".join(lines)
+
+
+#: metric → the record key of the truth's value, for the tables' reference row.
+REFERENCE_KEYS = {"lesion_mean": "lesion_mean_truth"}
+
+
+def reference_row(records: Sequence[dict[str, Any]], metric: str, cases: Sequence[str]) -> dict[str, float | None]:
+    """Case → the truth's value of ``metric`` (the lesion's true mean χ), or ``{}`` when the metric has none."""
+    key = REFERENCE_KEYS.get(metric)
+    if key is None:
+        return {}
+    out = {c: next((float(r[key]) for r in records if r["case"] == c and r.get(key) is not None), None) for c in cases}
+    return out if any(v is not None for v in out.values()) else {}
 
 
 def markdown_report(records: Sequence[dict[str, Any]], *, title: str = "torchqsm bench",
