@@ -59,7 +59,8 @@ def suite_validator(suite_dir: str | Path, cases: tuple[str, ...]):
                 chi = predict_consistent(model, case.local_field_ppm, case.mask, normalization=normalization,
                                          b0_dir=case.b0_dir, voxel_size_mm=case.voxel_size_mm, device=device)
             else:
-                chi = predict(model, case.local_field_ppm, case.mask, normalization=normalization, device=device)
+                chi = predict(model, case.local_field_ppm, case.mask, normalization=normalization, device=device,
+                              b0_dir=case.b0_dir)
             scores[f"nrmse_{case.name}"] = float(nrmse(chi.cpu(), case.chi_ppm, case.mask))
         return scores
 

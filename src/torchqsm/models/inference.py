@@ -102,7 +102,10 @@ def estimate_memory_mb(model: nn.Module, shape: Sequence[int]) -> float:
     try:
         model.eval()
         with torch.inference_mode():
-            model(probe)
+            if getattr(model, "orientation_adaptive", False):  # OA-LFE: any unit direction probes the same sizes
+                model(probe, torch.tensor([[0.0, 0.0, 1.0]], device=probe.device, dtype=probe.dtype))
+            else:
+                model(probe)
     finally:
         model.train(was_training)
         for handle in handles:
@@ -161,6 +164,7 @@ def predict(
     autocast: bool = True,
     channels_last: bool = True,
     progress: bool = False,
+    b0_dir: Sequence[float] | None = None,
 ) -> torch.Tensor | np.ndarray:
     r"""χ (ppm) from a local field (ppm) by a network, whole or in memory-bounded tiles.
 
@@ -211,6 +215,9 @@ def predict(
         (another summation order).
     progress
         Show a progress bar over the tiles (tqdm).
+    b0_dir
+        Unit B0 direction in the field's voxel coordinates, for an orientation-adaptive network
+        (``model.orientation_adaptive``: OA-LFE modules), which needs it; ignored otherwise.
 
     Returns
     -------
@@ -237,9 +244,11 @@ def predict(
     network = inference_copy(model, channels_last=channels_last)  # memory estimates below: the original model
     dtype = torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float16
 
+    extra = (b0_dir,) if getattr(model, "orientation_adaptive", False) else ()  # OA-LFE: the B0 direction
+
     def forward(window: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode(), torch.autocast("cuda", dtype=dtype, enabled=autocast and device.type == "cuda"):
-            return network(window.to(device)[None, None])[0, 0].float()
+            return network(window.to(device)[None, None], *extra)[0, 0].float()
 
     budget = _default_budget_mb(device) if max_memory_mb is None else float(max_memory_mb)
     if tile_size is None and estimate_memory_mb(model, x.shape) > budget:

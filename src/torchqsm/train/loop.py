@@ -205,6 +205,7 @@ def train(config: RunConfig, out_dir: str | Path, *, resume: bool = False, valid
     normalization = config.normalization
     physics = is_physics(model)
     phase_input = bool(getattr(model, "phase_input", False))
+    adaptive = bool(getattr(model, "orientation_adaptive", False))
     chi_to_field = normalization.output_scale_ppm / normalization.input_scale_ppm
     last = settings.steps if stop_after is None else min(settings.steps, step + stop_after)
     bar = tqdm(total=last, initial=step, desc=f"training {config.model.name}", unit="step", dynamic_ncols=True,
@@ -228,6 +229,8 @@ def train(config: RunConfig, out_dir: str | Path, *, resume: bool = False, valid
             elif physics:  # the dipole operator of each sample's geometry inside the network
                 estimate = network(field, mask, b0_dir=batch["b0_dir"], voxel_size_mm=batch["voxel_size_mm"],
                                    chi_to_field=chi_to_field)
+            elif adaptive:  # OA-LFE (xQSM+, U-Net+OA-LFE): each sample's B0 direction edits the features
+                estimate = network(field, batch["b0_dir"].to(device))
             else:
                 estimate = network(field)
         terms = masked_losses(estimate, target, mask, settings.loss, b0_dir=batch["b0_dir"],
