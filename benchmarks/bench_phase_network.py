@@ -32,11 +32,10 @@ import platform
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_learned_inference import _peak_mib  # noqa: E402
+from bench_learned_inference import _peak_mib, _time  # noqa: E402
 from bench_regularization import update_markdown  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -85,14 +84,7 @@ def run_row(row: str, weights: str, threads: int, repeats: int) -> dict:
         def call():
             result = process_gre(magnitude, phase, acquisition, recipe=recipe)
             output.update(chi=result.chi_ppm, mask=result.local_mask.bool())
-    start = time.perf_counter()
-    call()
-    first = time.perf_counter() - start
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
+    first, times = _time(call, repeats)
     mask = output["mask"]
     chi = output["chi"] - output["chi"][mask].mean()
     truth = (chi_true - chi_true[mask].mean()) * mask
