@@ -108,7 +108,8 @@ def find_truth(root: str | Path, run: GreRun) -> TruthFiles | None:
 
 
 def bids_cases(root: str | Path) -> tuple[list[dict[str, Any]], list[str]]:
-    """The bench case records of a BIDS dataset (one per GRE run with a truth) and the runs without one.
+    """The bench case records of a BIDS dataset (one per GRE run with a truth: name, ``bids_key``, ``digest``
+    of its files, ``input`` and ``noise``) and the runs without one.
 
     Raises
     ------
@@ -122,7 +123,7 @@ def bids_cases(root: str | Path) -> tuple[list[dict[str, Any]], list[str]]:
         if truth is None:
             skipped.append(run.key)
             continue
-        cases.append({"name": run.key, "varies": "dataset", "bids_key": run.key,
+        cases.append({"name": run.key, "varies": "dataset", "bids_key": run.key, "digest": _digest(root, run, truth),
                       "input": "local field" if truth.local_field else "forward field of the true χ",
                       "noise": "measured" if truth.total_field else "none"})
     if not cases:
@@ -153,8 +154,12 @@ def _sidecars(paths: list[Path]) -> list[Path]:
 
 
 def bids_case_digest(root: str | Path, key: str) -> str:
-    """SHA-256 of the run's images and sidecars and its truth files (names relative to ``root`` and bytes)."""
-    run, truth = find_run(root, key)
+    """SHA-256 of the run's images and sidecars and its truth files (names relative to ``root`` and bytes);
+    :func:`bids_cases` gives it with each case (``digest``) without a second scan of the dataset."""
+    return _digest(root, *find_run(root, key))
+
+
+def _digest(root: str | Path, run: GreRun, truth: TruthFiles) -> str:
     files = [*run.magnitude_files, *run.phase_files, *truth.paths()]
     files += _sidecars(files)
     digest = hashlib.sha256()

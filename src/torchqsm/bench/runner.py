@@ -151,7 +151,7 @@ def _plan(root: Path, out: Path, entries: Sequence[MethodEntry], cases: list[dic
     for case in cases:
         run_of = case.get("bids_key")
         folder = root.resolve() if run_of else (root / case["name"]).resolve()
-        digest = bids_case_digest(folder, run_of) if run_of else case_digest(folder)
+        digest = (case.get("digest") or bids_case_digest(folder, run_of)) if run_of else case_digest(folder)
         name = root.resolve().name if case["name"] == "." else case["name"]
         meta = {k: case[k] for k in ("varies", "tilt_deg", "snr", "b0_tesla", "pathology", "input", "noise")
                 if k in case}

@@ -155,7 +155,6 @@ def network_inversion(local_field_ppm: torch.Tensor, mask: torch.Tensor, acquisi
                       method: str = "network") -> torch.Tensor:
     """χ (ppm) of the shipped network ``weights`` on a local field (ppm), in the record's geometry."""
     from ..models.inference import predict
-    from ..models.reorient import to_model_frame
 
     problem = prepare(local_field_ppm, mask, acquisition, method=method, pad=0)
     check_field_units(problem.field, problem.mask, method)
@@ -168,7 +167,7 @@ def network_inversion(local_field_ppm: torch.Tensor, mask: torch.Tensor, acquisi
                                                  normalization=loaded.normalization, b0_dir=record.b0_dir,
                                                  voxel_size_mm=record.voxel_size_mm, device=problem.field.device))
     trained = training_tilt_deg(loaded.card)
-    beyond = _tilt_deg(record) > trained + 0.1
+    beyond = _beyond_training_tilt(loaded, record)
     if reorient is None:
         reorient = beyond
     elif not reorient and beyond:
@@ -178,10 +177,22 @@ def network_inversion(local_field_ppm: torch.Tensor, mask: torch.Tensor, acquisi
     options = {"normalization": loaded.normalization, "tile_size": tile_size or None, "device": field.device}
     if not reorient:
         return problem.finish(predict(loaded.model, field, problem.mask, **options))
-    voxel = tuple(loaded.card.get("voxel_size_mm", (1.0, 1.0, 1.0)))
-    rotated, rotated_mask, frame = to_model_frame(field, problem.mask, voxel_size_mm=record.voxel_size_mm,
-                                                  b0_dir=record.b0_dir, model_voxel_size_mm=voxel)
+    rotated, rotated_mask, frame = _to_network_frame(loaded, record, field, problem.mask)
     return problem.finish(frame.to_original(predict(loaded.model, rotated, rotated_mask, **options)))
+
+
+def _beyond_training_tilt(loaded, record: Acquisition) -> bool:
+    """Whether B0 is tilted beyond what the (plain) network was trained on: it then runs in its own frame."""
+    return _tilt_deg(record) > training_tilt_deg(loaded.card) + 0.1
+
+
+def _to_network_frame(loaded, record: Acquisition, image: torch.Tensor, mask: torch.Tensor):
+    """``image`` and ``mask`` rotated so that B0 lies along axis 3, on the network's voxels, and the frame back."""
+    from ..models.reorient import to_model_frame
+
+    voxel = tuple(loaded.card.get("voxel_size_mm", (1.0, 1.0, 1.0)))
+    return to_model_frame(image, mask, voxel_size_mm=record.voxel_size_mm, b0_dir=record.b0_dir,
+                          model_voxel_size_mm=voxel)
 
 
 def refined_inversion(local_field_ppm: torch.Tensor, mask: torch.Tensor, acquisition: Acquisition | None = None, *,
@@ -197,21 +208,18 @@ def refined_inversion(local_field_ppm: torch.Tensor, mask: torch.Tensor, acquisi
         check_field_units(problem.field, problem.mask, method)
         loaded = load_cached(network["weights"], str(problem.field.device))
         record = problem.acquisition
-        if (loaded.card["architecture"] in CONSISTENT_ARCHITECTURES
-                or _tilt_deg(record) <= training_tilt_deg(loaded.card) + 0.1):
+        if loaded.card["architecture"] in CONSISTENT_ARCHITECTURES or not _beyond_training_tilt(loaded, record):
             return refine.fine(loaded.model, local_field_ppm, mask, record, normalization=loaded.normalization,
                                callback=callback, **rest)
         # Beyond the tilts it was trained on, the network runs in its own frame (as `network_inversion` does):
         # FINE fine-tunes it there, on the rotated field, against the dipole of that frame (B0 along axis 3).
-        from ..models.reorient import to_model_frame
-
-        voxel = tuple(loaded.card.get("voxel_size_mm", (1.0, 1.0, 1.0)))
-        frame_of = {"voxel_size_mm": record.voxel_size_mm, "b0_dir": record.b0_dir, "model_voxel_size_mm": voxel}
-        rotated, rotated_mask, frame = to_model_frame(problem.field.float(), problem.mask, **frame_of)
+        rotated, rotated_mask, frame = _to_network_frame(loaded, record, problem.field.float(), problem.mask)
         if rest.get("magnitude") is not None:
-            rest["magnitude"] = to_model_frame(torch.as_tensor(rest["magnitude"]).float(), problem.mask, **frame_of)[0]
-        chi = refine.fine(loaded.model, rotated, rotated_mask, Acquisition(voxel_size_mm=voxel, b0_dir=(0.0, 0.0, 1.0)),
-                          normalization=loaded.normalization, callback=callback, **rest)
+            rest["magnitude"] = _to_network_frame(loaded, record, torch.as_tensor(rest["magnitude"]).float(),
+                                                  problem.mask)[0]
+        network_frame = Acquisition(voxel_size_mm=frame.model_voxel_size_mm, b0_dir=(0.0, 0.0, 1.0))
+        chi = refine.fine(loaded.model, rotated, rotated_mask, network_frame, normalization=loaded.normalization,
+                          callback=callback, **rest)
         return problem.finish(frame.to_original(chi))
     chi0 = network_inversion(local_field_ppm, mask, acquisition, method=method, **network)
     return getattr(refine, refinement)(chi0, local_field_ppm, mask, acquisition, callback=callback, **rest)
