@@ -263,13 +263,13 @@ def update_cards(result, script: str = "benchmarks/bench_learned.py") -> list[Pa
     the same suite version for cases this run did not score are kept. Shared by ``bench_consistent.py``.
     """
     from torchqsm.models import weights as weights_module
-    from torchqsm.pipeline.learned import shipped_defaults
+    from torchqsm.pipeline.learned import shipped_defaults, split_method
 
     written = []
     for architecture, name in shipped_defaults().items():
         scores: dict[str, dict[str, dict[str, float]]] = {}
         for r in result.records:  # "unet+fine:max_iterations=10" is stored as "fine:max_iterations=10"
-            base, _, refinement = r["method"].partition("+")
+            base, refinement = split_method(r["method"])
             if base == architecture and r.get("status") == "ok":
                 scores.setdefault(refinement or "network", {})[r["case"]] = {
                     "nrmse": round(float(r["nrmse_demeaned"]), 2), "hfen": round(float(r["hfen"]), 2),

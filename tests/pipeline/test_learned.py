@@ -81,6 +81,42 @@ def test_an_oblique_field_is_reoriented_by_default(shipped_tiny, caplog):
     assert len(warnings) == 1 and "trained with B0 within 0°" in warnings[0] and "30.0° tilt" in warnings[0]
 
 
+def test_an_orientation_adaptive_card_is_its_own_method_told_b0(tmp_path, monkeypatch, caplog):
+    """A card with ``orientation_adaptive`` makes ``unet+oalfe`` beside ``unet``: it runs on the data's grid at any
+    direction (no reorientation, no warning), with the record's B0 direction handed to its OA-LFE modules."""
+    torch.manual_seed(0)
+    plain = build_model("unet", base_channels=2, depth=2)
+    save_weights(plain, example_card("unet-tiny", base_channels=2, depth=2), tmp_path, "unet-tiny")
+    adaptive = build_model("unet", base_channels=2, depth=2, orientation_adaptive=True)
+    with torch.no_grad():  # a fresh OA-LFE is the identity: move every weight so that B0 matters
+        for parameter in adaptive.parameters():
+            parameter.add_(0.3 * torch.randn_like(parameter))
+    card = example_card("unet-oalfe-tiny", base_channels=2, depth=2, orientation_adaptive=True)
+    save_weights(adaptive, card, tmp_path, "unet-oalfe-tiny")
+    monkeypatch.setattr(weights_module, "SHIPPED_DIR", tmp_path)
+    try:
+        names = registry.register_learned()
+        assert "unet+oalfe" in names and "unet+oalfe+dfqsm" not in names and "unet+dfqsm" in names
+        assert registry.get_method("unet+oalfe").parameter("weights").default == "unet-oalfe-tiny"
+        assert learned.shipped_defaults() == {"unet": "unet-tiny", "unet+oalfe": "unet-oalfe-tiny"}
+        chi, mask = shapes_phantom((24, 24, 20))
+        tilt = tilt_b0_dir(60.0, about=0)
+        field = forward_field(chi, b0_dir=tilt, pad=8)
+        with caplog.at_level(logging.WARNING, logger="torchqsm"):
+            oblique = registry.invert(field, mask, "unet+oalfe", AXIAL.with_values("test", b0_dir=tilt),
+                                      reorient=False)
+        assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+        axial = registry.invert(field, mask, "unet+oalfe", AXIAL)
+        assert float((oblique - axial).abs().max()) > 1e-3 * float(axial.abs().max())
+        from torchqsm.models.inference import predict
+        loaded = learned.load_cached("unet-oalfe-tiny", "cpu")
+        direct = predict(loaded.model, field, mask, normalization=loaded.normalization, b0_dir=tilt)
+        torch.testing.assert_close(oblique, direct * mask)
+    finally:
+        registry.METHODS.forget_learned()
+        learned.load_cached.cache_clear()
+
+
 def test_training_tilt_comes_from_the_card():
     card = {"training": {"config": {"data": {"max_tilt_deg": 45.0}}}}
     assert learned.training_tilt_deg(card) == 45.0
@@ -145,7 +181,7 @@ def test_every_shipped_learned_method_runs(name):
     """The shipped weights load and every registered learned method (and refinement) runs by name."""
     chi, mask = shapes_phantom((20, 24, 16))
     field = forward_field(chi, pad=8)
-    params = {"max_iterations": 2} if "+" in name else {}
+    params = {"max_iterations": 2} if learned.split_method(name)[1] else {}
     estimate = registry.invert(field, mask, name, AXIAL, **params)
     assert estimate.shape == field.shape and torch.isfinite(estimate).all()
     assert torch.all(estimate[mask == 0] == 0) and float(estimate.abs().max()) > 0

@@ -96,6 +96,18 @@ def build_recipe(args: argparse.Namespace):
     unwrap = args.unwrap or recipe.unwrap
     if unwrap not in UNWRAP:
         raise ParameterError(f"unknown unwrap method '{unwrap}'; choose one of {', '.join(sorted(UNWRAP))}")
+    if recipe.phase_network:
+        given = [flag for flag, value in (("--unwrap", args.unwrap), ("--combine", args.combine),
+                                          ("--background", args.background), ("--inversion", args.inversion),
+                                          ("--unwrap-param", args.unwrap_param),
+                                          ("--background-param", args.background_param),
+                                          ("--inversion-param", args.inversion_param)) if value]
+        if given:
+            raise ParameterError(f"the recipe '{recipe.name}' runs the phase network '{recipe.phase_network}' on the "
+                                 f"wrapped phase: it has no step for {', '.join(given)}")
+        return with_overrides(recipe, mask=args.mask_method, mask_erode_voxels=args.erode,
+                              brain_extraction_mm=args.brain_extraction,
+                              reference=args.reference or ("region" if args.reference_mask else None))
     inversion = get_method(args.inversion or recipe.inversion)
     if inversion.multi_orientation:
         raise ParameterError(f"'{inversion.name}' needs several head orientations and cannot run in the pipeline")

@@ -39,14 +39,18 @@ from ..validation import LOG
 from .methods import DFQSMParameters, DLL2Parameters, FINEParameters
 from .specs import Parameters, param
 
-__all__ = ["LEARNED_ARCHITECTURES", "CONSISTENT_ARCHITECTURES", "REFINEMENTS", "WeightsParameters",
-           "NetworkParameters", "learned_specs",
+__all__ = ["LEARNED_ARCHITECTURES", "CONSISTENT_ARCHITECTURES", "ORIENTATION_ADAPTIVE", "REFINEMENTS",
+           "WeightsParameters", "NetworkParameters", "learned_specs", "method_of_card", "split_method",
            "check_field_units", "load_cached", "network_inversion", "shipped_defaults", "training_tilt_deg"]
 
 LEARNED_ARCHITECTURES = ("unet", "xqsm", "qsmnet", "lpcnn", "noqsm", "noqsm-sd", "nextqsm")
 #: The data-consistent networks (:mod:`torchqsm.models.unrolled`): the record's dipole operator is
 #: applied inside them, on the whole volume; they are not tiled, reoriented or composed with a refinement.
 CONSISTENT_ARCHITECTURES = ("lpcnn", "noqsm", "noqsm-sd", "nextqsm")
+#: The method name of a backbone trained with an OA-LFE module after each convolution
+#: (``hyperparameters.orientation_adaptive`` in its card; iQSM+ paper): it takes the record's B0 direction
+#: at call time, runs at any orientation on the data's own grid, and is not composed with a refinement.
+ORIENTATION_ADAPTIVE = {"unet": "unet+oalfe", "xqsm": "xqsm+", "qsmnet": "qsmnet+oalfe"}
 
 _NOQSM = ("Zhang Q, Guo Y, Chen W. NoQSM-net: combining convolutional neural network with numerical optimization "
           "algorithm for quantitative susceptibility mapping reconstruction. IEEE Access 2024. "
@@ -67,6 +71,10 @@ _REFERENCES = {
                "quantitative susceptibility mapping trained with hybrid data. Med Image Anal 2023;84:102700. "
                "doi:10.1016/j.media.2022.102700 (its variational network)",
 }
+_OALFE = ("Gao Y, Xiong Z, Shan S, et al. Plug-and-play latent feature editing for orientation-adaptive quantitative "
+          "susceptibility mapping neural networks. Med Image Anal 2024;94:103160. doi:10.1016/j.media.2024.103160")
+for _backbone, _name in ORIENTATION_ADAPTIVE.items():
+    _REFERENCES[_name] = f"{_REFERENCES[_backbone]}; with OA-LFE: {_OALFE}"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -101,6 +109,37 @@ REFINEMENTS: dict[str, Refinement] = {
                        "Zhang J, Liu Z, Zhang S, et al. NeuroImage 2020;211:116579. "
                        "doi:10.1016/j.neuroimage.2020.116579"),
 }
+
+
+def method_of_card(card: dict[str, Any]) -> str:
+    """The registry method a model card makes: its architecture, or its orientation-adaptive variant's name.
+
+    >>> method_of_card({"architecture": "xqsm", "hyperparameters": {"orientation_adaptive": True}})
+    'xqsm+'
+    >>> method_of_card({"architecture": "unet", "hyperparameters": {}})
+    'unet'
+    """
+    architecture = card["architecture"]
+    if (card.get("hyperparameters") or {}).get("orientation_adaptive") and architecture in ORIENTATION_ADAPTIVE:
+        return ORIENTATION_ADAPTIVE[architecture]
+    return architecture
+
+
+def split_method(name: str) -> tuple[str, str | None]:
+    """A learned method (with its ``:key=value`` parameters) split into the network's method and its refinement.
+
+    The parameters stay with the refinement when there is one, else with the network.
+
+    >>> split_method("unet+dfqsm"), split_method("xqsm+"), split_method("unet+oalfe")
+    (('unet', 'dfqsm'), ('xqsm+', None), ('unet+oalfe', None))
+    >>> split_method("unet+fine:max_iterations=3")
+    ('unet', 'fine:max_iterations=3')
+    """
+    method, colon, parameters = name.partition(":")
+    head, _, tail = method.rpartition("+")
+    if head and tail in REFINEMENTS:
+        return head, tail + colon + parameters
+    return name, None
 
 
 @functools.lru_cache(maxsize=8)
@@ -166,6 +205,15 @@ def network_inversion(local_field_ppm: torch.Tensor, mask: torch.Tensor, acquisi
         return problem.finish(predict_consistent(loaded.model, problem.field.float(), problem.mask,
                                                  normalization=loaded.normalization, b0_dir=record.b0_dir,
                                                  voxel_size_mm=record.voxel_size_mm, device=problem.field.device))
+    field = problem.field.float()
+    options = {"normalization": loaded.normalization, "tile_size": tile_size or None, "device": field.device}
+    if getattr(loaded.model, "orientation_adaptive", False):
+        # Told B0 (OA-LFE): runs at any direction on the data's grid; reorient=true rotates B0 onto axis 3 first.
+        if not reorient:
+            return problem.finish(predict(loaded.model, field, problem.mask, b0_dir=record.b0_dir, **options))
+        rotated, rotated_mask, frame = _to_network_frame(loaded, record, field, problem.mask)
+        return problem.finish(frame.to_original(predict(loaded.model, rotated, rotated_mask, b0_dir=(0.0, 0.0, 1.0),
+                                                        **options)))
     trained = training_tilt_deg(loaded.card)
     beyond = _beyond_training_tilt(loaded, record)
     if reorient is None:
@@ -173,8 +221,6 @@ def network_inversion(local_field_ppm: torch.Tensor, mask: torch.Tensor, acquisi
     elif not reorient and beyond:
         LOG.warning("%s: the network '%s' was trained with B0 within %.0f° of axis 3; it runs at this %.1f° tilt as "
                     "given (reorient=true rotates the field first)", method, loaded.name, trained, _tilt_deg(record))
-    field = problem.field.float()
-    options = {"normalization": loaded.normalization, "tile_size": tile_size or None, "device": field.device}
     if not reorient:
         return problem.finish(predict(loaded.model, field, problem.mask, **options))
     rotated, rotated_mask, frame = _to_network_frame(loaded, record, field, problem.mask)
@@ -240,7 +286,7 @@ def _broken(error: InputError) -> Callable[..., torch.Tensor]:
 
 
 def _shipped_cards() -> tuple[dict[str, str], dict[str, InputError]]:
-    """Architecture → the first shipped card's name (by file name); architecture → an unreadable card's error."""
+    """Method → the first shipped card's name (by file name); method → an unreadable card's error."""
     from ..models.weights import SHIPPED_DIR, model_card
 
     defaults: dict[str, str] = {}
@@ -250,14 +296,14 @@ def _shipped_cards() -> tuple[dict[str, str], dict[str, InputError]]:
             card = model_card(path.stem)
         except InputError as error:
             stem = path.stem.split("-hybrid")[0] if "-hybrid" in path.stem else path.stem.split("-")[0]
-            broken.setdefault(stem, error)
+            broken.setdefault({"unet-oalfe": "unet+oalfe", "xqsm-plus": "xqsm+"}.get(stem, stem), error)
             continue
-        defaults.setdefault(card["architecture"], card["name"])
+        defaults.setdefault(method_of_card(card), card["name"])
     return defaults, broken
 
 
 def shipped_defaults() -> dict[str, str]:
-    """Architecture → the name of its default shipped weights (what the registry's methods load)."""
+    """Method (``unet``, ``xqsm+`` ...) → the name of its default shipped weights (what the registry loads)."""
     return _shipped_cards()[0]
 
 
@@ -271,7 +317,7 @@ def learned_specs() -> list:
 
     defaults, broken = _shipped_cards()
     specs = []
-    for architecture in LEARNED_ARCHITECTURES:
+    for architecture in (*LEARNED_ARCHITECTURES, *ORIENTATION_ADAPTIVE.values()):
         if architecture not in defaults and architecture not in broken:
             continue
         weights = defaults.get(architecture, "")
@@ -287,9 +333,15 @@ def learned_specs() -> list:
                 f"{title}Parameters", weights=weights), kind="learned", summary=summary,
                 references=(_REFERENCES[architecture],)))
             continue
+        if architecture in ORIENTATION_ADAPTIVE.values():
+            summary = (f"The orientation-adaptive {architecture.split('+')[0]} network with OA-LFE (shipped weights "
+                       f"'{weights or 'unavailable'}'): local field and the record's B0 direction → χ.")
+        title = title.replace("+", "Oa")
         specs.append(MethodSpec(architecture, network, NetworkParameters.with_defaults(
             f"{title}Parameters", weights=weights), kind="learned", summary=summary,
             references=(_REFERENCES[architecture],)))
+        if architecture in ORIENTATION_ADAPTIVE.values():
+            continue
         for refinement in REFINEMENTS.values():
             name = f"{architecture}+{refinement.name}"
             function = functools.partial(refined_inversion, refinement=refinement.name, method=name)

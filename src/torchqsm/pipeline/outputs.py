@@ -72,6 +72,8 @@ def write_result(
     ``paths["chi"]``'s sidecar (same name, ``.json``) records the recipe, every parameter,
     the inputs with their SHA-256, timings and ``Status: finished``.
     """
+    paths = {role: path for role, path in paths.items()  # a phase network computes no field maps
+             if not (role in ("total_field", "local_field") and getattr(result, f"{role}_ppm") is None)}
     chi_path = Path(paths["chi"])
     sidecar = chi_path.with_name(chi_path.name.replace(".nii.gz", "").replace(".nii", "") + ".json")
     targets = {**{role: Path(p) for role, p in paths.items()}, "sidecar": sidecar}
@@ -104,7 +106,8 @@ def write_result(
         if qc_path is not None:
             outputs["qc"] = {"file": targets["qc"].name}
         staged["sidecar"] = write_sidecar(
-            new / sidecar.name, method=result.recipe.inversion, parameters=_parameters(result),
+            new / sidecar.name, method=result.recipe.phase_network or result.recipe.inversion,
+            parameters=_parameters(result),
             inputs=inputs, outputs=outputs,
             extra={**extra, "Recipe": result.recipe.name, "PhaseScaling": result.phase_scaling,
                    "TimingsSeconds": result.timings_s, "Notes": list(result.notes), "Units": "ppm",

@@ -23,7 +23,12 @@ from typing import Any
 
 from ..errors import ParameterError
 
-__all__ = ["Recipe", "RECIPES", "get_recipe", "with_overrides"]
+__all__ = ["Recipe", "RECIPES", "PHASE_NETWORK_SKIPS", "get_recipe", "with_overrides"]
+
+
+#: The recipe fields a phase-network recipe does not use (its network replaces those steps).
+PHASE_NETWORK_SKIPS = ("unwrap", "unwrap_params", "combine", "background", "background_params", "inversion",
+                       "inversion_params")
 
 
 def _frozen(mapping: Mapping[str, Any] | None) -> Mapping[str, Any]:
@@ -66,6 +71,10 @@ class Recipe:
     reference
         ``mean``: subtract the mean χ over the final mask; ``region``: over a given region
         (e.g. a CSF mask: ``--reference-mask``); ``none``.
+    phase_network
+        When set (``iqsm``, ``iqsm+``, or a phase network's weights name or card), the mask step is
+        followed by this network, wrapped phase → χ (:mod:`torchqsm.pipeline.phase_networks`), and
+        then referencing: unwrapping, echo combination, background removal and inversion do not run.
     """
 
     name: str
@@ -81,6 +90,7 @@ class Recipe:
     inversion: str = "tikhonov"
     inversion_params: Mapping[str, Any] = field(default_factory=dict)
     reference: str = "mean"
+    phase_network: str = ""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "unwrap_params", _frozen(self.unwrap_params))
@@ -100,6 +110,10 @@ class Recipe:
         """Plain JSON-ready dictionary (for the sidecar)."""
         out: dict[str, Any] = {}
         for f in fields(self):
+            if self.phase_network and f.name in PHASE_NETWORK_SKIPS:
+                continue  # steps the phase network replaces: not run, not recorded
+            if not self.phase_network and f.name == "phase_network":
+                continue
             value = getattr(self, f.name)
             out[f.name] = dict(value) if isinstance(value, Mapping) else value
         return out
@@ -137,6 +151,16 @@ RECIPES: Mapping[str, Recipe] = MappingProxyType({
         unwrap="region_growing", combine="phase_difference",
         background="ismv", inversion="tv", inversion_params={"max_iterations": 30},
     ),
+    "iqsm": Recipe(
+        name="iqsm",
+        description="Otsu mask, scalp cut, then the iQSM network: wrapped multi-echo phase → χ (LoT + U-Net)",
+        mask="otsu", brain_extraction_mm=6.0, mask_erode_voxels=2, phase_network="iqsm",
+    ),
+    "iqsm+": Recipe(
+        name="iqsm+",
+        description="Otsu mask, scalp cut, then the iQSM+ network: wrapped phase and B0 direction → χ (OA-LFE)",
+        mask="otsu", brain_extraction_mm=6.0, mask_erode_voxels=2, phase_network="iqsm+",
+    ),
 })
 
 
@@ -158,6 +182,11 @@ def with_overrides(recipe: Recipe, **changes: Any) -> Recipe:
     unknown = set(changes) - {f.name for f in fields(Recipe)}
     if unknown:
         raise ParameterError(f"unknown recipe field(s): {', '.join(sorted(unknown))}")
+    skipped = sorted(set(changes) & set(PHASE_NETWORK_SKIPS)) if changes.get("phase_network", recipe.phase_network) else []
+    if skipped:
+        raise ParameterError(f"the recipe '{recipe.name}' runs the phase network "
+                             f"'{changes.get('phase_network', recipe.phase_network)}' on the wrapped phase: it has no "
+                             f"{', '.join(s.replace('_params', ' parameters') for s in skipped)} to change")
     for step in ("unwrap", "background", "inversion"):
         key = f"{step}_params"
         same_method = changes.get(step, getattr(recipe, step)) == getattr(recipe, step)

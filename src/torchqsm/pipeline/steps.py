@@ -63,7 +63,7 @@ __all__ = ["State", "Step", "Planned", "STAGES", "STAGE_LABELS", "MASK", "GIVEN_
 STAGES = ("mask", "unwrap", "combine", "background", "invert", "reference")
 STAGE_LABELS: Mapping[str, str] = MappingProxyType({
     "mask": "mask", "unwrap": "unwrap", "combine": "echo combination", "background": "background removal",
-    "invert": "dipole inversion", "reference": "referencing"})
+    "invert": "dipole inversion", "reference": "referencing", "network": "phase network"})
 
 
 @dataclass(frozen=True, eq=False)
@@ -322,6 +322,17 @@ def _inversion_step(name: str) -> Step:
     return Step(name, run, tuple(spec for spec in method.parameters.specs() if not spec.image))
 
 
+def _phase_network_step(name: str) -> Step:
+    """The one stage of a phase-network recipe after masking: wrapped phase → χ on the mask eroded by one voxel."""
+    from .phase_networks import phase_network_inversion
+
+    def run(s: State, p: dict[str, Any]) -> State:
+        chi, inner = phase_network_inversion(s.phase_rad, s.mask, s.acquisition, network=name, source=s.source)
+        return replace(s, chi_ppm=chi, local_mask=inner)
+
+    return Step(name, run, ())
+
+
 def inversion_record(name: str, params: Mapping[str, Any], acquisition: Acquisition,
                      choices: Sequence[Any] = ()) -> dict[str, Any]:
     """Every parameter of inversion ``name`` as run (defaults included, the magnitude as the pipeline's,
@@ -384,12 +395,18 @@ def plan(recipe: Recipe, *, echo_count: int, given_mask: bool,
     A mask given by the user replaces the mask step (only ``erode_voxels`` applies). With one
     echo, ``phase_difference`` falls back to ``weighted_fit`` (``note`` says so).
     """
+    mask = GIVEN_MASK if given_mask else MASK[recipe.mask]
+    cleanup = {"brain_extraction_mm": recipe.brain_extraction_mm, "erode_voxels": recipe.mask_erode_voxels}
+    masking = Planned("mask", mask, MappingProxyType(mask.values({k: v for k, v in cleanup.items()
+                                                                  if k in mask.values()})), mask.name)
+    if recipe.phase_network:  # the network replaces unwrapping, combination, background removal and inversion
+        network = _phase_network_step(recipe.phase_network)
+        return [masking, Planned("network", network, MappingProxyType({}), recipe.phase_network),
+                Planned("reference", REFERENCE[recipe.reference], MappingProxyType({}), recipe.reference)]
     combine_name = recipe.combine
     if combine_name == "phase_difference" and echo_count < 2:
         combine_name = "weighted_fit"  # one echo: nothing to difference; the fit is then φ/TE
         note("one echo: phase_difference falls back to the single-echo fit (no offset removal)")
-    mask = GIVEN_MASK if given_mask else MASK[recipe.mask]
-    cleanup = {"brain_extraction_mm": recipe.brain_extraction_mm, "erode_voxels": recipe.mask_erode_voxels}
     combine = COMBINE[combine_name]
     inversion = _inversion_step(recipe.inversion)
     per_echo = combine_name == "per_echo"

@@ -65,15 +65,16 @@ class PipelineResult:
     """Everything one run computed, on the input grid (tensors on the CPU).
 
     ``total_field_ppm`` is defined on ``mask``; ``local_field_ppm`` and ``chi_ppm`` on
-    ``local_mask`` (the mask after background removal's erosion). ``parameters`` holds, per
+    ``local_mask`` (the mask after background removal's erosion). A phase-network recipe computes
+    no field: both fields are then None. ``parameters`` holds, per
     stage, the step that ran and every parameter value it used (defaults included);
     ``acquisition`` the record it ran with.
     """
 
     magnitude: torch.Tensor
     mask: torch.Tensor
-    total_field_ppm: torch.Tensor
-    local_field_ppm: torch.Tensor
+    total_field_ppm: torch.Tensor | None
+    local_field_ppm: torch.Tensor | None
     local_mask: torch.Tensor
     chi_ppm: torch.Tensor
     recipe: Recipe
@@ -82,6 +83,10 @@ class PipelineResult:
     notes: tuple[str, ...]
     acquisition: Acquisition | None = None
     parameters: Mapping[str, Any] = field(default_factory=dict)
+
+
+def _cpu(tensor: torch.Tensor | None) -> torch.Tensor | None:
+    return None if tensor is None else tensor.to(torch.device("cpu"))
 
 
 def _rss(magnitude: torch.Tensor) -> torch.Tensor:
@@ -140,13 +145,15 @@ def process_gre(
         for text in state.notes[seen:]:  # what the stage adapted: one log line each
             steps.note(text)
     used = {p.stage: {"step": p.step.name, "parameters": dict(p.values)} for p in planned}
-    used["invert"]["parameters"] = inversion_record(recipe.inversion, planned[4].values, acquisition,
-                                                      state.regularization)
+    if "invert" in used:
+        invert = next(p for p in planned if p.stage == "invert")
+        used["invert"]["parameters"] = inversion_record(recipe.inversion, invert.values, acquisition,
+                                                        state.regularization)
     if state.regularization:
         used["invert"]["regularization_choice"] = choices_record(list(state.regularization))
     cpu = torch.device("cpu")
     return PipelineResult(
-        magnitude=state.magnitude_rss.to(cpu), mask=state.mask.to(cpu), total_field_ppm=state.total_field_ppm.to(cpu),
-        local_field_ppm=state.local_field_ppm.to(cpu), local_mask=state.local_mask.to(cpu).bool(),
+        magnitude=state.magnitude_rss.to(cpu), mask=state.mask.to(cpu), total_field_ppm=_cpu(state.total_field_ppm),
+        local_field_ppm=_cpu(state.local_field_ppm), local_mask=state.local_mask.to(cpu).bool(),
         chi_ppm=state.chi_ppm.to(cpu), recipe=recipe, phase_scaling=scaling.message, timings_s=dict(steps.timings_s),
         notes=tuple(steps.notes), acquisition=acquisition, parameters=used)

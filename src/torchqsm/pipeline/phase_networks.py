@@ -1,0 +1,105 @@
+r"""Phase networks in the pipeline: wrapped multi-echo phase → χ in one network (iQSM, iQSM+).
+
+A recipe with ``phase_network`` set (``torchqsm run --recipe iqsm+``) runs only the mask step
+before the network: no unwrapping, echo combination, background removal or dipole inversion
+(:class:`~torchqsm.models.iqsm.IQSM`: its LoT layer replaces the first three). The network reads
+the record's echo times and field strength (the LoT is scaled by them) and, for iQSM+, its B0
+direction in voxel coordinates; it applies to the data's own grid at any orientation. χ is defined
+in the mask eroded by one voxel (the reach of the LoT stencil).
+
+Units: wrapped phase in radians in; χ in ppm out.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from ..acquisition import Acquisition
+from ..errors import InputError, ParameterError
+from ..validation import LOG
+
+__all__ = ["PHASE_ARCHITECTURES", "phase_network_inversion"]
+
+#: Architectures of :mod:`torchqsm.models` that take wrapped phase (``phase_to_chi``).
+PHASE_ARCHITECTURES = ("iqsm", "iqsm+")
+_WRAPPED_LIMIT = math.pi + 1e-3
+
+
+def _weights_for(name: str) -> str:
+    """A phase-network method (``iqsm``, ``iqsm+``) → its shipped weights; else ``name`` as weights or a card path."""
+    from .learned import shipped_defaults
+
+    if name in PHASE_ARCHITECTURES:
+        defaults = shipped_defaults()
+        if name not in defaults:
+            raise ParameterError(f"no weights for the phase network '{name}' are shipped (torchqsm models lists them)")
+        return defaults[name]
+    return name
+
+
+def phase_network_inversion(phase_rad: torch.Tensor, mask: torch.Tensor, acquisition: Acquisition, *,
+                            network: str, source: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """χ (ppm) of a phase network on wrapped multi-echo phase, and the mask it is defined on.
+
+    Parameters
+    ----------
+    phase_rad
+        ``(E, X, Y, Z)`` wrapped phase in radians, in [-π, π] (the pipeline's phase scaling gives it).
+    mask
+        ``(X, Y, Z)`` brain mask.
+    acquisition
+        The record: ``E`` echo times (s), field strength (T), B0 direction (voxel coordinates) and voxel size.
+    network
+        ``iqsm`` or ``iqsm+`` (their shipped weights), or a weights name or card path of such a network.
+    source
+        Named in error messages.
+
+    Returns
+    -------
+    tuple of Tensor
+        χ (ppm, zero outside the returned mask) and the mask eroded by one voxel.
+    """
+    from ..models.inference import pad_to_multiple, crop
+    from .learned import load_cached
+
+    acquisition.require("echo_times_s", "b0_tesla", "b0_dir", "voxel_size_mm", method=network)
+    record = acquisition
+    if phase_rad.ndim != 4 or tuple(phase_rad.shape[1:]) != tuple(mask.shape):
+        raise InputError(f"the phase network needs phase (echoes, X, Y, Z) and a mask (X, Y, Z); got "
+                         f"{tuple(phase_rad.shape)} and {tuple(mask.shape)}", source=source)
+    if len(record.echo_times_s) != phase_rad.shape[0]:
+        raise InputError(f"{len(record.echo_times_s)} echo times for {phase_rad.shape[0]} echoes", source=source)
+    if not bool(torch.isfinite(phase_rad).all()):
+        raise InputError("the phase has NaN or infinite values", source=source)
+    largest = float(phase_rad.abs().max())
+    if largest > _WRAPPED_LIMIT:
+        raise InputError(f"the phase network needs wrapped phase in radians, in [-π, π]; the phase reaches "
+                         f"{largest:.4g} (rescale it, or pass the raw scanner phase to `torchqsm run`)", source=source)
+    loaded = load_cached(_weights_for(network), str(phase_rad.device))
+    architecture = loaded.card["architecture"]
+    if architecture not in PHASE_ARCHITECTURES:
+        raise ParameterError(f"'{network}' is a {architecture} network (local field → χ); a phase network is one of "
+                             f"{', '.join(PHASE_ARCHITECTURES)}")
+    trained = tuple(float(v) for v in loaded.card.get("voxel_size_mm", (1.0, 1.0, 1.0)))
+    if any(abs(a - b) > 0.1 * b for a, b in zip(record.voxel_size_mm, trained)):
+        LOG.warning("%s: the network '%s' was trained at %s mm voxels; these are %s mm (its Laplacian uses the "
+                    "data's voxel size, its U-Net saw only the trained one)", network, loaded.name,
+                    "×".join(f"{v:g}" for v in trained), "×".join(f"{v:g}" for v in record.voxel_size_mm))
+    model = loaded.model.eval()
+    inside = (mask != 0).to(phase_rad.device)
+    masked = phase_rad.float() * inside
+    padded, region = pad_to_multiple(masked[None], model.multiple)
+    padded_mask, _ = pad_to_multiple(inside.float()[None, None], model.multiple)
+    with torch.inference_mode():
+        out = model(padded, padded_mask, echo_times_s=list(record.echo_times_s), b0_tesla=float(record.b0_tesla),
+                    b0_dir=list(record.b0_dir))
+    chi = crop(loaded.normalization.from_network(out)[0], region)[0]
+    eroded = -F.max_pool3d(-inside.float()[None, None], 3, stride=1, padding=1)[0, 0] > 0
+    if not bool(eroded.any()):
+        raise InputError("the mask is empty after the one-voxel erosion of the phase network", source=source)
+    if not bool(torch.isfinite(chi).all()):
+        raise InputError(f"the phase network '{network}' produced non-finite values", source=source)
+    return chi * eroded, eroded

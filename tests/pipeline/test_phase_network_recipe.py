@@ -1,0 +1,105 @@
+"""Phase-network recipes (``torchqsm run --recipe iqsm+``): masking, then wrapped phase → χ in one network."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from torchqsm.acquisition import Acquisition
+from torchqsm.cli.main import main
+from torchqsm.errors import InputError, ParameterError
+from torchqsm.models import build_model
+from torchqsm.models import weights as weights_module
+from torchqsm.models.weights import example_card, save_weights
+from torchqsm.pipeline import learned, registry
+from torchqsm.pipeline.phase_networks import phase_network_inversion
+from torchqsm.pipeline.recipes import RECIPES, with_overrides
+
+TE = (0.004, 0.008, 0.012)
+
+
+@pytest.fixture()
+def tiny_phase_networks(tmp_path, monkeypatch):
+    """Untrained iqsm and iqsm+ (weights moved off the identity so that B0 matters) as the shipped cards."""
+    torch.manual_seed(0)
+    folder = tmp_path / "weights"
+    for name, architecture in (("iqsm-tiny", "iqsm"), ("iqsm-plus-tiny", "iqsm+")):
+        model = build_model(architecture, base_channels=2, depth=2)
+        with torch.no_grad():
+            for parameter in model.parameters():
+                parameter.add_(0.2 * torch.randn_like(parameter))
+        save_weights(model, example_card(name, architecture=architecture, base_channels=2, depth=2), folder, name)
+    monkeypatch.setattr(weights_module, "SHIPPED_DIR", folder)
+    learned.load_cached.cache_clear()
+    yield folder
+    registry.METHODS.forget_learned()
+    learned.load_cached.cache_clear()
+
+
+def _phase(shape=(20, 20, 16)):
+    g = torch.stack(torch.meshgrid(*[torch.arange(n, dtype=torch.float32) for n in shape], indexing="ij"))
+    mask = ((g[0] - 9.5) ** 2 + (g[1] - 9.5) ** 2 + (g[2] - 7.5) ** 2) < 6.5**2
+    field = 0.05 * torch.sin(g[0] / 3) * torch.cos(g[2] / 4)  # ppm
+    radians = torch.stack([field * 2 * math.pi * 42.577478 * 3.0 * t for t in TE])
+    return torch.remainder(radians + math.pi, 2 * math.pi) - math.pi, mask
+
+
+def test_the_phase_network_reads_echo_times_field_strength_and_b0(tiny_phase_networks):
+    phase, mask = _phase()
+    record = Acquisition(voxel_size_mm=(1, 1, 1), b0_dir=(0, 0, 1), b0_tesla=3.0, echo_times_s=TE)
+    chi, inner = phase_network_inversion(phase, mask, record, network="iqsm+")
+    assert chi.shape == mask.shape and bool(torch.isfinite(chi).all())
+    assert bool((inner <= mask).all()) and int(inner.sum()) < int(mask.sum())  # eroded by one voxel
+    assert float(chi[~inner].abs().max()) == 0 and float(chi[inner].abs().max()) > 0
+    tilted = record.with_values("test", b0_dir=(0.0, math.sin(0.5), math.cos(0.5)))
+    other = phase_network_inversion(phase, mask, tilted, network="iqsm+")[0]
+    assert float((other - chi).abs().max()) > 1e-4 * float(chi.abs().max())  # iQSM+ is told B0
+    plain = phase_network_inversion(phase, mask, tilted, network="iqsm")[0]
+    torch.testing.assert_close(plain, phase_network_inversion(phase, mask, record, network="iqsm")[0])
+
+
+def test_bad_phase_network_inputs_give_one_clear_error(tiny_phase_networks):
+    phase, mask = _phase()
+    record = Acquisition(voxel_size_mm=(1, 1, 1), b0_dir=(0, 0, 1), b0_tesla=3.0, echo_times_s=TE)
+    with pytest.raises(InputError, match="wrapped phase in radians"):
+        phase_network_inversion(phase * 4096 / math.pi, mask, record, network="iqsm+", source="p.nii")
+    with pytest.raises(InputError, match="2 echo times for 3 echoes"):
+        phase_network_inversion(phase, mask, record.with_values("test", echo_times_s=TE[:2]), network="iqsm+")
+    with pytest.raises(ParameterError, match="echo times"):
+        phase_network_inversion(phase, mask, Acquisition(voxel_size_mm=(1, 1, 1), b0_dir=(0, 0, 1), b0_tesla=3.0),
+                                network="iqsm+")
+    with pytest.raises(InputError, match="NaN"):
+        phase_network_inversion(phase.masked_fill(mask[None].expand_as(phase), float("nan")), mask, record,
+                                network="iqsm")
+
+
+def test_a_phase_recipe_refuses_the_steps_it_does_not_have():
+    assert RECIPES["iqsm+"].phase_network == "iqsm+"
+    assert "inversion" not in RECIPES["iqsm+"].as_dict() and "phase_network" not in RECIPES["fast"].as_dict()
+    with pytest.raises(ParameterError, match="no inversion"):
+        with_overrides(RECIPES["iqsm+"], inversion="tv")
+    assert with_overrides(RECIPES["iqsm+"], mask_erode_voxels=1).name == "iqsm++custom"
+
+
+def test_run_iqsm_plus_end_to_end_writes_chi_and_no_field_maps(tiny_phase_networks, shared_data, tmp_path, capsys):
+    data = shared_data / "gre-invivo-small"
+    args = ["run", "--mag", str(data / "mag.nii"), "--phase", str(data / "phase.nii"), "--echo-times", *map(str, TE),
+            "--b0-tesla", "3", "-o", str(tmp_path)]
+    assert main([*args, "--recipe", "iqsm+"]) == 0, capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "phase network" in err
+    record = json.loads((tmp_path / "phase_Chimap.json").read_text())
+    assert record["Status"] == "finished" and record["Recipe"] == "iqsm+"
+    assert record["Parameters"]["phase_network"] == "iqsm+" and "inversion" not in record["Parameters"]
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert not [f for f in files if "fieldmap" in f.lower() or "field" in f.lower()], files
+    chi = nib.load(tmp_path / "phase_Chimap.nii.gz").get_fdata()
+    mask = nib.load(tmp_path / "phase_desc-eroded_mask.nii.gz").get_fdata() > 0
+    assert np.isfinite(chi).all() and mask.any() and np.abs(chi[mask]).max() > 0
+    assert main([*args, "--recipe", "iqsm+", "--inversion", "tv", "--overwrite"]) == 2
+    assert "no step for --inversion" in capsys.readouterr().err
