@@ -112,6 +112,12 @@ def test_an_orientation_adaptive_card_is_its_own_method_told_b0(tmp_path, monkey
         loaded = learned.load_cached("unet-oalfe-tiny", "cpu")
         direct = predict(loaded.model, field, mask, normalization=loaded.normalization, b0_dir=tilt)
         torch.testing.assert_close(oblique, direct * mask)
+        record = AXIAL.with_values("test", b0_dir=tilt)  # every refinement takes the OA weights, told B0 too
+        untuned = registry.invert(field, mask, "unet+fine", record, weights="unet-oalfe-tiny", max_iterations=0)
+        torch.testing.assert_close(untuned, oblique, atol=1e-6 * float(oblique.abs().max()), rtol=0)
+        refined = registry.invert(field, mask, "unet+dfqsm", record, weights="unet-oalfe-tiny", max_iterations=5,
+                                  tolerance=0.0)
+        assert nrmse(refined, chi, mask) < nrmse(oblique, chi, mask)
     finally:
         registry.METHODS.forget_learned()
         learned.load_cached.cache_clear()

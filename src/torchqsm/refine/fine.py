@@ -135,8 +135,10 @@ def fine(
     inputs, region = pad_to_multiple(normalization.to_network(problem.field)[None, None], multiple)
     inputs = inputs.to(parameter.dtype)
 
+    told = (problem.acquisition.b0_dir,) if getattr(network, "orientation_adaptive", False) else ()  # OA-LFE
+
     def estimate() -> torch.Tensor:
-        output = network(inputs)[(0, 0, *region)]
+        output = network(inputs, *told)[(0, 0, *region)]
         return normalization.from_network(output.to(problem.field.dtype)) * problem.mask
 
     optimizer = torch.optim.Adam(network.parameters(), lr=rate)
