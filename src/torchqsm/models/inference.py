@@ -262,7 +262,8 @@ def predict(
 def inference_copy(model: nn.Module, *, channels_last: bool = True) -> nn.Module:
     """A copy of ``model`` for inference: eval mode, batch norm folded into the convolution before it.
 
-    Every ``Conv3d`` directly followed by a ``BatchNorm3d`` in an ``nn.Sequential`` becomes one
+    Every ``Conv3d`` directly followed by a ``BatchNorm3d`` in an ``nn.Sequential`` (unless its
+    ``foldable`` attribute is False: another module runs between them in its parent's forward) becomes one
     convolution with the normalisation's running statistics and affine folded in (the
     normalisation becomes an identity): one pass over the activations less per layer. With
     ``channels_last``, 5-D weights use the channels-last layout. The caller's model is not
@@ -270,8 +271,8 @@ def inference_copy(model: nn.Module, *, channels_last: bool = True) -> nn.Module
     """
     copy = _copy.deepcopy(model).eval()
     for module in copy.modules():
-        if not isinstance(module, nn.Sequential):
-            continue
+        if not isinstance(module, nn.Sequential) or getattr(module, "foldable", True) is False:
+            continue  # not foldable: something runs between its layers (OA-LFE in OAConvBlock)
         names = list(module._modules)
         for first, second in zip(names, names[1:]):
             conv, norm = module._modules[first], module._modules[second]

@@ -43,6 +43,7 @@ class OAConvBlock(nn.Module):
         from .oalfe import OALFE
 
         self.block = ConvBlock(in_channels, out_channels, kernel_size)
+        self.block.foldable = False  # an editor runs between each convolution and its batch norm
         self.editors = nn.ModuleList([OALFE(out_channels), OALFE(out_channels)])
 
     def forward(self, x: torch.Tensor, b0_dir: torch.Tensor) -> torch.Tensor:

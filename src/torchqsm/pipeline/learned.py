@@ -254,7 +254,8 @@ def refined_inversion(local_field_ppm: torch.Tensor, mask: torch.Tensor, acquisi
         check_field_units(problem.field, problem.mask, method)
         loaded = load_cached(network["weights"], str(problem.field.device))
         record = problem.acquisition
-        if loaded.card["architecture"] in CONSISTENT_ARCHITECTURES or not _beyond_training_tilt(loaded, record):
+        if (loaded.card["architecture"] in CONSISTENT_ARCHITECTURES or getattr(loaded.model, "orientation_adaptive", False)
+                or not _beyond_training_tilt(loaded, record)):  # told B0, or trained at this tilt: the data's grid
             return refine.fine(loaded.model, local_field_ppm, mask, record, normalization=loaded.normalization,
                                callback=callback, **rest)
         # Beyond the tilts it was trained on, the network runs in its own frame (as `network_inversion` does):
