@@ -50,25 +50,40 @@ def training_card(config: RunConfig, result: TrainResult, *, metrics: dict[str, 
     """
     data, training = config.data, config.training
     tilt = "uniform on the sphere" if data.max_tilt_deg is None else f"uniform within {data.max_tilt_deg:g}° of axis 3"
+    phase = data.task == "phase_to_chi"
+    if config.model.architecture in PHYSICS_ARCHITECTURES:
+        note = "the dipole operator of the data's B0 direction and voxel size is applied inside the network"
+    elif config.model.hyperparameters.get("orientation_adaptive") or config.model.architecture == "iqsm+":
+        note = "told the data's B0 direction (OA-LFE modules), applied at the data's own orientation"
+    else:
+        note = "trained on oblique B0, applied at the data's own orientation"
+    if phase:
+        source = (f"simulate.SimulatedQSMDataset phase_to_chi (wrapped phase of echoes at "
+                  f"{', '.join(f'{1e3 * t:g}' for t in data.echo_times_s)} ms, {'/'.join(f'{b:g}' for b in data.b0_tesla)} T, "
+                  "background fields, receive-phase offsets, "
+                  + (f"SNR {data.snr_range[0]:g}-{data.snr_range[1]:g})" if data.snr_range else "no noise)"))
+        units = {"input": "rad (wrapped phase of each echo; with the echo times and field strength)",
+                 "output": "ppm (chi, relative to CSF)"}
+    else:
+        source = "simulate.SimulatedQSMDataset local_to_chi"
+        units = {"input": "ppm (local field, zero outside the mask)", "output": "ppm (chi, relative to CSF)"}
     return {
         "name": config.model.name,
         "architecture": config.model.architecture,
         "hyperparameters": dict(config.model.hyperparameters),
         "normalization": config.normalization.as_dict(),
-        "units": {"input": "ppm (local field, zero outside the mask)", "output": "ppm (chi, relative to CSF)"},
+        "units": units,
         "voxel_size_mm": list(data.voxel_size_mm),
         "orientation": {"b0_dir_training": f"B0 {tilt}, in voxel coordinates",
-                        "reorient_at_inference": False,
-                        "note": ("the dipole operator of the data's B0 direction and voxel size is applied inside "
-                                 "the network" if config.model.architecture in PHYSICS_ARCHITECTURES else
-                                 "trained on oblique B0, applied at the data's own orientation")},
+                        "reorient_at_inference": False, "note": note},
         "training": {
             "recipe": (f"Adam lr {training.learning_rate:g} (×{training.gamma:g} at "
                        f"{', '.join(f'{m:g}' for m in training.milestones)} of the steps), batch {training.batch_size}, "
                        f"loss {', '.join(f'{k} {v:g}' for k, v in vars(training.loss).items() if v)}"),
-            "data": (f"simulate.SimulatedQSMDataset local_to_chi, source {data.source}, patches "
+            "data": (f"{source}, source {data.source}, patches "
                      f"{'x'.join(map(str, data.patch_size or ()))} at {'x'.join(f'{h:g}' for h in data.voxel_size_mm)} mm, "
-                     f"lesion probability {data.lesion_probability:g}, input noise {data.local_noise_ppm} ppm"
+                     f"lesion probability {data.lesion_probability:g}"
+                     + ("" if phase else f", input noise {data.local_noise_ppm} ppm")
                      + (f", white-matter anisotropy {data.wm_anisotropy_ppm} ppm" if max(data.wm_anisotropy_ppm) > 0
                         else "")
                      + (", each patch's field from its own padded χ" if data.patch_dipole else "")),
