@@ -81,6 +81,31 @@ def tilt_table(rows: dict[str, dict[int, float]], raw: set[str]) -> list[str]:
     return lines
 
 
+def update_phase_cards(raw) -> list[Path]:
+    """Write each shipped phase network's scores (its recipe from the raw phase, every case run) into its card."""
+    from torchqsm.models import weights as weights_module
+    from torchqsm.pipeline.learned import shipped_defaults
+
+    written = []
+    for method, name in shipped_defaults().items():
+        scores = {r["case"]: {"nrmse": round(float(r["nrmse_demeaned"]), 2), "hfen": round(float(r["hfen"]), 2),
+                              "ssim": round(float(r["ssim"]), 4)}
+                  for r in raw.records if r["method"] == method and r.get("status") == "ok"}
+        if "baseline" not in scores:
+            continue
+        path = weights_module.SHIPPED_DIR / f"{name}.json"
+        card = json.loads(path.read_text(encoding="utf-8"))
+        card["metrics"] = {
+            "suite": scores["baseline"], "headline": "suite.nrmse", "suite_version": raw.suite.get("version"),
+            "suite_case_of_headline": "baseline",
+            "suite_input": f"magnitude and wrapped phase through `torchqsm run --recipe {method}` "
+                           "(benchmarks/bench_orientation.py), scored in its final mask ∩ the brain mask",
+            "units": "NRMSE (demeaned) and HFEN in %, SSIM 0-1", "cases": {"network": scores}}
+        path.write_text(json.dumps(card, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
+        written.append(path)
+    return written
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--suite-dir", type=Path, required=True, help="built evaluation suite (missing cases built)")
@@ -92,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--no-write", action="store_true", help="print the section, write nothing to docs/")
+    parser.add_argument("--update-cards", action="store_true",
+                        help="write the shipped networks' scores into their cards (phase networks: from the raw phase)")
     args = parser.parse_args(argv)
 
     tilt_cases = [case_of(t) for t in args.tilts]
@@ -148,6 +175,11 @@ def main(argv: list[str] | None = None) -> int:
         figure(rows, set(args.recipes), FIGURE)
         update_markdown(OUTPUT, section, begin=BEGIN, end=END)
         log(f"updated {OUTPUT} and {FIGURE}")
+    if args.update_cards:
+        from bench_learned import update_cards
+
+        for path in [*update_cards(field, script="benchmarks/bench_orientation.py"), *update_phase_cards(raw)]:
+            log(f"updated {path}")
     return 1 if failed else 0
 
 
