@@ -11,6 +11,7 @@ import shutil
 from html.parser import HTMLParser
 
 import pytest
+import torch
 
 from torchqsm.bench import build_suite, run_bench, write_report
 from torchqsm.bench.runs import run_file_stem
@@ -219,3 +220,30 @@ def test_lesion_table_shows_the_truth():
     table = metric_table(records, "lesion_mean")
     assert table.splitlines()[-1] == "| *truth* | 1.450 | — | — |"
     assert "truth" not in metric_table(records, "nrmse")
+
+
+def test_retrained_weights_under_the_same_name_are_another_run(tmp_path, monkeypatch):
+    """The cache key holds the weights' SHA-256: a network retrained under its old name is run again."""
+    from torchqsm.bench.runs import recipe_key, run_key
+    from torchqsm.models import build_model
+    from torchqsm.models import weights as weights_module
+    from torchqsm.models.weights import example_card, save_weights
+    from torchqsm.pipeline import learned, registry
+
+    monkeypatch.setattr(weights_module, "SHIPPED_DIR", tmp_path)
+    keys = []
+    try:
+        for seed in (0, 1):
+            torch.manual_seed(seed)
+            save_weights(build_model("unet", base_channels=2, depth=2),
+                         example_card("unet-tiny", base_channels=2, depth=2), tmp_path, "unet-tiny", overwrite=True)
+            save_weights(build_model("iqsm+", base_channels=2, depth=2),
+                         example_card("iqsm-plus-tiny", architecture="iqsm+", base_channels=2, depth=2), tmp_path,
+                         "iqsm-plus-tiny", overwrite=True)
+            registry.register_learned()
+            keys.append((run_key("case", "unet", {}, "cpu", "1.4"), recipe_key("case", "iqsm+", "cpu", "1.4")))
+    finally:
+        registry.METHODS.forget_learned()
+        learned.load_cached.cache_clear()
+    assert keys[0][0] != keys[1][0] and keys[0][1] != keys[1][1]
+    assert run_key("case", "tkd", {}, "cpu", "1.4") == run_key("case", "tkd", {}, "cpu", "1.4")

@@ -118,6 +118,8 @@ def run_key(case_digest_hex: str, method: str, params: Mapping[str, Any], device
     payload = {"case": case_digest_hex, "method": method, "params": {k: _jsonable(v) for k, v in sorted(values.items())},
                "device": torch.device(device).type, "suite": suite_version, "torchqsm": __version__,
                "torch": torch.__version__}
+    if values.get("weights"):  # retrained weights under the same name are another run
+        payload["weights_sha256"] = _weights_sha256(str(values["weights"]))
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
@@ -125,10 +127,31 @@ def recipe_key(case_digest_hex: str, recipe: str, device: str, suite_version: st
     """The cache key of a ``--from raw`` run: the case, every field of the recipe, the versions."""
     from ..pipeline.recipes import get_recipe
 
-    payload = {"case": case_digest_hex, "source": "raw", "recipe": _jsonable_tree(get_recipe(recipe).as_dict()),
+    chosen = get_recipe(recipe)
+    payload = {"case": case_digest_hex, "source": "raw", "recipe": _jsonable_tree(chosen.as_dict()),
                "device": torch.device(device).type, "suite": suite_version, "torchqsm": __version__,
                "torch": torch.__version__}
+    if chosen.phase_network:
+        from ..errors import ParameterError
+        from ..pipeline.phase_networks import weights_for
+
+        try:
+            payload["weights_sha256"] = _weights_sha256(weights_for(chosen.phase_network))
+        except ParameterError:  # no weights shipped: the run fails and says so
+            payload["weights_sha256"] = ""
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def _weights_sha256(weights: str) -> str:
+    """The SHA-256 its card records for the weights ``weights`` (name or card path); '' when it cannot be read
+    (the run then fails and says why)."""
+    from ..errors import InputError
+    from ..models.weights import model_card
+
+    try:
+        return str(model_card(weights).get("sha256", ""))
+    except InputError:
+        return ""
 
 
 def _jsonable_tree(value: Any) -> Any:

@@ -21,14 +21,14 @@ from ..acquisition import Acquisition
 from ..errors import InputError, ParameterError
 from ..validation import LOG
 
-__all__ = ["PHASE_ARCHITECTURES", "phase_network_inversion"]
+__all__ = ["PHASE_ARCHITECTURES", "phase_network_inversion", "weights_for"]
 
 #: Architectures of :mod:`torchqsm.models` that take wrapped phase (``phase_to_chi``).
 PHASE_ARCHITECTURES = ("iqsm", "iqsm+")
 _WRAPPED_LIMIT = math.pi + 1e-3
 
 
-def _weights_for(name: str) -> str:
+def weights_for(name: str) -> str:
     """A phase-network method (``iqsm``, ``iqsm+``) → its shipped weights; else ``name`` as weights or a card path."""
     from .learned import shipped_defaults
 
@@ -78,7 +78,7 @@ def phase_network_inversion(phase_rad: torch.Tensor, mask: torch.Tensor, acquisi
     if largest > _WRAPPED_LIMIT:
         raise InputError(f"the phase network needs wrapped phase in radians, in [-π, π]; the phase reaches "
                          f"{largest:.4g} (rescale it, or pass the raw scanner phase to `torchqsm run`)", source=source)
-    loaded = load_cached(_weights_for(network), str(phase_rad.device))
+    loaded = load_cached(weights_for(network), str(phase_rad.device))
     architecture = loaded.card["architecture"]
     if architecture not in PHASE_ARCHITECTURES:
         raise ParameterError(f"'{network}' is a {architecture} network (local field → χ); a phase network is one of "
