@@ -53,7 +53,7 @@ def figure(rows: dict[str, dict[int, float]], raw: set[str], path: Path) -> None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7.5, 4.5), dpi=120)
+    fig, ax = plt.subplots(figsize=(9.0, 4.5), dpi=120)
     for label, values in rows.items():
         tilts = sorted(values)
         ax.plot(tilts, [values[t] for t in tilts], "--o" if label in raw else "-o", label=label, markersize=4)
@@ -61,7 +61,7 @@ def figure(rows: dict[str, dict[int, float]], raw: set[str], path: Path) -> None
     ax.set_ylabel("NRMSE demeaned (%)")
     ax.set_xticks(TILTS)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, ncol=2)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     ax.set_title("NRMSE against B0 tilt (dashed: from raw phase)")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
