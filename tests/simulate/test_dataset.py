@@ -236,3 +236,23 @@ def test_patch_dipole_gives_each_patch_the_field_of_its_own_chi():
         # the volume's field also holds the field of χ outside the patch: not explained by the patch
         outside_share = (cropped["input"] - sample["input"])[inside].norm() / sample["input"][inside].norm()
         assert float(outside_share) > 0.05
+
+
+def test_several_voxel_sizes_one_per_volume_each_with_its_own_physics():
+    """``voxel_sizes_mm``: each volume draws one; its patches carry it, and their field is that voxel size's."""
+    sizes = ((1.0, 1.0, 1.0), (0.8, 0.8, 2.0))
+    config = SimulationConfig(**{**SMALL, "patch_size": None, "patches_per_volume": 1}, voxel_sizes_mm=sizes,
+                              local_noise_ppm=(0.0, 0.0), patch_dipole=True, max_tilt_deg=None)
+    samples = _stream(config, volumes=8)
+    seen = {tuple(round(v, 3) for v in s["voxel_size_mm"].tolist()) for s in samples}
+    assert seen == set(sizes)
+    for sample in samples:
+        voxel = tuple(sample["voxel_size_mm"].tolist())
+        dipole = DipoleOp(sample["target"].shape[1:], voxel_size_mm=voxel, b0_dir=tuple(sample["b0_dir"].tolist()),
+                          pad=8)
+        expected = dipole(sample["target"][0]) * sample["mask"][0]
+        assert torch.allclose(sample["input"][0], expected, atol=1e-5 * float(expected.abs().max()))
+    plain = _stream(SimulationConfig(**SMALL), volumes=1)[0]
+    assert plain["voxel_size_mm"].tolist() == [1.0, 1.0, 1.0]  # unset: voxel_size_mm
+    with pytest.raises(ParameterError, match="voxel_sizes_mm"):
+        SimulationConfig(**SMALL, voxel_sizes_mm=((1.0, 1.0),))

@@ -37,7 +37,7 @@ import functools
 import hashlib
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import torch
@@ -98,6 +98,9 @@ class SimulationConfig:
         Grid of the ``"shapes"`` source (voxels).
     voxel_size_mm
         Voxel size (mm); the head model is resampled to it.
+    voxel_sizes_mm
+        Several voxel sizes (mm), one drawn per volume (uniformly, before anything else of that volume,
+        and replacing ``voxel_size_mm``), so a network sees several resolutions; empty: ``voxel_size_mm``.
     max_tilt_deg
         B0 tilt cap (degrees, uniform on the cap); ``None`` for the whole sphere.
     b0_tesla
@@ -160,6 +163,7 @@ class SimulationConfig:
     region_size: tuple[int, int, int] | None = (128, 128, 128)
     shapes_volume: tuple[int, int, int] = (96, 96, 96)
     voxel_size_mm: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    voxel_sizes_mm: tuple[tuple[float, float, float], ...] = ()
     max_tilt_deg: float | None = 30.0
     b0_tesla: tuple[float, ...] = (3.0,)
     echo_times_s: tuple[float, ...] = (0.004, 0.012, 0.020, 0.028)
@@ -204,6 +208,10 @@ class SimulationConfig:
             raise ParameterError(f"lesion_count must be 0 ≤ low ≤ high, got {self.lesion_count}")
         if min(self.voxel_size_mm) <= 0 or self.pad < 0:
             raise ParameterError("voxel_size_mm must be positive and pad non-negative")
+        sizes = tuple(tuple(float(v) for v in size) for size in self.voxel_sizes_mm)
+        if any(len(size) != 3 or min(size) <= 0 for size in sizes):
+            raise ParameterError(f"voxel_sizes_mm must be voxel sizes of 3 positive numbers (mm), got {sizes}")
+        object.__setattr__(self, "voxel_sizes_mm", sizes)
         if len(self.wm_anisotropy_ppm) != 2 or not 0 <= self.wm_anisotropy_ppm[0] <= self.wm_anisotropy_ppm[1]:
             raise ParameterError(f"wm_anisotropy_ppm must be 0 ≤ low ≤ high, got {self.wm_anisotropy_ppm}")
         if len(self.veins) != 2 or not 0 <= self.veins[0] <= self.veins[1]:
@@ -468,13 +476,17 @@ class SimulatedQSMDataset(IterableDataset):
         while self.volumes is None or index < self.volumes:
             seed = self.volume_seed(index)
             generator = torch.Generator().manual_seed(seed)
-            volume = simulate_volume(self.config, generator)
-            if self.config.patch_size is None:
-                yield _sample(self.config, volume, (0, 0, 0), tuple(volume.mask.shape), seed, generator)
+            config = self.config
+            if config.voxel_sizes_mm:  # this volume's resolution, drawn first
+                chosen = config.voxel_sizes_mm[int(torch.randint(len(config.voxel_sizes_mm), (), generator=generator))]
+                config = replace(config, voxel_size_mm=chosen, voxel_sizes_mm=())
+            volume = simulate_volume(config, generator)
+            if config.patch_size is None:
+                yield _sample(config, volume, (0, 0, 0), tuple(volume.mask.shape), seed, generator)
             else:
-                size = tuple(int(s) for s in self.config.patch_size)
-                for _ in range(self.config.patches_per_volume):
-                    corner = _patch_corners(volume.mask, size, fraction=self.config.min_mask_fraction,
+                size = tuple(int(s) for s in config.patch_size)
+                for _ in range(config.patches_per_volume):
+                    corner = _patch_corners(volume.mask, size, fraction=config.min_mask_fraction,
                                             generator=generator)
-                    yield _sample(self.config, volume, corner, size, seed, generator)
+                    yield _sample(config, volume, corner, size, seed, generator)
             index += workers

@@ -81,7 +81,9 @@ def training_card(config: RunConfig, result: TrainResult, *, metrics: dict[str, 
                        f"{', '.join(f'{m:g}' for m in training.milestones)} of the steps), batch {training.batch_size}, "
                        f"loss {', '.join(f'{k} {v:g}' for k, v in vars(training.loss).items() if v)}"),
             "data": (f"{source}, source {data.source}, patches "
-                     f"{'x'.join(map(str, data.patch_size or ()))} at {'x'.join(f'{h:g}' for h in data.voxel_size_mm)} mm, "
+                     f"{'x'.join(map(str, data.patch_size or ()))} at "
+                     f"{' or '.join('x'.join(f'{h:g}' for h in v) for v in (data.voxel_sizes_mm or (data.voxel_size_mm,)))}"
+                     " mm, "
                      f"lesion probability {data.lesion_probability:g}"
                      + ("" if phase else f", input noise {data.local_noise_ppm} ppm")
                      + (f", white-matter anisotropy {data.wm_anisotropy_ppm} ppm" if max(data.wm_anisotropy_ppm) > 0
