@@ -8,7 +8,8 @@ out of memory and Ctrl-C each print one line and exit with their own status
 followed by a line asking for a report.
 
 This module imports nothing heavy at import time: the commands (and torch) load inside
-:func:`main`'s guard, so an interrupt while they load is one line too.
+:func:`main`'s guard, with Ctrl-C held until they have loaded, so an interrupt while they load is
+one line too (exit 130).
 """
 
 from __future__ import annotations
@@ -112,12 +113,44 @@ def _report(error: BaseException, command: str) -> int:
             signal.signal(signal.SIGINT, previous)
 
 
+class _DeferredInterrupt:
+    """A SIGINT handler that only notes the signal (raised later, from Python, by :func:`_deferring_interrupts`)."""
+
+    def __init__(self) -> None:
+        self.received = False
+
+    def __call__(self, signum, frame) -> None:
+        self.received = True
+
+
+def _deferring_interrupts(load):
+    """``load()`` with Ctrl-C held until it returns, then raised as KeyboardInterrupt.
+
+    Importing torch runs Python callbacks from its C++ initialisers (pybind11); a KeyboardInterrupt
+    raised inside one of them escapes as a C++ exception and aborts the process ("terminate called
+    after throwing an instance of 'pybind11::error_already_set'"), past every Python guard. Holding
+    the signal for the import (a second or two) keeps Ctrl-C one line.
+    """
+    deferred = _DeferredInterrupt()
+    try:
+        previous = signal.signal(signal.SIGINT, deferred)
+    except ValueError:  # not the main thread: no handler to install
+        return load()
+    try:
+        result = load()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if deferred.received:
+        raise KeyboardInterrupt
+    return result
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status (:data:`torchqsm.errors.EXIT_CODES`: 0 ok, 1 some subjects
     failed, 2 user error, 3 system error, 4 out of memory, 70 internal error, 130 interrupted)."""
     command = "torchqsm"
     try:
-        parser = build_parser()
+        parser = _deferring_interrupts(build_parser)
         argv = list(sys.argv[1:] if argv is None else argv)
         try:
             args = parser.parse_args(argv)
