@@ -151,6 +151,14 @@ RECIPES: Mapping[str, Recipe] = MappingProxyType({
         unwrap="region_growing", combine="phase_difference",
         background="ismv", inversion="tv", inversion_params={"max_iterations": 30},
     ),
+    "nextqsm": Recipe(
+        name="nextqsm",
+        description="Otsu mask, scalp cut, region growing of echo differences, then NeXtQSM: background U-Net "
+                    "(total → local field) and variational network (local field → χ)",
+        mask="otsu", brain_extraction_mm=6.0, mask_erode_voxels=2,
+        unwrap="region_growing", combine="phase_difference",
+        background="nextqsm", inversion="nextqsm",
+    ),
     "iqsm": Recipe(
         name="iqsm",
         description="Otsu mask, scalp cut, then the iQSM network: wrapped multi-echo phase → χ (LoT + U-Net)",

@@ -51,7 +51,9 @@ def training_card(config: RunConfig, result: TrainResult, *, metrics: dict[str, 
     data, training = config.data, config.training
     tilt = "uniform on the sphere" if data.max_tilt_deg is None else f"uniform within {data.max_tilt_deg:g}° of axis 3"
     phase = data.task == "phase_to_chi"
-    if config.model.architecture in PHYSICS_ARCHITECTURES:
+    if data.task == "total_to_local":
+        note = "no B0 direction: the network reads the field's pattern; applied at the data's own orientation"
+    elif config.model.architecture in PHYSICS_ARCHITECTURES:
         note = "the dipole operator of the data's B0 direction and voxel size is applied inside the network"
     elif config.model.hyperparameters.get("orientation_adaptive") or config.model.architecture == "iqsm+":
         note = "told the data's B0 direction (OA-LFE modules), applied at the data's own orientation"
@@ -64,6 +66,11 @@ def training_card(config: RunConfig, result: TrainResult, *, metrics: dict[str, 
                   + (f"SNR {data.snr_range[0]:g}-{data.snr_range[1]:g})" if data.snr_range else "no noise)"))
         units = {"input": "rad (wrapped phase of each echo; with the echo times and field strength)",
                  "output": "ppm (chi, relative to CSF)"}
+    elif data.task == "total_to_local":
+        source = (f"simulate.SimulatedQSMDataset total_to_local ({data.external_sources} external sources, "
+                  f"shim residual up to {data.shim_amplitude_ppm:g} ppm)")
+        units = {"input": "ppm (total field, unwrapped, zero outside the mask)",
+                 "output": "ppm (local field, zero outside the mask)"}
     else:
         source = "simulate.SimulatedQSMDataset local_to_chi"
         units = {"input": "ppm (local field, zero outside the mask)", "output": "ppm (chi, relative to CSF)"}
@@ -80,8 +87,9 @@ def training_card(config: RunConfig, result: TrainResult, *, metrics: dict[str, 
             "recipe": (f"Adam lr {training.learning_rate:g} (×{training.gamma:g} at "
                        f"{', '.join(f'{m:g}' for m in training.milestones)} of the steps), batch {training.batch_size}, "
                        f"loss {', '.join(f'{k} {v:g}' for k, v in vars(training.loss).items() if v)}"),
-            "data": (f"{source}, source {data.source}, patches "
-                     f"{'x'.join(map(str, data.patch_size or ()))} at "
+            "data": (f"{source}, source {data.source}, "
+                     + (f"patches {'x'.join(map(str, data.patch_size))}" if data.patch_size else "whole volumes")
+                     + " at "
                      f"{' or '.join('x'.join(f'{h:g}' for h in v) for v in (data.voxel_sizes_mm or (data.voxel_size_mm,)))}"
                      " mm, "
                      f"lesion probability {data.lesion_probability:g}"

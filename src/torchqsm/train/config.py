@@ -11,8 +11,8 @@ A configuration has five tables; every key is optional except ``model.architectu
     input_scale_ppm = 0.02
     output_scale_ppm = 0.1
 
-    [data]                                   # torchqsm.simulate.SimulationConfig (local_to_chi)
-    patch_size = [48, 48, 48]
+    [data]                                   # torchqsm.simulate.SimulationConfig (the architecture's task)
+    patch_size = [48, 48, 48]                # [] (TOML has no null): whole volumes
     region_size = [96, 96, 96]
 
     [training]
@@ -42,7 +42,7 @@ from typing import Any, Literal
 import tomllib
 
 from ..errors import InputError, ParameterError
-from ..models import ARCHITECTURES, PHASE_ARCHITECTURES, Normalization
+from ..models import ARCHITECTURES, Normalization, task_of
 from ..simulate import SimulationConfig
 
 __all__ = ["ModelConfig", "LossWeights", "TrainingConfig", "ValidationConfig", "RunConfig", "load_config",
@@ -149,7 +149,9 @@ def _build(kind: type, table: Any, section: str):
     values = {}
     for name, value in table.items():
         default = known[name].default
-        if isinstance(value, list):
+        if isinstance(value, list) and not value and "None" in str(known[name].type):
+            value = None  # TOML has no null: an empty array is "none" (whole volumes for patch_size)
+        elif isinstance(value, list):
             value = tuple(value)
         if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
@@ -183,7 +185,7 @@ def config_from_dict(values: dict[str, Any], *, base: Path | None = None) -> Run
     training = _build(TrainingConfig, training_table, "training")
     training = dataclasses.replace(training, loss=loss)
     data = _build(SimulationConfig, values.get("data", {}), "data")
-    wanted = "phase_to_chi" if model.architecture in PHASE_ARCHITECTURES else "local_to_chi"
+    wanted = task_of(model.architecture)
     if data.task != wanted:
         raise ParameterError(f"[data] task must be {wanted} for the {model.architecture} network, got '{data.task}'")
     validation = _build(ValidationConfig, values.get("validation", {}), "validation")

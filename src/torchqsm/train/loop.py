@@ -206,6 +206,7 @@ def train(config: RunConfig, out_dir: str | Path, *, resume: bool = False, valid
     physics = is_physics(model)
     phase_input = bool(getattr(model, "phase_input", False))
     adaptive = bool(getattr(model, "orientation_adaptive", False))
+    background = bool(getattr(model, "background", False))
     chi_to_field = normalization.output_scale_ppm / normalization.input_scale_ppm
     last = settings.steps if stop_after is None else min(settings.steps, step + stop_after)
     bar = tqdm(total=last, initial=step, desc=f"training {config.model.name}", unit="step", dynamic_ncols=True,
@@ -226,6 +227,8 @@ def train(config: RunConfig, out_dir: str | Path, *, resume: bool = False, valid
                 estimate = network(batch["input"].to(device, non_blocking=True), mask,
                                    echo_times_s=batch["echo_times_s"].to(device), b0_tesla=batch["b0_tesla"].to(device),
                                    b0_dir=batch["b0_dir"].to(device))
+            elif background:  # NeXtQSM's background U-Net: total field and mask → local field
+                estimate = network(field, mask)
             elif physics:  # the dipole operator of each sample's geometry inside the network
                 estimate = network(field, mask, b0_dir=batch["b0_dir"], voxel_size_mm=batch["voxel_size_mm"],
                                    chi_to_field=chi_to_field)
