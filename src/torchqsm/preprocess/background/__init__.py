@@ -1,19 +1,17 @@
 """Background-field removal: total field (ppm) → local field (ppm) on a (possibly eroded) mask.
 
 Every method shares ``method(total_field_ppm, mask, *, voxel_size_mm, b0_dir,
-...) -> BackgroundResult``; :data:`BACKGROUND_METHODS` maps names to them. ``nextqsm`` is learned
-(:mod:`.learned`): it needs shipped weights, the others are classical.
+...) -> BackgroundResult``; :data:`BACKGROUND_METHODS` maps names to them.
 """
 
 from collections.abc import Callable
 
 from ._common import BackgroundResult
-from .learned import nextqsm
 from .lbv import ismv, lbv
 from .pdf import pdf
 from .sharp import resharp, sharp, vsharp
 
-__all__ = ["BackgroundResult", "BACKGROUND_METHODS", "sharp", "vsharp", "resharp", "pdf", "lbv", "ismv", "nextqsm"]
+__all__ = ["BackgroundResult", "BACKGROUND_METHODS", "sharp", "vsharp", "resharp", "pdf", "lbv", "ismv"]
 
 #: Every background-removal method by name.
 BACKGROUND_METHODS: dict[str, Callable[..., BackgroundResult]] = {
@@ -23,5 +21,4 @@ BACKGROUND_METHODS: dict[str, Callable[..., BackgroundResult]] = {
     "pdf": pdf,
     "lbv": lbv,
     "ismv": ismv,
-    "nextqsm": nextqsm,  # NeXtQSM's background U-Net (shipped weights; torchqsm.models.background)
 }
