@@ -25,7 +25,13 @@ constant.
 
 The result is a smooth least-squares estimate, *not* the wrapped phase plus
 exact multiples of 2π: noise and aliased gradients spread smoothly instead
-of making 2π jumps. Inside a mask smaller than the box, the box solve is
+of making 2π jumps. Where neighbours differ by more than π (next to a
+haemorrhage, a large vein, an air-tissue edge) the estimate is flattened:
+on the evaluation suite's haemorrhage the ``fast`` recipe's lesion came out
+at 0.736 ppm against 1.451. With ``congruent=True`` the estimate only picks
+the multiple of 2π: :math:`\psi + 2\pi\,\mathrm{round}((u - \psi)/2\pi)`, the
+data's own phase wherever the estimate is within π of the truth (1.224 ppm
+there, with CG iterations on the mask). Inside a mask smaller than the box, the box solve is
 the preconditioner of a conjugate-gradient solve of the Neumann problem on
 the mask itself. Use it where a smooth field estimate is wanted (background
 removal follows) or as a template;
@@ -168,8 +174,9 @@ def laplacian_unwrap(
     mask: torch.Tensor | None = None,
     max_iterations: int = 20,
     tolerance: float = 1e-3,
+    congruent: bool = False,
 ) -> torch.Tensor:
-    r"""Smooth unwrapped phase (rad) by Laplacian unwrapping (FFT Poisson solve).
+    r"""Unwrapped phase (rad) by Laplacian unwrapping (FFT Poisson solve).
 
     Solves :math:`\nabla^2 u = \rho` with :math:`\rho` the Laplacian of the
     phase computed from wrapped differences (see the module notes), with
@@ -197,12 +204,17 @@ def laplacian_unwrap(
         mirrored bounding box of the mask).
     tolerance
         Stop when the residual norm is below ``tolerance`` times :math:`\lVert\rho\rVert`.
+    congruent
+        Return the input plus the multiple of 2π nearest to the estimate, in the mask
+        (see the module notes). Needs an estimate within π of the truth: use it with
+        CG iterations (``max_iterations > 0``), not with the box solve alone, whose harmonic
+        error makes 2π jumps (the ``fast`` recipe's baseline went from 64 to 114 % NRMSE).
 
     Returns
     -------
     torch.Tensor
-        Unwrapped phase estimate (rad), shape and dtype of ``phase_rad``. Not
-        exactly the input plus multiples of 2π (a least-squares estimate).
+        Unwrapped phase (rad), shape and dtype of ``phase_rad``: a smooth least-squares
+        estimate, or with ``congruent`` the input plus multiples of 2π.
 
     Examples
     --------
@@ -229,5 +241,9 @@ def laplacian_unwrap(
                            max_iterations=max_iterations, tolerance=float(tolerance))
         # Choose the constant so that u = psi (mod 2 pi) on average in the mask.
         residual = torch.polar(torch.ones_like(u[inside]), volume[inside] - u[inside]).sum()
-        out[(index,) + box] = (u + torch.angle(residual)) * inside
+        u = u + torch.angle(residual)
+        if congruent:
+            data = wrap(volume)
+            u = data + (2 * torch.pi) * torch.round((u - data) / (2 * torch.pi))
+        out[(index,) + box] = u * inside
     return out.reshape(phase.shape)
