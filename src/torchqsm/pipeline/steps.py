@@ -26,7 +26,7 @@ the one list of choices: :mod:`~torchqsm.pipeline.recipes` and ``torchqsm run`` 
 >>> sorted(UNWRAP), sorted(COMBINE)
 (['laplacian', 'region_growing'], ['per_echo', 'phase_difference', 'weighted_fit'])
 >>> [p.name for p in UNWRAP["laplacian"].parameters]
-['max_iterations', 'tolerance']
+['max_iterations', 'tolerance', 'congruent']
 """
 
 from __future__ import annotations
