@@ -15,8 +15,8 @@ external sources; a variational network then inverts the local field
 
 ``forward(total, mask)`` takes and returns fields in network units (the card's
 :class:`~torchqsm.models.Normalization`); the output is the local field, zero outside the mask.
-Spatial sizes are padded inside to a multiple of ``2**depth``. The pipeline runs it on a grid
-resampled to the card's voxel size (:mod:`torchqsm.preprocess.background.learned`).
+Spatial sizes are padded inside to a multiple of ``2**depth``. No weights ship and no pipeline
+method runs it yet (docs/learned.md says why).
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ class BackgroundUNet(nn.Module):
 
     @property
     def multiple(self) -> int:
-        """Inputs of any size are padded inside; kept for the inference helpers."""
+        """Every spatial size is accepted (padded inside), as :func:`~torchqsm.models.build_model` networks report."""
         return 1
 
     def forward(self, total: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
