@@ -136,3 +136,21 @@ def test_oalfe_plugs_into_every_backbone_and_uses_the_orientation(architecture):
     with torch.no_grad():
         axial, tilted = net(x, torch.tensor([0.0, 0.0, 1.0])), net(x, torch.tensor([0.0, 0.6, 0.8]))
     assert axial.shape == x.shape and not torch.allclose(axial, tilted)
+
+
+def test_iqsm_gives_its_unet_no_lot_on_the_faces_of_a_patch():
+    """A patch that cuts the brain: the LoT of a face voxel misses a neighbour, so the U-Net never sees it."""
+    from torchqsm.models.iqsm import IQSM, stencil_interior
+
+    interior = stencil_interior(torch.ones(1, 1, 6, 6, 6))
+    assert not bool(interior[0, 0, [0, -1]].any()) and not bool(interior[0, 0, :, :, [0, -1]].any())
+    assert bool(interior[0, 0, 1:-1, 1:-1, 1:-1].all())
+    seen = {}
+    net = IQSM(base_channels=2, depth=1)
+    net.unet.register_forward_hook(lambda module, args, out: seen.update(lot=args[0]))
+    ramp = torch.linspace(-3.0, 3.0, 8)[None, None, :, None, None].expand(1, 2, 8, 8, 8)  # a steep phase ramp
+    with torch.no_grad():
+        net(ramp.contiguous(), torch.ones(1, 1, 8, 8, 8), echo_times_s=[0.004, 0.008], b0_tesla=3.0)
+    lot = seen["lot"]
+    assert float(lot[..., 0, :, :].abs().max()) == 0.0 and float(lot[..., -1, :, :].abs().max()) == 0.0
+    assert float(lot[..., 1:-1, 1:-1, 1:-1].abs().max()) < 1e-3  # a linear phase has no Laplacian

@@ -28,7 +28,7 @@ from torch.nn import functional as F
 from .oalfe import LoTLayer
 from .unet import UNet3d
 
-__all__ = ["IQSM", "iqsm", "iqsm_plus"]
+__all__ = ["IQSM", "iqsm", "iqsm_plus", "stencil_interior"]
 
 
 class IQSM(nn.Module):
@@ -64,11 +64,28 @@ class IQSM(nn.Module):
 
     def forward(self, wrapped_phase_rad: torch.Tensor, mask: torch.Tensor, *, echo_times_s, b0_tesla,
                 b0_dir=None) -> torch.Tensor:
-        inside = (mask > 0).to(wrapped_phase_rad.dtype)
-        inside = -F.max_pool3d(-inside, 3, stride=1, padding=1)  # eroded by one voxel: the stencil's reach
+        inside = stencil_interior(mask).to(wrapped_phase_rad.dtype)
         lot = self.lot(wrapped_phase_rad, echo_times_s=echo_times_s, b0_tesla=b0_tesla) * inside / self.lot_scale
         chi = self.unet(lot, b0_dir) if self.orientation_adaptive else self.unet(lot)
         return chi + self.skip * lot[:, :1]
+
+
+def stencil_interior(mask: torch.Tensor) -> torch.Tensor:
+    """The mask eroded by one voxel, the 3×3×3 stencil's reach, counting everything beyond the array as outside.
+
+    On a training patch that cuts through the brain, the LoT of a face voxel misses a neighbour and
+    holds the phase's gradient rather than its Laplacian: on the iQSM configs' 32³ patches the faces
+    carried 30-73 % of the LoT's energy at 2.5-3 times the rms of the interior, a signal that whole
+    volumes at inference never show.
+
+    Examples
+    --------
+    >>> interior = stencil_interior(torch.ones(1, 1, 4, 4, 4))
+    >>> int(interior.sum()), bool(interior[0, 0, 1:3, 1:3, 1:3].all())
+    (8, True)
+    """
+    outside = F.pad(-(mask > 0).float(), (1, 1, 1, 1, 1, 1))  # -1 inside, 0 outside and beyond the array
+    return -F.max_pool3d(outside, 3, stride=1)
 
 
 def iqsm(**hyperparameters) -> IQSM:
