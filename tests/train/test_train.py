@@ -198,3 +198,21 @@ def test_an_orientation_adaptive_network_trains_and_predicts_with_the_b0_directi
     assert axial.shape == (16, 16, 16) and bool(torch.isfinite(oblique).all())
     with pytest.raises(ParameterError, match="needs the B0 direction"):
         predict(model, field, mask, normalization=config_from_dict(values).normalization)
+
+
+def test_resume_with_more_steps_extends_the_schedule(tmp_path):
+    """A finished run goes on when only training.steps grows: the milestones move, the rate follows them."""
+    short = tiny(steps=6, milestones=[0.5], gamma=0.1, learning_rate=1e-3)
+    train(config_from_dict(short), tmp_path, progress=False)
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["optimizer"]["param_groups"][0]["lr"] == pytest.approx(1e-4)
+    longer = config_from_dict({**short, "training": {**short["training"], "steps": 20}})
+    rest = train(longer, tmp_path, resume=True, progress=False)
+    assert rest.step == 20 and len(rest.losses) == 14
+    log = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    rates = {r["step"]: r["learning_rate"] for r in log}
+    assert rates[7] == pytest.approx(1e-3) and rates[9] == pytest.approx(1e-3)  # the milestone is at 10 now
+    assert rates[10] == pytest.approx(1e-4) and rates[20] == pytest.approx(1e-4)
+    state = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert state["extra"]["extended_from"] == [6] and state["config"]["training"]["steps"] == 20
+    with pytest.raises(ParameterError, match="another configuration"):  # fewer steps is not an extension
+        train(config_from_dict(short), tmp_path, resume=True, progress=False)

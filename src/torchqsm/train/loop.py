@@ -105,6 +105,15 @@ def _scheduler(optimizer: torch.optim.Optimizer, config: RunConfig) -> torch.opt
     return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=config.training.gamma)
 
 
+def _longer_schedule(saved: dict[str, Any], wanted: dict[str, Any]) -> int | None:
+    """The checkpoint's step count if ``wanted`` differs from ``saved`` only by more ``training.steps``."""
+    old_steps, new_steps = saved["training"]["steps"], wanted["training"]["steps"]
+    if new_steps <= old_steps:
+        return None
+    same = {**wanted, "training": {**wanted["training"], "steps": old_steps}}
+    return int(old_steps) if same == saved else None
+
+
 def _append_log(path: Path, record: dict[str, Any]) -> None:
     with path.open("a", encoding="utf-8") as log:
         log.write(json.dumps(record) + "\n")
@@ -129,7 +138,11 @@ def train(config: RunConfig, out_dir: str | Path, *, resume: bool = False, valid
     out_dir
         Folder for ``checkpoint.pt``, ``metrics.jsonl`` and ``config.json`` (created).
     resume
-        Continue from ``out_dir/checkpoint.pt`` (same configuration) instead of starting anew.
+        Continue from ``out_dir/checkpoint.pt`` (same configuration) instead of starting anew. A
+        configuration that differs only by more ``training.steps`` extends the run: the milestones
+        move to their fractions of the new count and the learning rate follows them from the
+        checkpoint's step (it rises again if the step is now before a milestone), so a finished
+        run can go on in a later session. The checkpoint records each step count it was extended from.
     validate
         Called every ``validation.every`` steps and at the end (rank 0); its metrics are logged.
     progress
@@ -171,14 +184,29 @@ def train(config: RunConfig, out_dir: str | Path, *, resume: bool = False, valid
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
     scheduler = _scheduler(optimizer, config)
     step, previous_seconds = 0, 0.0
+    extended_from: list[int] = []
     if resume:
         state = load_checkpoint(checkpoint_path, map_location=device)
-        if state["config"] != config.as_dict():
+        longer = _longer_schedule(state["config"], config.as_dict())
+        if state["config"] != config.as_dict() and longer is None:
             raise ParameterError(f"{checkpoint_path}: the checkpoint was made with another configuration; "
-                                 "resume with the same one or start a new output folder")
+                                 "resume with the same one (training.steps may grow) or start a new output folder")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
+        extended_from = list(state.get("extra", {}).get("extended_from", []))
+        if longer is None:
+            scheduler.load_state_dict(state["scheduler"])
+        else:  # the milestones move with the new step count; the learning rate follows them from here
+            extended_from.append(longer)
+            done = int(state["step"])
+            passed = sum(1 for milestone in scheduler.milestones.elements() if milestone <= done)
+            for group in optimizer.param_groups:
+                group["lr"] = group["initial_lr"] * settings.gamma ** passed
+            scheduler.last_epoch = done
+            scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
+            if rank == 0:
+                print(f"{checkpoint_path}: extending the run from {longer} to {settings.steps} steps; the learning "
+                      f"rate at step {int(state['step'])} is now {scheduler.get_last_lr()[0]:.3g}")
         torch.set_rng_state(state["rng_cpu"])
         step = int(state["step"])
         previous_seconds = float(state.get("extra", {}).get("seconds", 0.0))
@@ -262,7 +290,8 @@ def train(config: RunConfig, out_dir: str | Path, *, resume: bool = False, valid
         if rank == 0 and (step % settings.checkpoint_every == 0 or step == last):
             save_checkpoint(checkpoint_path, step=step, model=model, optimizer=optimizer, scheduler=scheduler,
                             config=config.as_dict(), extra={"host": platform.node(), "world_size": world_size,
-                                   "seconds": previous_seconds + time.perf_counter() - started})
+                                   "seconds": previous_seconds + time.perf_counter() - started,
+                                   "extended_from": extended_from})
     bar.close()
     seconds = time.perf_counter() - started
     if world_size > 1:
