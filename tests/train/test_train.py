@@ -216,3 +216,13 @@ def test_resume_with_more_steps_extends_the_schedule(tmp_path):
     assert state["extra"]["extended_from"] == [6] and state["config"]["training"]["steps"] == 20
     with pytest.raises(ParameterError, match="another configuration"):  # fewer steps is not an extension
         train(config_from_dict(short), tmp_path, resume=True, progress=False)
+
+
+def test_resume_accepts_a_checkpoint_written_before_an_option_existed(tmp_path):
+    """Options added later with their default (here the data's vein_factor) do not orphan a saved run."""
+    config = config_from_dict(tiny(steps=4))
+    train(config, tmp_path, progress=False, stop_after=2)
+    state = load_checkpoint(tmp_path / "checkpoint.pt")
+    del state["config"]["data"]["vein_factor"]
+    torch.save(state, tmp_path / "checkpoint.pt")
+    assert train(config, tmp_path, resume=True, progress=False).step == 4

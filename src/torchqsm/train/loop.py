@@ -41,7 +41,7 @@ from ..errors import ParameterError
 from ..models import Normalization, build_model, is_physics
 from ..simulate import SimulatedQSMDataset, derive_seed
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
-from .config import RunConfig
+from .config import RunConfig, config_from_dict
 from .losses import masked_losses, total_loss
 
 __all__ = ["train", "TrainResult", "Validator"]
@@ -103,6 +103,14 @@ def _scheduler(optimizer: torch.optim.Optimizer, config: RunConfig) -> torch.opt
     steps = config.training.steps
     milestones = sorted({max(1, round(m * steps)) for m in config.training.milestones})
     return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=config.training.gamma)
+
+
+def _with_defaults(saved: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's configuration with the defaults of options added since it was written."""
+    try:
+        return config_from_dict(saved).as_dict()
+    except (ParameterError, TypeError, ValueError, KeyError):
+        return saved
 
 
 def _longer_schedule(saved: dict[str, Any], wanted: dict[str, Any]) -> int | None:
@@ -187,8 +195,9 @@ def train(config: RunConfig, out_dir: str | Path, *, resume: bool = False, valid
     extended_from: list[int] = []
     if resume:
         state = load_checkpoint(checkpoint_path, map_location=device)
-        longer = _longer_schedule(state["config"], config.as_dict())
-        if state["config"] != config.as_dict() and longer is None:
+        saved = _with_defaults(state["config"])
+        longer = _longer_schedule(saved, config.as_dict())
+        if saved != config.as_dict() and longer is None:
             raise ParameterError(f"{checkpoint_path}: the checkpoint was made with another configuration; "
                                  "resume with the same one (training.steps may grow) or start a new output folder")
         model.load_state_dict(state["model"])
