@@ -89,7 +89,8 @@ def profile_volume(task: str) -> list[tuple[str, float]]:
     from torchqsm.physics import DipoleOp
     from torchqsm.simulate.anatomy import TISSUES, tissue_parameters
     from torchqsm.simulate.background import external_sources, shim_field
-    from torchqsm.simulate.dataset import SimulationConfig, _head_model, _region
+    from torchqsm.simulate.dataset import SimulationConfig
+    from torchqsm.simulate.volume import _head_model, _region
     from torchqsm.simulate.hybrid import hybrid_chi, random_deformation
     from torchqsm.simulate.signal import add_complex_noise, complex_gre_signal, smooth_phase_offset
 

@@ -10,7 +10,8 @@ make training and evaluation data:
 * :mod:`~torchqsm.simulate.background`: external sources and shim residuals;
 * :mod:`~torchqsm.simulate.forward`, :mod:`~torchqsm.simulate.signal`,
   :mod:`~torchqsm.simulate.orientation`: field, multi-echo signal, B0 directions;
-* :mod:`~torchqsm.simulate.dataset`: on-the-fly training pairs.
+* :mod:`~torchqsm.simulate.volume`: one simulated subject (χ, fields, signal maps);
+* :mod:`~torchqsm.simulate.dataset`: on-the-fly training pairs cut from such subjects.
 """
 
 from .anatomy import TISSUES, HeadModel, Tissue, load_head_model, sample_tissue_chi, tissue, tissue_parameters
