@@ -64,3 +64,26 @@ def test_a_training_configuration_needs_the_total_field_task_and_may_use_whole_v
     config = config_from_dict({"model": {"architecture": "background-unet"},
                                "data": {"task": "total_to_local", "patch_size": [], "region_size": []}})
     assert config.data.patch_size is None and config.data.region_size is None
+
+
+def test_smv_inputs_make_a_harmonic_background_invisible():
+    """With SHARP high-passes as inputs, a harmonic field added to the total field changes nothing
+    (a quadratic harmonic: the discrete spheres' mean-value property is exact for it), and the map stays
+    homogeneous of degree one; the raw-field design sees the harmonic field."""
+    torch.manual_seed(0)
+    shape = (1, 1, 20, 21, 22)
+    mask = torch.zeros(shape, dtype=torch.float64)
+    mask[..., 3:17, 3:18, 3:19] = 1
+    x, y, z = torch.meshgrid(*(torch.arange(n, dtype=torch.float64) for n in shape[2:]), indexing="ij")
+    harmonic = (0.3 * x - 0.2 * z + 0.05 * ((y - 10) ** 2 - (z - 11) ** 2) + 0.02 * x * y)[None, None]
+    total = torch.randn(shape, dtype=torch.float64)
+    smv = BackgroundUNet(base_channels=2, depth=2, smv_radii=(1, 2, 4)).double().eval()
+    raw = BackgroundUNet(base_channels=2, depth=2).double().eval()
+    with torch.no_grad():
+        local = smv(total, mask)
+        assert torch.allclose(smv(total + 10 * harmonic, mask), local, atol=1e-9)
+        assert torch.allclose(smv(7 * total, mask), 7 * local, atol=1e-9)
+        assert not torch.allclose(raw(total + 10 * harmonic, mask), raw(total, mask), atol=1e-3)
+    assert bool((local[mask == 0] == 0).all())
+    with pytest.raises(ValueError, match="smv_radii"):
+        BackgroundUNet(smv_radii=(0, 2))
