@@ -216,6 +216,13 @@ def test_resume_with_more_steps_extends_the_schedule(tmp_path):
     assert state["extra"]["extended_from"] == [6] and state["config"]["training"]["steps"] == 20
     with pytest.raises(ParameterError, match="another configuration"):  # fewer steps is not an extension
         train(config_from_dict(short), tmp_path, resume=True, progress=False)
+    # Going on at the annealed rate: a milestone before the checkpoint's step.
+    annealed = config_from_dict({**short, "training": {**short["training"], "steps": 30, "milestones": [0.1, 0.9]}})
+    train(annealed, tmp_path, resume=True, progress=False)
+    log = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    rates = {r["step"]: r["learning_rate"] for r in log}
+    assert rates[21] == pytest.approx(1e-4) and rates[27] == pytest.approx(1e-5)
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["extra"]["extended_from"] == [6, 20]
 
 
 def test_resume_accepts_a_checkpoint_written_before_an_option_existed(tmp_path):

@@ -4,7 +4,7 @@ The run writes ``OUT_DIR/checkpoint.pt``, ``metrics.jsonl``, ``config.json`` and
 the weights ``OUT_DIR/NAME.safetensors`` with their card ``NAME.json`` (what
 ``torchqsm models`` and the method registry load). ``--resume`` continues a stopped run;
 resuming a finished run only (re)writes its weights, unless the configuration asks for more
-``training.steps`` (nothing else changed): then the run goes on with the schedule stretched. Multi-GPU: ``torchrun
+``training.steps`` (only the schedule changed: steps, milestones, gamma): then the run goes on. Multi-GPU: ``torchrun
 --nproc_per_node N -m torchqsm.cli.main train CONFIG.toml`` (rank 0 writes).
 """
 
@@ -35,7 +35,7 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     parser.add_argument("config", metavar="CONFIG.toml", help="training configuration (see torchqsm.train.config)")
     parser.add_argument("-o", "--output", metavar="OUT_DIR", help="run folder (default runs/<model name>)")
     parser.add_argument("--resume", action="store_true",
-                        help="continue from OUT_DIR/checkpoint.pt (the configuration may only raise training.steps)")
+                        help="continue from OUT_DIR/checkpoint.pt (the configuration may only extend the schedule)")
     parser.add_argument("--stop-after", type=int, metavar="N", help="stop after N steps of this call (keeps the schedule)")
     parser.add_argument("--suite", metavar="SUITE_DIR", help="validate on this built evaluation suite")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="override training.device")

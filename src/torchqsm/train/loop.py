@@ -114,11 +114,13 @@ def _with_defaults(saved: dict[str, Any]) -> dict[str, Any]:
 
 
 def _longer_schedule(saved: dict[str, Any], wanted: dict[str, Any]) -> int | None:
-    """The checkpoint's step count if ``wanted`` differs from ``saved`` only by more ``training.steps``."""
+    """The checkpoint's step count if ``wanted`` differs from ``saved`` only in its schedule: more
+    ``training.steps``, and perhaps other ``milestones`` or ``gamma``."""
     old_steps, new_steps = saved["training"]["steps"], wanted["training"]["steps"]
     if new_steps <= old_steps:
         return None
-    same = {**wanted, "training": {**wanted["training"], "steps": old_steps}}
+    schedule = {key: saved["training"][key] for key in ("steps", "milestones", "gamma")}
+    same = {**wanted, "training": {**wanted["training"], **schedule}}
     return int(old_steps) if same == saved else None
 
 
@@ -147,10 +149,10 @@ def train(config: RunConfig, out_dir: str | Path, *, resume: bool = False, valid
         Folder for ``checkpoint.pt``, ``metrics.jsonl`` and ``config.json`` (created).
     resume
         Continue from ``out_dir/checkpoint.pt`` (same configuration) instead of starting anew. A
-        configuration that differs only by more ``training.steps`` extends the run: the milestones
-        move to their fractions of the new count and the learning rate follows them from the
-        checkpoint's step (it rises again if the step is now before a milestone), so a finished
-        run can go on in a later session. The checkpoint records each step count it was extended from.
+        configuration that differs only in its schedule (more ``training.steps``, and perhaps new
+        ``milestones`` or ``gamma``) extends the run: the learning rate follows the new milestones
+        (fractions of the new count) from the checkpoint's step, so it rises again if that step is
+        now before a milestone. The checkpoint records each step count it was extended from.
     validate
         Called every ``validation.every`` steps and at the end (rank 0); its metrics are logged.
     progress
