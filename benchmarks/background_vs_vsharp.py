@@ -1,0 +1,62 @@
+#!/usr/bin/env python
+"""A background U-Net checkpoint against V-SHARP on held-out simulated whole heads.
+
+Draws ``COUNT`` heads from the training configuration's own simulator with a seed the run never
+used (999) and prints, per head, the local-field NRMSE (%, demeaned) of the network and of V-SHARP
+(default radii) in the region where V-SHARP defines the local field; predicting zero scores 100 %.
+In distribution only: the suite's cases are the test of a pipeline method.
+
+Example::
+
+    python benchmarks/background_vs_vsharp.py configs/nextqsm-background-cpu.toml \\
+        runs/nextqsm-background-cpu/checkpoint.pt --count 6
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from torchqsm.models import build_model
+from torchqsm.preprocess.background.sharp import vsharp
+from torchqsm.simulate import SimulatedQSMDataset
+from torchqsm.train import load_checkpoint, load_config
+
+
+def nrmse(estimate: torch.Tensor, truth: torch.Tensor, region: torch.Tensor) -> float:
+    a, b = estimate[region] - estimate[region].mean(), truth[region] - truth[region].mean()
+    return 100.0 * float((a - b).norm() / b.norm())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("config")
+    parser.add_argument("checkpoint")
+    parser.add_argument("--count", type=int, default=6)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    config, state = load_config(args.config), load_checkpoint(args.checkpoint)
+    network = build_model(config.model.architecture, **config.model.hyperparameters)
+    network.load_state_dict(state["model"])
+    network.eval()
+    norm = config.normalization
+    samples = iter(SimulatedQSMDataset(config.data, seed=999))
+    scores = []
+    for index in range(args.count):
+        sample = next(samples)
+        total, local, mask = sample["input"][0], sample["target"][0], sample["mask"][0] > 0
+        classical = vsharp(total, mask, voxel_size_mm=tuple(sample["voxel_size_mm"].tolist()),
+                           b0_dir=tuple(sample["b0_dir"].tolist()))
+        region = classical.mask.bool() & mask
+        with torch.no_grad():
+            learned = network(norm.to_network(sample["input"][None]), sample["mask"][None])[0, 0] * norm.output_scale_ppm
+        scores.append((nrmse(learned, local, region), nrmse(classical.local_field_ppm, local, region)))
+        print(f"head {index}: network {scores[-1][0]:.1f} %   V-SHARP {scores[-1][1]:.1f} %", flush=True)
+    print(f"mean over {len(scores)} heads (step {state['step']}): network {sum(s[0] for s in scores) / len(scores):.1f} %"
+          f"   V-SHARP {sum(s[1] for s in scores) / len(scores):.1f} %")
+
+
+if __name__ == "__main__":
+    main()
