@@ -51,11 +51,13 @@ def main() -> None:
                            b0_dir=tuple(sample["b0_dir"].tolist()))
         region = classical.mask.bool() & mask
         with torch.no_grad():
-            learned = network(norm.to_network(sample["input"][None]), sample["mask"][None])[0, 0] * norm.output_scale_ppm
+            learned = network(norm.to_network(sample["input"][None]), sample["mask"][None])[0, 0]
+        learned = learned * norm.output_scale_ppm
         scores.append((nrmse(learned, local, region), nrmse(classical.local_field_ppm, local, region)))
         print(f"head {index}: network {scores[-1][0]:.1f} %   V-SHARP {scores[-1][1]:.1f} %", flush=True)
-    print(f"mean over {len(scores)} heads (step {state['step']}): network {sum(s[0] for s in scores) / len(scores):.1f} %"
-          f"   V-SHARP {sum(s[1] for s in scores) / len(scores):.1f} %")
+    network_mean, vsharp_mean = (sum(s[i] for s in scores) / len(scores) for i in (0, 1))
+    print(f"mean over {len(scores)} heads (step {state['step']}): network {network_mean:.1f} %   "
+          f"V-SHARP {vsharp_mean:.1f} %")
 
 
 if __name__ == "__main__":

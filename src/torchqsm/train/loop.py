@@ -200,8 +200,9 @@ def train(config: RunConfig, out_dir: str | Path, *, resume: bool = False, valid
         saved = _with_defaults(state["config"])
         longer = _longer_schedule(saved, config.as_dict())
         if saved != config.as_dict() and longer is None:
-            raise ParameterError(f"{checkpoint_path}: the checkpoint was made with another configuration; "
-                                 "resume with the same one (training.steps may grow) or start a new output folder")
+            raise ParameterError(f"{checkpoint_path}: the checkpoint was made with another configuration; resume "
+                                 "with the same one (only its schedule may change: more training.steps, new "
+                                 "milestones or gamma) or start a new output folder")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         extended_from = list(state.get("extra", {}).get("extended_from", []))
