@@ -79,7 +79,6 @@ class BackgroundUNet(nn.Module):
             raise ValueError(f"expected a total field and a mask of one shape (N, 1, X, Y, Z), got "
                              f"{tuple(total.shape)} and {tuple(mask.shape)}")
         inside = (mask != 0).to(total.dtype)
-        count = inside.sum(_DIMS, keepdim=True).clamp_min(1.0)
         if self.smv_radii:
             passes = [_high_pass(total * inside, inside, r) for r in self.smv_radii]
             kept = passes[-1][1]
@@ -89,6 +88,7 @@ class BackgroundUNet(nn.Module):
             x = torch.cat([p / scale for p in passes] + [inside], dim=1)
             unit = scale
         else:
+            count = inside.sum(_DIMS, keepdim=True).clamp_min(1.0)
             mean = (total * inside).sum(_DIMS, keepdim=True) / count
             centred = (total - mean) * inside
             scale = (centred.square().sum(_DIMS, keepdim=True) / count).sqrt().clamp_min(1e-12)
@@ -107,7 +107,12 @@ def _sphere(radius: int, dtype: torch.dtype, device: torch.device) -> torch.Tens
 
 
 def _high_pass(field: torch.Tensor, inside: torch.Tensor, radius: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``f - s_r * f`` where the sphere of ``radius`` voxels lies inside the mask (zero elsewhere), and that region."""
+    """``f - s_r * f`` where the sphere of ``radius`` voxels lies inside the mask (zero elsewhere), and that region.
+
+    A direct convolution of the batch with a small ball (radius in voxels), not
+    :class:`~torchqsm.preprocess.background._common.SMV`, which builds an FFT symbol per grid for
+    one volume and radii in mm.
+    """
     kernel = _sphere(radius, field.dtype, field.device)[None, None]
     mean = F.conv3d(field, kernel, padding=radius)
     covered = F.conv3d(inside, kernel, padding=radius)

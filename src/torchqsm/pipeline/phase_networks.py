@@ -15,7 +15,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 
 from ..acquisition import Acquisition
 from ..errors import InputError, ParameterError
@@ -62,7 +61,8 @@ def phase_network_inversion(phase_rad: torch.Tensor, mask: torch.Tensor, acquisi
     tuple of Tensor
         χ (ppm, zero outside the returned mask) and the mask eroded by one voxel.
     """
-    from ..models.inference import pad_to_multiple, crop
+    from ..models.inference import crop, pad_to_multiple
+    from ..models.iqsm import stencil_interior
     from .learned import load_cached
 
     acquisition.require("echo_times_s", "b0_tesla", "b0_dir", "voxel_size_mm", method=network)
@@ -97,7 +97,7 @@ def phase_network_inversion(phase_rad: torch.Tensor, mask: torch.Tensor, acquisi
         out = model(padded, padded_mask, echo_times_s=list(record.echo_times_s), b0_tesla=float(record.b0_tesla),
                     b0_dir=list(record.b0_dir))
     chi = crop(loaded.normalization.from_network(out)[0], region)[0]
-    eroded = -F.max_pool3d(-inside.float()[None, None], 3, stride=1, padding=1)[0, 0] > 0
+    eroded = stencil_interior(inside[None, None])[0, 0] > 0  # where the network saw its LoT input
     if not bool(eroded.any()):
         raise InputError("the mask is empty after the one-voxel erosion of the phase network", source=source)
     if not bool(torch.isfinite(chi).all()):
