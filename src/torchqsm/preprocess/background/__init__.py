@@ -8,10 +8,11 @@ from collections.abc import Callable
 
 from ._common import BackgroundResult
 from .lbv import ismv, lbv
+from .learned import nextqsm
 from .pdf import pdf
 from .sharp import resharp, sharp, vsharp
 
-__all__ = ["BackgroundResult", "BACKGROUND_METHODS", "sharp", "vsharp", "resharp", "pdf", "lbv", "ismv"]
+__all__ = ["BackgroundResult", "BACKGROUND_METHODS", "sharp", "vsharp", "resharp", "pdf", "lbv", "ismv", "nextqsm"]
 
 #: Every background-removal method by name.
 BACKGROUND_METHODS: dict[str, Callable[..., BackgroundResult]] = {
@@ -21,4 +22,5 @@ BACKGROUND_METHODS: dict[str, Callable[..., BackgroundResult]] = {
     "pdf": pdf,
     "lbv": lbv,
     "ismv": ismv,
+    "nextqsm": nextqsm,
 }

@@ -1,0 +1,118 @@
+r"""NeXtQSM's learned background removal: the background U-Net of a shipped card, on the data's grid.
+
+:func:`nextqsm` runs a :class:`~torchqsm.models.background.BackgroundUNet` (architecture
+``background-unet``, NeXtQSM's first stage) on a total field. The network was trained at its
+card's voxel size (2.5 mm for the shipped ``nextqsm-background-cpu``). Data at another voxel size
+is resampled to it (trilinear, normalised by the mask: :func:`torchqsm.models.to_model_frame`
+with B0 left where it is, since the network saw B0 over the whole sphere). The network's
+*background* estimate (total minus local on the coarse grid) is brought back, not its local field:
+the background is smooth inside the brain, so the local field keeps the data's own resolution.
+
+Near the mask's edge the background is steep and its interpolation error large. Measured on the
+evaluation suite's baseline head (1 mm, true background, 1 mm → 2.5 mm → 1 mm): the rms error is
+4.4× the local field's rms over the whole mask, 0.50× in the mask eroded by 2 voxels and 0.07× by
+5 voxels. The local field is therefore returned on the mask eroded by ``erode_mm`` (default: one
+network voxel when the data is resampled, none when it is not).
+
+References
+----------
+Cognolato F, O'Brien K, Jin J, et al. NeXtQSM: a complete deep learning pipeline for data-consistent
+quantitative susceptibility mapping trained with hybrid data. Med Image Anal 2023;84:102700.
+doi:10.1016/j.media.2022.102700
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from ...errors import InputError, ParameterError
+from ._common import SMV, BackgroundResult, prepare
+
+__all__ = ["nextqsm", "DEFAULT_WEIGHTS"]
+
+#: The shipped background network :func:`nextqsm` loads unless told otherwise.
+DEFAULT_WEIGHTS = "nextqsm-background-cpu"
+#: Voxel sizes within this relative tolerance of the card's run the network on the data's own grid.
+_SAME_VOXEL = 0.05
+
+Vector3 = Sequence[float]
+
+
+def nextqsm(
+    total_field_ppm: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    voxel_size_mm: Vector3 = (1.0, 1.0, 1.0),
+    b0_dir: Vector3 = (0.0, 0.0, 1.0),
+    weights: str = "",
+    erode_mm: float | None = None,
+) -> BackgroundResult:
+    r"""Local field (ppm) from the total field by NeXtQSM's background U-Net.
+
+    Parameters
+    ----------
+    total_field_ppm, mask, voxel_size_mm, b0_dir
+        Total field (ppm of B0) and brain mask, shape ``(X, Y, Z)``, and the geometry. B0 is not
+        needed by the network (it was trained over the whole sphere) and is only validated.
+    weights
+        Shipped model name or path to its ``.json`` card (``torchqsm models``); default
+        :data:`DEFAULT_WEIGHTS`. Its architecture must be ``background-unet``.
+    erode_mm
+        Depth (mm) of the edge band left out of the result, where the resampled background is
+        unreliable. Default: the card's largest voxel dimension when the data is resampled, 0 when
+        the data is at the card's voxel size.
+
+    Returns
+    -------
+    BackgroundResult
+        The local field on the (eroded) mask.
+
+    Raises
+    ------
+    InputError
+        The weights cannot be read or are not a background network, or the mask is empty after erosion.
+    """
+    from ...models.reorient import to_model_frame
+    from ...pipeline.learned import load_cached
+
+    field = prepare(total_field_ppm, mask, voxel_size_mm=voxel_size_mm, b0_dir=b0_dir)
+    name = weights or DEFAULT_WEIGHTS
+    loaded = load_cached(name, "cpu")
+    if loaded.card["architecture"] != "background-unet":
+        raise InputError(f"'{name}' is a '{loaded.card['architecture']}' network, not a background network "
+                         "(architecture 'background-unet')", source=str(loaded.path))
+    model_voxel = tuple(float(v) for v in loaded.card["voxel_size_mm"])
+    same = all(abs(h - m) <= _SAME_VOXEL * m for h, m in zip(field.voxel_size_mm, model_voxel))
+    if erode_mm is None:
+        erode_mm = 0.0 if same else max(model_voxel)
+    if erode_mm < 0:
+        raise ParameterError(f"erode_mm must be ≥ 0 (mm), got {erode_mm}")
+    dtype = torch.float32
+    total = field.field.to(dtype)
+    if same:
+        coarse, coarse_mask, frame = total, field.mask, None
+    else:
+        coarse, coarse_mask, frame = to_model_frame(total, field.mask, voxel_size_mm=field.voxel_size_mm,
+                                                    b0_dir=(0.0, 0.0, 1.0), model_voxel_size_mm=model_voxel)
+        if not bool(coarse_mask.any()):
+            raise InputError(f"the mask holds no voxel of the network's {model_voxel} mm grid")
+    norm = loaded.normalization
+    with torch.no_grad():
+        local = loaded.model(norm.to_network(coarse[None, None]), coarse_mask[None, None].to(dtype))[0, 0]
+    local = local * norm.output_scale_ppm
+    if frame is None:
+        result = local
+    else:
+        background = frame.to_original(torch.where(coarse_mask, coarse - local, 0.0))
+        result = total - background
+    region = field.mask
+    if erode_mm > 0 and any(erode_mm >= h for h in field.voxel_size_mm):
+        try:
+            region = region & SMV(field.shape, erode_mm, voxel_size_mm=field.voxel_size_mm).erode(field.mask)
+        except ParameterError:  # the ball does not fit the grid: nothing is left
+            region = torch.zeros_like(region)
+    if not bool(region.any()):
+        raise InputError(f"the mask is empty after erosion by {erode_mm:g} mm; use a smaller erode_mm or a larger mask")
+    return field.result(result.to(field.field.dtype), region)
