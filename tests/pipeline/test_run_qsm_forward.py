@@ -78,7 +78,10 @@ def test_b0_direction_from_qsm_forward_affine(simple_bids):
 # conventions.md, "Oblique B0") and the simple phantom's 0.5 ppm cylinders reach the mask
 # boundary, where every background method loses part of their field, so both rules smooth
 # more here than the fixed values tuned for it.
-@pytest.mark.parametrize("recipe, bound", [("fast", 78.0), ("accurate", 37.0)])
+# nextqsm (NeXtQSM's background U-Net and variational network, 2026-12-06): 47.7 % (r 0.908) in its
+# mask eroded by 2.5 mm, fast 64.6 % (r 0.803) the same day; a phantom of cylinders, not a head, and
+# a simulator the networks never saw.
+@pytest.mark.parametrize("recipe, bound", [("fast", 78.0), ("accurate", 37.0), ("nextqsm", 55.0)])
 def test_run_on_qsm_forward_simple(simple_bids, tmp_path, recipe, bound):
     out = tmp_path / "derivatives"
     code = main(["run", str(simple_bids), str(out), "--recipe", recipe, "--quiet", "--no-qc"])

@@ -161,6 +161,14 @@ RECIPES: Mapping[str, Recipe] = MappingProxyType({
         unwrap="laplacian", unwrap_params={"max_iterations": 20, "congruent": True}, combine="phase_difference",
         background="ismv", inversion="tv", inversion_params={"max_iterations": 30},
     ),
+    "nextqsm": Recipe(
+        name="nextqsm",
+        description="Otsu mask, scalp cut, congruent Laplacian unwrapping of echo differences, then NeXtQSM's two "
+                    "networks: the background U-Net and the variational network",
+        mask="otsu", brain_extraction_mm=6.0, mask_erode_voxels=2,
+        unwrap="laplacian", unwrap_params={"max_iterations": 20, "congruent": True}, combine="phase_difference",
+        background="nextqsm", inversion="nextqsm",
+    ),
     "iqsm": Recipe(
         name="iqsm",
         description="Otsu mask, scalp cut, then the iQSM network: wrapped multi-echo phase → χ (LoT + U-Net)",
