@@ -22,8 +22,9 @@ external sources; a variational network then inverts the local field
 
 ``forward(total, mask)`` takes and returns fields in network units (the card's
 :class:`~torchqsm.models.Normalization`); the output is the local field, zero outside the mask.
-Spatial sizes are padded inside to a multiple of ``2**depth``. No weights ship and no pipeline
-method runs it yet (docs/learned.md says why).
+Spatial sizes are padded inside to a multiple of ``2**depth``. The shipped weights
+``nextqsm-background-cpu`` run in the pipeline as the background method ``nextqsm``
+(:func:`torchqsm.preprocess.background.nextqsm`) and in the ``nextqsm`` recipe.
 """
 
 from __future__ import annotations
