@@ -30,6 +30,8 @@ def test_cuda_matches_cpu(name, dtype):
     assert gpu.local_field_ppm.device.type == "cuda" and gpu.local_field_ppm.dtype == dtype
     assert torch.equal(gpu.mask.cpu(), cpu.mask)
     tolerance = 1e-3 if dtype == torch.float32 else 1e-9
+    if name == "nextqsm":  # a network in float32 whatever the input, with TF32 convolutions on recent GPUs
+        tolerance = 1e-2
     error = torch.linalg.vector_norm(gpu.local_field_ppm.cpu() - cpu.local_field_ppm) / torch.linalg.vector_norm(
         cpu.local_field_ppm)
     assert error < tolerance, f"{name}: relative CPU/CUDA difference {float(error):.2e}"

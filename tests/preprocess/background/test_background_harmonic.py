@@ -25,6 +25,7 @@ SPHERE_BOUNDS = {
     "pdf": 4e-3,        # 2.79e-3
     "lbv": 1.2e-2,      # 7.94e-3
     "ismv": 7e-3,       # 4.82e-3
+    "nextqsm": 6e-2,    # 3.84e-2 (the learned U-Net: resampled to its 2.5 mm and back; 9.2e-4 on a 2.5 mm grid)
 }
 LINEAR_BOUNDS = {
     "sharp": 1e-6,      # 1.7e-7 (float32 rounding)
@@ -33,6 +34,7 @@ LINEAR_BOUNDS = {
     "pdf": 3e-3,        # 1.41e-3 (dipole sources can only approximate a gradient)
     "lbv": 1e-4,        # 4.6e-5 (CG tolerance)
     "ismv": 3e-5,       # 7.2e-6
+    "nextqsm": 3e-3,    # 1.73e-3 (1.3e-7 on a 2.5 mm grid: its SHARP inputs cancel a gradient exactly)
 }
 
 # Demeaned NRMSE (%) of a local sphere's field (0.1 ppm, radius 3, mask centre) under the sphere
@@ -45,6 +47,7 @@ BOUNDS_LOCAL = {
     "pdf": 45.0,        # 36.4
     "lbv": 14.0,        # 10.3
     "ismv": 11.0,       # 7.8
+    "nextqsm": 32.0,    # 23.9 (in the mask eroded by 2.5 mm)
 }
 
 

@@ -29,7 +29,7 @@ def data():
 
 
 def test_registry_and_shared_signature():
-    assert set(BACKGROUND_METHODS) == {"sharp", "vsharp", "resharp", "pdf", "lbv", "ismv"}
+    assert set(BACKGROUND_METHODS) == {"sharp", "vsharp", "resharp", "pdf", "lbv", "ismv", "nextqsm"}
     for name, method in BACKGROUND_METHODS.items():
         parameters = inspect.signature(method).parameters
         assert list(parameters)[:4] == ["total_field_ppm", "mask", "voxel_size_mm", "b0_dir"], name

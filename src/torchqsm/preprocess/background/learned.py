@@ -79,7 +79,8 @@ def nextqsm(
 
     field = prepare(total_field_ppm, mask, voxel_size_mm=voxel_size_mm, b0_dir=b0_dir)
     name = weights or DEFAULT_WEIGHTS
-    loaded = load_cached(name, "cpu")
+    device = field.field.device
+    loaded = load_cached(name, str(device))
     if loaded.card["architecture"] != "background-unet":
         raise InputError(f"'{name}' is a '{loaded.card['architecture']}' network, not a background network "
                          "(architecture 'background-unet')", source=str(loaded.path))
@@ -110,7 +111,8 @@ def nextqsm(
     region = field.mask
     if erode_mm > 0 and any(erode_mm >= h for h in field.voxel_size_mm):
         try:
-            region = region & SMV(field.shape, erode_mm, voxel_size_mm=field.voxel_size_mm).erode(field.mask)
+            ball = SMV(field.shape, erode_mm, voxel_size_mm=field.voxel_size_mm, device=device)
+            region = region & ball.erode(field.mask)
         except ParameterError:  # the ball does not fit the grid: nothing is left
             region = torch.zeros_like(region)
     if not bool(region.any()):
