@@ -145,39 +145,40 @@ def _check_choice(step: str, value: str, choices: tuple[str, ...]) -> None:
 # jumps (baseline 114 %). accurate unwraps the same way, in place of quality-guided region growing:
 # haemorrhage 33.3 -> 25.8 % (lesion 1.316 -> 1.378 ppm), baseline 48.8, tilt-60deg 44.4 and snr-30
 # 60.0 % unchanged, each run 1-25 s faster (2026-12-06, 1 thread).
+_MASKING: Mapping[str, Any] = {"mask": "otsu", "brain_extraction_mm": 6.0, "mask_erode_voxels": 2}
+#: What the field recipes share before background removal: masking, unwrapping, echo combination.
+_FIELD_FRONT_END: Mapping[str, Any] = {**_MASKING, "unwrap": "laplacian", "combine": "phase_difference",
+                                       "unwrap_params": {"max_iterations": 20, "congruent": True}}
 RECIPES: Mapping[str, Recipe] = MappingProxyType({
     "fast": Recipe(
         name="fast",
         description="Otsu mask, scalp cut, congruent Laplacian unwrapping of echo differences, V-SHARP, Tikhonov",
-        mask="otsu", brain_extraction_mm=6.0, mask_erode_voxels=2,
-        unwrap="laplacian", unwrap_params={"max_iterations": 20, "congruent": True}, combine="phase_difference",
+        **_FIELD_FRONT_END,
         background="vsharp", inversion="tikhonov",
     ),
     "accurate": Recipe(
         name="accurate",
         description="Otsu mask, scalp cut, congruent Laplacian unwrapping of echo differences, iSMV, total variation "
                     "(FANSI)",
-        mask="otsu", brain_extraction_mm=6.0, mask_erode_voxels=2,
-        unwrap="laplacian", unwrap_params={"max_iterations": 20, "congruent": True}, combine="phase_difference",
+        **_FIELD_FRONT_END,
         background="ismv", inversion="tv", inversion_params={"max_iterations": 30},
     ),
     "nextqsm": Recipe(
         name="nextqsm",
         description="Otsu mask, scalp cut, congruent Laplacian unwrapping of echo differences, then NeXtQSM's two "
                     "networks: the background U-Net and the variational network",
-        mask="otsu", brain_extraction_mm=6.0, mask_erode_voxels=2,
-        unwrap="laplacian", unwrap_params={"max_iterations": 20, "congruent": True}, combine="phase_difference",
+        **_FIELD_FRONT_END,
         background="nextqsm", inversion="nextqsm",
     ),
     "iqsm": Recipe(
         name="iqsm",
         description="Otsu mask, scalp cut, then the iQSM network: wrapped multi-echo phase → χ (LoT + U-Net)",
-        mask="otsu", brain_extraction_mm=6.0, mask_erode_voxels=2, phase_network="iqsm",
+        **_MASKING, phase_network="iqsm",
     ),
     "iqsm+": Recipe(
         name="iqsm+",
         description="Otsu mask, scalp cut, then the iQSM+ network: wrapped phase and B0 direction → χ (OA-LFE)",
-        mask="otsu", brain_extraction_mm=6.0, mask_erode_voxels=2, phase_network="iqsm+",
+        **_MASKING, phase_network="iqsm+",
     ),
 })
 
