@@ -250,15 +250,29 @@ def shim_field(
     frames, _ = torch.linalg.qr(_randn(generator, 9 * count).cpu().double().reshape(count, 3, 3))
     draws = _randn(generator, 2 * count).cpu().double().reshape(count, 2)
     field = torch.zeros(shape, dtype=torch.float64)
+    # Degrees 1 and 2 are summed as real coefficients first: Re(e^{iθ} a·r) = Re(e^{iθ} a)·r and
+    # Re(e^{iθ} (a·r)²) = rᵀ Re(e^{iθ} a aᵀ) r, so the grid sees 3 + 6 real products, not 8 complex powers.
+    linear, quadratic = torch.zeros(3, dtype=torch.float64), torch.zeros(3, 3, dtype=torch.float64)
     term = 0
     for k in range(1, order + 1):
         for _ in range(2 * k + 1):
             u, v = frames[term, :, 0], frames[term, :, 1]
             a = torch.complex(u, v)  # a·a = |u|² − |v|² + 2i u·v = 0
-            t = (a[0] * axes[0][:, None, None] + a[1] * axes[1][None, :, None] + a[2] * axes[2][None, None, :])
             weight, angle = float(draws[term, 0]), math.pi * float(torch.tanh(draws[term, 1]))
-            field += weight * (complex(math.cos(angle), math.sin(angle)) * t**k).real
+            phase = complex(math.cos(angle), math.sin(angle))
+            if k == 1:
+                linear += weight * (phase * a).real
+            elif k == 2:
+                quadratic += weight * (phase * torch.outer(a, a)).real
+            else:
+                t = (a[0] * axes[0][:, None, None] + a[1] * axes[1][None, :, None] + a[2] * axes[2][None, None, :])
+                field += weight * (phase * t**k).real
             term += 1
+    grid = [axes[0][:, None, None], axes[1][None, :, None], axes[2][None, None, :]]
+    for i in range(3):
+        field += linear[i] * grid[i] + quadratic[i, i] * grid[i] ** 2
+        for j in range(i + 1, 3):
+            field += 2 * quadratic[i, j] * grid[i] * grid[j]
     field = field.to(dtype=dtype, device=device)
     peak = float(field.abs().max())
     return field * (amplitude / peak if peak > 0 else 0.0)
