@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import torchqsm
-from torchqsm.errors import ParameterError
+from torchqsm.errors import InputError, ParameterError
 from torchqsm.pipeline.learned import CONSISTENT_ARCHITECTURES
 from torchqsm.pipeline.registry import METHODS
 from torchqsm.physics import DipoleOp
@@ -76,3 +76,11 @@ def test_a_field_in_hz_is_one_clear_error(phantom, name):
     with pytest.raises(InputError, match="in Hz or radians"):
         torchqsm.invert(ppm_to_hz(field, b0_tesla=3.0), mask, name, OBLIQUE)
     assert float(field[mask].abs().quantile(0.99)) < 3.0
+
+
+@pytest.mark.parametrize("weights", ["nextqsm-background-cpu", "iqsm-hybrid-cpu"])
+def test_weights_of_a_background_or_phase_network_are_refused(phantom, weights):
+    """An inversion method given the card of a network that does not map a local field to χ: one error."""
+    _, mask, field = phantom
+    with pytest.raises(InputError, match="not a dipole inversion"):
+        torchqsm.invert(field, mask, "nextqsm", OBLIQUE, weights=weights)

@@ -198,6 +198,9 @@ def network_inversion(local_field_ppm: torch.Tensor, mask: torch.Tensor, acquisi
     problem = prepare(local_field_ppm, mask, acquisition, method=method, pad=0)
     check_field_units(problem.field, problem.mask, method)
     loaded = load_cached(weights, str(problem.field.device))
+    if loaded.card["architecture"] not in LEARNED_ARCHITECTURES:  # a background or phase network
+        raise InputError(f"{method}: '{weights}' is a '{loaded.card['architecture']}' network, not a dipole inversion "
+                         f"(local field → χ: {', '.join(LEARNED_ARCHITECTURES)})", source=str(loaded.path))
     record = problem.acquisition
     if loaded.card["architecture"] in CONSISTENT_ARCHITECTURES:
         from ..models.inference import predict_consistent

@@ -71,6 +71,8 @@ def test_an_inversion_network_or_a_bad_erosion_is_refused(card_path) -> None:
         nextqsm(total, mask, weights="nextqsm-hybrid-cpu")
     with pytest.raises(ParameterError, match="erode_mm"):
         nextqsm(total, mask, weights=card_path, erode_mm=-1.0)
+    with pytest.raises(ParameterError, match="erode_mm"):
+        nextqsm(total, mask, weights=card_path, erode_mm=float("nan"))
     with pytest.raises(InputError, match="empty after erosion"):
         nextqsm(total, mask, weights=card_path, erode_mm=9.0)
     with pytest.raises(InputError, match="empty after erosion"):

@@ -23,6 +23,7 @@ doi:10.1016/j.media.2022.102700
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -88,8 +89,8 @@ def nextqsm(
     same = all(abs(h - m) <= _SAME_VOXEL * m for h, m in zip(field.voxel_size_mm, model_voxel))
     if erode_mm is None:
         erode_mm = 0.0 if same else max(model_voxel)
-    if erode_mm < 0:
-        raise ParameterError(f"erode_mm must be ≥ 0 (mm), got {erode_mm}")
+    if not (math.isfinite(erode_mm) and erode_mm >= 0):
+        raise ParameterError(f"erode_mm must be a finite number ≥ 0 (mm), got {erode_mm}")
     dtype = torch.float32
     total = field.field.to(dtype)
     if same:
