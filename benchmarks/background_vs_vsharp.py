@@ -15,18 +15,18 @@ Example::
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
 import torch
 
-from torchqsm.models import build_model
+from torchqsm.metrics import nrmse
 from torchqsm.preprocess.background.sharp import vsharp
 from torchqsm.simulate import SimulatedQSMDataset
 from torchqsm.train import load_checkpoint, load_config
 
-
-def nrmse(estimate: torch.Tensor, truth: torch.Tensor, region: torch.Tensor) -> float:
-    a, b = estimate[region] - estimate[region].mean(), truth[region] - truth[region].mean()
-    return 100.0 * float((a - b).norm() / b.norm())
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from learned_vs_untrained import trained_network  # noqa: E402
 
 
 def main() -> None:
@@ -38,9 +38,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     config, state = load_config(args.config), load_checkpoint(args.checkpoint)
-    network = build_model(config.model.architecture, **config.model.hyperparameters)
-    network.load_state_dict(state["model"])
-    network.eval()
+    network = trained_network(config, state)
     norm = config.normalization
     samples = iter(SimulatedQSMDataset(config.data, seed=999))
     scores = []
@@ -53,7 +51,8 @@ def main() -> None:
         with torch.no_grad():
             learned = network(norm.to_network(sample["input"][None]), sample["mask"][None])[0, 0]
         learned = learned * norm.output_scale_ppm
-        scores.append((nrmse(learned, local, region), nrmse(classical.local_field_ppm, local, region)))
+        scores.append((float(nrmse(learned, local, region, demean=True)),
+                       float(nrmse(classical.local_field_ppm, local, region, demean=True))))
         print(f"head {index}: network {scores[-1][0]:.1f} %   V-SHARP {scores[-1][1]:.1f} %", flush=True)
     network_mean, vsharp_mean = (sum(s[i] for s in scores) / len(scores) for i in (0, 1))
     print(f"mean over {len(scores)} heads (step {state['step']}): network {network_mean:.1f} %   "

@@ -32,12 +32,6 @@ from torchqsm.pipeline.subject import process_gre
 from torchqsm.preprocess.background import BACKGROUND_METHODS
 
 
-def local_field_truth(case_dir: Path) -> torch.Tensor | None:
-    import nibabel as nib
-    found = sorted(case_dir.glob("derivatives/groundtruth/sub-*/anat/*desc-local_fieldmap.nii*"))
-    return torch.from_numpy(nib.load(found[0]).get_fdata()).float() if found else None
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--suite-dir", type=Path, required=True)
@@ -50,12 +44,10 @@ def main() -> None:
     front = replace(get_recipe("fast"), inversion="tkd")
     print(f"torch {torch.__version__}, {args.threads} threads; χ NRMSE / HFEN (%) in the common region")
     for name in args.cases:
-        case_dir = args.suite_dir / name
-        case, gre, _ = load_bench_case(str(case_dir))
+        case, gre, _ = load_bench_case(str(args.suite_dir / name))
         acquisition = gre.acquisition
         result = process_gre(gre.magnitude.clone(), gre.phase.clone(), acquisition, recipe=front)
         total, mask = result.total_field_ppm, result.mask.bool()
-        truth_local = local_field_truth(case_dir)
         locals_, seconds = {}, {}
         for background in args.backgrounds:
             started = time.perf_counter()
@@ -73,8 +65,7 @@ def main() -> None:
         print("| --- | ---: | ---: | ---: | " + " | ".join("---: | ---:" for _ in args.inversions) + " |")
         for background, out in locals_.items():
             kept = 100 * int((out.mask & case.mask.bool()).sum()) / brain
-            field_error = (float(nrmse(out.local_field_ppm, truth_local, common, demean=True))
-                           if truth_local is not None else float("nan"))
+            field_error = float(nrmse(out.local_field_ppm, case.true_local_field_ppm, common, demean=True))
             cells = []
             for inversion in args.inversions:
                 chi = invert(out.local_field_ppm, out.mask, inversion, acquisition)

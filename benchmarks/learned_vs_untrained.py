@@ -24,6 +24,13 @@ from torchqsm.simulate import SimulatedQSMDataset
 from torchqsm.train import load_checkpoint, load_config
 
 
+def trained_network(config, state: dict) -> torch.nn.Module:
+    """The network of a run's configuration with a checkpoint's weights, in evaluation mode."""
+    network = build_model(config.model.architecture, **config.model.hyperparameters)
+    network.load_state_dict(state["model"])
+    return network.eval()
+
+
 def relative_errors(network, samples, config) -> list[float]:
     norm = config.normalization
     ratio = norm.output_scale_ppm / norm.input_scale_ppm
@@ -52,9 +59,7 @@ def main() -> None:
     state = load_checkpoint(args.checkpoint, map_location="cpu")
     torch.manual_seed(config.training.seed)
     untrained = build_model(config.model.architecture, **config.model.hyperparameters).eval()
-    trained = build_model(config.model.architecture, **config.model.hyperparameters)
-    trained.load_state_dict(state["model"])
-    trained.eval()
+    trained = trained_network(config, state)
     volumes = -(-args.patches // config.data.patches_per_volume)
     samples = list(SimulatedQSMDataset(config.data, seed=999, volumes=volumes))[: args.patches]
     for name, network in (("untrained", untrained), (f"trained ({state['step']} steps)", trained)):
