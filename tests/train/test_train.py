@@ -96,6 +96,7 @@ def test_training_lowers_the_loss(tmp_path):
     ({"model": {"architecture": "unet"}, "data": {"task": "phase_to_chi"}}, "local_to_chi"),
     ({"model": {"architecture": "unet"}, "optimiser": {}}, "unknown tables"),
     ({"model": {"architecture": "unet"}, "training": {"milestones": [1.5]}}, "milestones"),
+    ({"model": {"architecture": "unet"}, "training": {"clip_grad_norm": -1.0}}, "clip_grad_norm"),
 ])
 def test_bad_configurations_are_named(values, message):
     with pytest.raises(ParameterError, match=message):
@@ -133,6 +134,38 @@ def test_losses_against_hand_computed_values():
     assert float(terms["model"]) == pytest.approx(float((fields * mask).square().sum() / n), rel=1e-5)
     assert float(masked_losses(target, target, mask, LossWeights(gradient=1))["gradient"]) == 0.0
     assert float(terms["gradient"]) > 0
+
+
+def test_relative_losses_weigh_every_sample_by_its_own_rms():
+    """A sample ten times larger (a haemorrhage) adds the same relative loss as its unscaled copy."""
+    generator = torch.Generator().manual_seed(1)
+    target = torch.randn(1, 1, 8, 8, 8, generator=generator)
+    estimate = target + 0.3 * torch.randn(1, 1, 8, 8, 8, generator=generator)
+    mask = (torch.rand(1, 1, 8, 8, 8, generator=generator) > 0.3).float()
+    weights = LossWeights(mse=1, l1=1, gradient=1)
+    one = masked_losses(estimate, target, mask, weights, relative=True)
+    both = masked_losses(torch.cat([estimate, 10 * estimate]), torch.cat([target, 10 * target]), mask.repeat(2, 1, 1, 1, 1),
+                         weights, relative=True)
+    for name in ("mse", "l1", "gradient"):
+        assert float(both[name]) == pytest.approx(float(one[name]), rel=1e-5)
+    rms = float(((target * mask).square().sum() / mask.sum()).sqrt())
+    expected = float(((estimate - target) * mask).square().sum() / mask.sum()) / rms ** 2
+    assert float(one["mse"]) == pytest.approx(expected, rel=1e-5)
+    absolute = masked_losses(torch.cat([estimate, 10 * estimate]), torch.cat([target, 10 * target]),
+                             mask.repeat(2, 1, 1, 1, 1), weights)
+    assert float(absolute["mse"]) > 40 * float(both["mse"]) * rms ** 2
+
+
+def test_clipping_changes_the_steps_only_when_the_norm_exceeds_it(tmp_path):
+    plain = train(config_from_dict(tiny(steps=4)), tmp_path / "plain", progress=False).losses
+    loose = train(config_from_dict(tiny(steps=4, clip_grad_norm=1e9)), tmp_path / "loose", progress=False).losses
+    tight = train(config_from_dict(tiny(steps=4, clip_grad_norm=1e-4)), tmp_path / "tight", progress=False).losses
+    assert loose == plain
+    assert tight[0] == plain[0]  # measured before the first step
+    assert tight[1:] != pytest.approx(plain[1:], rel=1e-6)
+    records = [json.loads(line) for line in (tmp_path / "tight" / "metrics.jsonl").read_text().splitlines()]
+    norms = [r["grad_norm"] for r in records if "grad_norm" in r]
+    assert len(norms) == 4 and min(norms) > 1e-4  # logged before clipping
 
 
 @pytest.mark.parametrize("architecture", ["lpcnn", "noqsm", "noqsm-sd", "nextqsm"])

@@ -22,6 +22,8 @@ A configuration has five tables; every key is optional except ``model.architectu
     milestones = [0.5, 0.75]                 # fractions of steps where the rate is multiplied by gamma
     gamma = 0.1
     loss = { mse = 1.0, l1 = 0.0, model = 0.0, gradient = 0.0 }
+    relative_loss = false                    # divide each sample by its target's rms (NRMSE-like)
+    clip_grad_norm = 0.0                     # clip the gradient's norm before each step (0: off)
     seed = 0
 
     [validation]
@@ -90,6 +92,11 @@ class TrainingConfig:
     gamma: float = 0.1
     weight_decay: float = 0.0
     loss: LossWeights = field(default_factory=LossWeights)
+    #: Each sample's error divided by its target's rms in the mask (the NRMSE the suite scores), so a
+    #: lesion's large χ does not outweigh the rest of the batch.
+    relative_loss: bool = False
+    #: Clip the gradient's global norm to this before each step (0: no clipping).
+    clip_grad_norm: float = 0.0
     seed: int = 0
     workers: int = 1
     amp: bool = True
@@ -107,6 +114,8 @@ class TrainingConfig:
             raise ParameterError("training.learning_rate must be > 0 and training.gamma in (0, 1]")
         if any(not 0 < m < 1 for m in self.milestones):
             raise ParameterError(f"training.milestones are fractions of the steps in (0, 1), got {self.milestones}")
+        if not self.clip_grad_norm >= 0:
+            raise ParameterError(f"training.clip_grad_norm must be ≥ 0 (0: off), got {self.clip_grad_norm}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ParameterError(f"training.device must be auto, cpu or cuda, got {self.device!r}")
 

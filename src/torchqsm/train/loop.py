@@ -277,10 +277,13 @@ def train(config: RunConfig, out_dir: str | Path, *, resume: bool = False, valid
             else:
                 estimate = network(field)
         terms = masked_losses(estimate, target, mask, settings.loss, b0_dir=batch["b0_dir"],
-                              voxel_size_mm=batch["voxel_size_mm"])
+                              voxel_size_mm=batch["voxel_size_mm"], relative=settings.relative_loss)
         loss = total_loss(terms, settings.loss)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
+        if settings.clip_grad_norm > 0:
+            scaler.unscale_(optimizer)
+            terms["grad_norm"] = torch.nn.utils.clip_grad_norm_(model.parameters(), settings.clip_grad_norm)
         scaler.step(optimizer)
         scaler.update()
         scheduler.step()
