@@ -156,6 +156,24 @@ def test_relative_losses_weigh_every_sample_by_its_own_rms():
     assert float(absolute["mse"]) > 40 * float(both["mse"]) * rms ** 2
 
 
+def test_demeaned_losses_ignore_each_samples_offset():
+    generator = torch.Generator().manual_seed(2)
+    target = torch.randn(2, 1, 8, 8, 8, generator=generator)
+    estimate = target + 0.3 * torch.randn(2, 1, 8, 8, 8, generator=generator)
+    mask = (torch.rand(2, 1, 8, 8, 8, generator=generator) > 0.3).float()
+    weights = LossWeights(mse=1, l1=1, gradient=1)
+    offset = torch.tensor([5.0, -3.0]).reshape(2, 1, 1, 1, 1)
+    plain = masked_losses(estimate, target, mask, weights, demean=True, relative=True)
+    shifted = masked_losses(estimate + offset, target, mask, weights, demean=True, relative=True)
+    for name in ("mse", "l1", "gradient"):
+        assert float(shifted[name]) == pytest.approx(float(plain[name]), rel=1e-5)
+    error = (estimate - target)[0][mask[0] > 0]
+    std = float(target[0][mask[0] > 0].std(unbiased=False))
+    one = masked_losses(estimate[:1], target[:1], mask[:1], LossWeights(mse=1), demean=True, relative=True)
+    assert float(one["mse"]) == pytest.approx(float(error.var(unbiased=False)) / std ** 2, rel=1e-5)
+    assert float(masked_losses(estimate + offset, target, mask, weights)["mse"]) > 10 * float(plain["mse"])
+
+
 def test_clipping_changes_the_steps_only_when_the_norm_exceeds_it(tmp_path):
     plain = train(config_from_dict(tiny(steps=4)), tmp_path / "plain", progress=False).losses
     loose = train(config_from_dict(tiny(steps=4, clip_grad_norm=1e9)), tmp_path / "loose", progress=False).losses

@@ -23,6 +23,7 @@ A configuration has five tables; every key is optional except ``model.architectu
     gamma = 0.1
     loss = { mse = 1.0, l1 = 0.0, model = 0.0, gradient = 0.0 }
     relative_loss = false                    # divide each sample by its target's rms (NRMSE-like)
+    demean_loss = false                      # blind to each sample's constant offset (demeaned NRMSE)
     clip_grad_norm = 0.0                     # clip the gradient's norm before each step (0: off)
     seed = 0
 
@@ -95,6 +96,9 @@ class TrainingConfig:
     #: Each sample's error divided by its target's rms in the mask (the NRMSE the suite scores), so a
     #: lesion's large χ does not outweigh the rest of the batch.
     relative_loss: bool = False
+    #: Each sample's estimate shifted by its mean error in the mask before the loss (an offset is free,
+    #: as in demeaned NRMSE: a patch's field hardly determines its mean χ).
+    demean_loss: bool = False
     #: Clip the gradient's global norm to this before each step (0: no clipping).
     clip_grad_norm: float = 0.0
     seed: int = 0

@@ -277,7 +277,8 @@ def train(config: RunConfig, out_dir: str | Path, *, resume: bool = False, valid
             else:
                 estimate = network(field)
         terms = masked_losses(estimate, target, mask, settings.loss, b0_dir=batch["b0_dir"],
-                              voxel_size_mm=batch["voxel_size_mm"], relative=settings.relative_loss)
+                              voxel_size_mm=batch["voxel_size_mm"], relative=settings.relative_loss,
+                              demean=settings.demean_loss)
         loss = total_loss(terms, settings.loss)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()

@@ -12,6 +12,11 @@ With :math:`e = \hat\chi - \chi` (network units) and the mask :math:`M` of :math
 With ``relative=True`` each sample's estimate and target are first divided by the target's rms in
 the sample's mask (held constant), so every term is relative, as NRMSE is, and a patch with a
 haemorrhage (χ up to 1.5 ppm) weighs as much as one of normal tissue (χ rms about 0.03 ppm).
+With ``demean=True`` each sample's estimate is first shifted by the mean of its error in the
+mask: the terms are blind to a constant offset, as demeaned NRMSE is. The dipole kernel has no DC
+term and the LoT's operator :math:`(\tfrac13\nabla^2-\partial_{\hat b}^2)` none either, so a
+patch's mean χ is barely determined by its field; without this the loss spends its gradient on
+an offset the network cannot know.
 """
 
 from __future__ import annotations
@@ -46,7 +51,8 @@ def _gradient_difference(estimate: torch.Tensor, target: torch.Tensor, mask: tor
 
 def masked_losses(estimate: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, weights: LossWeights, *,
                   b0_dir: torch.Tensor | None = None,
-                  voxel_size_mm: torch.Tensor | None = None, relative: bool = False) -> dict[str, torch.Tensor]:
+                  voxel_size_mm: torch.Tensor | None = None, relative: bool = False,
+                  demean: bool = False) -> dict[str, torch.Tensor]:
     """Each loss term with a non-zero weight (unweighted values), keyed by name.
 
     Parameters
@@ -61,6 +67,9 @@ def masked_losses(estimate: torch.Tensor, target: torch.Tensor, mask: torch.Tens
         ``(N, 3)`` per-sample geometry; needed by the ``model`` term.
     relative
         Divide each sample by its target's rms in its mask first (see the module's text).
+    demean
+        Shift each sample's estimate by the mean of its error in its mask first, so no term sees a
+        constant offset (see the module's text).
 
     Examples
     --------
@@ -69,12 +78,21 @@ def masked_losses(estimate: torch.Tensor, target: torch.Tensor, mask: torch.Tens
     {'mse': 1.0, 'l1': 1.0}
     >>> {k: float(v) for k, v in masked_losses(x + 1, x + 2, m, LossWeights(mse=1), relative=True).items()}
     {'mse': 0.25}
+    >>> {k: float(v) for k, v in masked_losses(x + 1, x, m, LossWeights(mse=1), demean=True).items()}
+    {'mse': 0.0}
     """
-    estimate = estimate.float()
+    estimate, target = estimate.float(), target.float()
+    dims = tuple(range(1, target.dim()))
+    count_each = mask.sum(dim=dims, keepdim=True).clamp_min(1.0)
+
+    def masked_mean(x: torch.Tensor) -> torch.Tensor:
+        return (x * mask).sum(dim=dims, keepdim=True) / count_each
+
+    if demean:
+        estimate = estimate - masked_mean(estimate - target)
     if relative:
-        dims = tuple(range(1, target.dim()))
-        rms = ((target.float() * mask).square().sum(dim=dims, keepdim=True)
-               / mask.sum(dim=dims, keepdim=True).clamp_min(1.0)).sqrt().clamp_min(1e-6).detach()
+        spread = target - masked_mean(target) if demean else target
+        rms = masked_mean(spread.square()).sqrt().clamp_min(1e-6).detach()
         estimate, target = estimate / rms, target / rms
     error = (estimate - target) * mask
     count = mask.sum().clamp_min(1.0)
