@@ -86,7 +86,10 @@ def training_card(config: RunConfig, result: TrainResult, *, metrics: dict[str, 
         "training": {
             "recipe": (f"Adam lr {training.learning_rate:g} (×{training.gamma:g} at "
                        f"{', '.join(f'{m:g}' for m in training.milestones)} of the steps), batch {training.batch_size}, "
-                       f"loss {', '.join(f'{k} {v:g}' for k, v in vars(training.loss).items() if v)}"),
+                       f"loss {', '.join(f'{k} {v:g}' for k, v in vars(training.loss).items() if v)}"
+                       + (", relative to each sample's rms" if training.relative_loss else "")
+                       + (", demeaned per sample" if training.demean_loss else "")
+                       + (f", gradient norm clipped to {training.clip_grad_norm:g}" if training.clip_grad_norm else "")),
             "data": (f"{source}, source {data.source}, "
                      + (f"patches {'x'.join(map(str, data.patch_size))}" if data.patch_size else "whole volumes")
                      + " at "
