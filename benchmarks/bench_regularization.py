@@ -178,14 +178,14 @@ def figure(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def previous_data(path: Path) -> dict | None:
-    """The ``bench-data`` record of the current section of ``path`` (None when there is none)."""
+def previous_data(path: Path, *, begin: str = BEGIN, end: str = END) -> dict | None:
+    """The ``bench-data`` record of the section of ``path`` between ``begin`` and ``end`` (None when there is none)."""
     import re
 
     if not path.exists():
         return None
     text = path.read_text(encoding="utf-8")
-    section = re.search(re.escape(BEGIN) + r"(.*?)" + re.escape(END), text, re.S)
+    section = re.search(re.escape(begin) + r"(.*?)" + re.escape(end), text, re.S)
     found = re.search(r"<!-- bench-data (\{.*?\}) -->", section.group(1)) if section else None
     return json.loads(found.group(1)) if found else None
 
