@@ -54,7 +54,7 @@ def section(result, command: str, load: float) -> str:
              "- The data-consistent networks (`lpcnn`, `noqsm`, `noqsm-sd`, `nextqsm`) apply each case's own "
              "dipole operator inside; the plain networks reorient when B0 lies beyond their training tilt (45°).",
              f"- Machine: {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, {now}; load "
-             f"average {load:.2f} before the run (training ran beside parts of it: the times are inflated).",
+             f"average {load:.2f} before the run (other jobs may share the machine: compare times within this table only).",
              f"- Reproduce: `{command}` (cached runs are reused; the bench report is in the report folder).", ""]
     for metric in ("nrmse_demeaned", "hfen", "ssim", "seconds"):
         lines += [metric_table(records, metric), ""]
