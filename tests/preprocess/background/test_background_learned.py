@@ -57,6 +57,17 @@ def test_data_at_the_network_voxel_size_runs_on_its_grid_unchanged(card_path) ->
     torch.testing.assert_close(out.local_field_ppm.float(), direct.detach(), atol=1e-6, rtol=1e-5)
 
 
+def test_less_than_a_whole_brain_is_one_warning_line(card_path, caplog) -> None:
+    import logging
+
+    total, mask = _head((24, 24, 24))  # a sphere 15 voxels across, at 1 mm
+    with caplog.at_level(logging.WARNING, logger="torchqsm"):
+        nextqsm(total, mask, voxel_size_mm=(1.0, 1.0, 1.0), weights=card_path)
+        nextqsm(total, mask, voxel_size_mm=(7.0, 7.0, 7.0), weights=card_path)  # the same sphere, 105 mm across
+    lines = [r.getMessage() for r in caplog.records if "whole brain" in r.getMessage()]
+    assert len(lines) == 1 and "15×15×15 mm" in lines[0] and "vsharp" in lines[0] and "\n" not in lines[0]
+
+
 def test_removal_is_linear_in_the_field(card_path) -> None:
     """Resampling, the network's own scaling and the way back are each homogeneous of degree one."""
     total, mask = _head()
