@@ -136,12 +136,18 @@ def test_losses_against_hand_computed_values():
     assert float(terms["gradient"]) > 0
 
 
+def _estimate_target_mask(samples: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A random target, an estimate off by 30 % noise, and a random mask, each ``(samples, 1, 8, 8, 8)``."""
+    generator = torch.Generator().manual_seed(seed)
+    target = torch.randn(samples, 1, 8, 8, 8, generator=generator)
+    estimate = target + 0.3 * torch.randn(samples, 1, 8, 8, 8, generator=generator)
+    mask = (torch.rand(samples, 1, 8, 8, 8, generator=generator) > 0.3).float()
+    return estimate, target, mask
+
+
 def test_relative_losses_weigh_every_sample_by_its_own_rms():
     """A sample ten times larger (a haemorrhage) adds the same relative loss as its unscaled copy."""
-    generator = torch.Generator().manual_seed(1)
-    target = torch.randn(1, 1, 8, 8, 8, generator=generator)
-    estimate = target + 0.3 * torch.randn(1, 1, 8, 8, 8, generator=generator)
-    mask = (torch.rand(1, 1, 8, 8, 8, generator=generator) > 0.3).float()
+    estimate, target, mask = _estimate_target_mask(1, seed=1)
     weights = LossWeights(mse=1, l1=1, gradient=1)
     one = masked_losses(estimate, target, mask, weights, relative=True)
     both = masked_losses(torch.cat([estimate, 10 * estimate]), torch.cat([target, 10 * target]), mask.repeat(2, 1, 1, 1, 1),
@@ -157,10 +163,7 @@ def test_relative_losses_weigh_every_sample_by_its_own_rms():
 
 
 def test_demeaned_losses_ignore_each_samples_offset():
-    generator = torch.Generator().manual_seed(2)
-    target = torch.randn(2, 1, 8, 8, 8, generator=generator)
-    estimate = target + 0.3 * torch.randn(2, 1, 8, 8, 8, generator=generator)
-    mask = (torch.rand(2, 1, 8, 8, 8, generator=generator) > 0.3).float()
+    estimate, target, mask = _estimate_target_mask(2, seed=2)
     weights = LossWeights(mse=1, l1=1, gradient=1)
     offset = torch.tensor([5.0, -3.0]).reshape(2, 1, 1, 1, 1)
     plain = masked_losses(estimate, target, mask, weights, demean=True, relative=True)
