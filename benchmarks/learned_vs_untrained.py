@@ -2,7 +2,8 @@
 """What training changed: a trained network against the same architecture untrained, on held-out patches.
 
 Draws ``--patches`` patches from the training configuration's own simulator with a seed the run
-never used (999), and prints the relative error ‖M(χ̂ − χ)‖ / ‖Mχ‖ of the untrained network
+never used (999), and prints the relative error ‖M(χ̂ − χ)‖ / ‖Mχ‖ (and its demeaned form, each of χ̂ and χ
+minus its mean in the mask, as the suite scores) of the untrained network
 (``torch.manual_seed(0)``, the initialisation the run started from) and of the checkpoint.
 For the data-consistent networks the untrained network is already a physics solver (iterated
 Tikhonov for ``noqsm``, gradient steps for ``lpcnn``/``nextqsm``), so the difference is what
@@ -31,7 +32,7 @@ def trained_network(config, state: dict) -> torch.nn.Module:
     return network.eval()
 
 
-def relative_errors(network, samples, config) -> list[float]:
+def relative_errors(network, samples, config, *, demean: bool = False) -> list[float]:
     norm = config.normalization
     ratio = norm.output_scale_ppm / norm.input_scale_ppm
     errors = []
@@ -43,6 +44,8 @@ def relative_errors(network, samples, config) -> list[float]:
                 y = network(x, m, b0_dir=s["b0_dir"][None], voxel_size_mm=s["voxel_size_mm"][None], chi_to_field=ratio)
             else:
                 y = network(x)
+            if demean:
+                y, target = (v - (v * m).sum() / m.sum() for v in (y, target))
             errors.append(float(((y - target) * m).square().sum() / (target * m).square().sum()) ** 0.5)
     return errors
 
@@ -64,7 +67,9 @@ def main() -> None:
     samples = list(SimulatedQSMDataset(config.data, seed=999, volumes=volumes))[: args.patches]
     for name, network in (("untrained", untrained), (f"trained ({state['step']} steps)", trained)):
         errors = relative_errors(network, samples, config)
-        print(f"{name:24s} mean {sum(errors) / len(errors):.3f}  " + " ".join(f"{e:.3f}" for e in errors))
+        demeaned = relative_errors(network, samples, config, demean=True)
+        print(f"{name:24s} mean {sum(errors) / len(errors):.3f} (demeaned {sum(demeaned) / len(demeaned):.3f})  "
+              + " ".join(f"{e:.3f}" for e in errors))
 
 
 if __name__ == "__main__":
