@@ -20,6 +20,7 @@ import argparse
 
 import torch
 
+from torchqsm.metrics import nrmse
 from torchqsm.models import build_model, is_physics
 from torchqsm.simulate import SimulatedQSMDataset
 from torchqsm.train import load_checkpoint, load_config
@@ -44,9 +45,7 @@ def relative_errors(network, samples, config, *, demean: bool = False) -> list[f
                 y = network(x, m, b0_dir=s["b0_dir"][None], voxel_size_mm=s["voxel_size_mm"][None], chi_to_field=ratio)
             else:
                 y = network(x)
-            if demean:
-                y, target = (v - (v * m).sum() / m.sum() for v in (y, target))
-            errors.append(float(((y - target) * m).square().sum() / (target * m).square().sum()) ** 0.5)
+            errors.append(float(nrmse(y[0, 0], target[0, 0], m[0, 0], demean=demean)) / 100)
     return errors
 
 
