@@ -22,7 +22,7 @@ from ..errors import ParameterError
 from ..io._atomic import check_writable_folder
 from ..models.weights import save_weights
 from ..train import load_config, train
-from ..train.card import training_card
+from ..train.card import stage_cards, training_card
 from ..train.config import RunConfig
 
 __all__ = ["add_train_parser", "run_train", "suite_validator"]
@@ -96,6 +96,11 @@ def run_train(args: argparse.Namespace) -> int:
     if card["training"]["final_loss"] is None:  # a finished run resumed only to write its weights
         card["training"]["final_loss"] = _last_logged_loss(out / "metrics.jsonl")
     path = save_weights(result.model, card, out, config.model.name, overwrite=args.overwrite or args.resume)
+    for stage, stage_card in stage_cards(card, result.model).items():  # each stage shipped as its own network too
+        stage_path = save_weights(getattr(result.model, stage), stage_card, out, stage_card["name"],
+                                  overwrite=args.overwrite or args.resume)
+        if not args.quiet:
+            print(f"{stage} stage: weights {stage_path}")
     if not args.quiet:
         print(f"trained {config.model.name}: {result.step} steps, {result.total_seconds:.0f} s, "
               f"{result.samples_per_second:.2f} samples/s; weights {path}")

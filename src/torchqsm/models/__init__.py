@@ -8,7 +8,9 @@ local field ``(N, 1, X, Y, Z)`` to a normalised χ of the same shape and has a
 mask, the B0 direction and the voxel size (:func:`is_physics`); ``iqsm`` and ``iqsm+``
 (:mod:`torchqsm.models.iqsm`) take the wrapped multi-echo phase (:data:`PHASE_ARCHITECTURES`);
 ``background-unet`` (:mod:`torchqsm.models.background`, NeXtQSM's first stage) maps the total field
-and the mask to the local field (:data:`BACKGROUND_ARCHITECTURES`).
+and the mask to the local field (:data:`BACKGROUND_ARCHITECTURES`); ``nextqsm-pipeline``
+(:mod:`torchqsm.models.nextqsm`) holds both NeXtQSM stages, total field → χ, for end-to-end
+training (:data:`END_TO_END_ARCHITECTURES`).
 """
 
 from __future__ import annotations
@@ -24,12 +26,14 @@ from .reorient import ModelFrame, to_model_frame
 from .unet import UNet3d
 from .background import BackgroundUNet
 from .iqsm import IQSM, iqsm, iqsm_plus
+from .nextqsm import NeXtQSMPipeline
 from .unrolled import LPCNN, PHYSICS_ARCHITECTURES, NoQSM, VarNet
 from .xqsm import XQSM
 
 __all__ = ["ARCHITECTURES", "build_model", "Normalization", "UNet3d", "qsmnet", "XQSM",
            "LPCNN", "NoQSM", "VarNet", "IQSM", "is_physics",
-           "PHASE_ARCHITECTURES", "BACKGROUND_ARCHITECTURES", "BackgroundUNet", "task_of",
+           "PHASE_ARCHITECTURES", "BACKGROUND_ARCHITECTURES", "END_TO_END_ARCHITECTURES", "BackgroundUNet",
+           "NeXtQSMPipeline", "task_of",
            "predict", "estimate_memory_mb", "pad_to_multiple", "crop", "to_model_frame", "ModelFrame"]
 
 
@@ -50,21 +54,26 @@ def qsmnet(*, in_channels: int = 1, out_channels: int = 1, base_channels: int = 
 ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {"unet": UNet3d, "qsmnet": qsmnet, "xqsm": XQSM,
                                                       **PHYSICS_ARCHITECTURES,
                                                       "iqsm": iqsm, "iqsm+": iqsm_plus,
-                                                      "background-unet": BackgroundUNet}
+                                                      "background-unet": BackgroundUNet,
+                                                      "nextqsm-pipeline": NeXtQSMPipeline}
 #: Architectures whose input is the wrapped multi-echo phase (``phase_to_chi``), not a local field.
 PHASE_ARCHITECTURES = ("iqsm", "iqsm+")
 #: Architectures that remove the background: total field and mask → local field (``total_to_local``).
 BACKGROUND_ARCHITECTURES = ("background-unet",)
+#: Architectures from the total field to χ, trained end to end (``total_to_chi``).
+END_TO_END_ARCHITECTURES = ("nextqsm-pipeline",)
 
 
 def task_of(architecture: str) -> str:
     """The simulation task (``SimulationConfig.task``) an architecture trains on.
 
-    >>> task_of("unet"), task_of("iqsm+"), task_of("background-unet")
-    ('local_to_chi', 'phase_to_chi', 'total_to_local')
+    >>> task_of("unet"), task_of("iqsm+"), task_of("background-unet"), task_of("nextqsm-pipeline")
+    ('local_to_chi', 'phase_to_chi', 'total_to_local', 'total_to_chi')
     """
     if architecture in PHASE_ARCHITECTURES:
         return "phase_to_chi"
+    if architecture in END_TO_END_ARCHITECTURES:
+        return "total_to_chi"
     return "total_to_local" if architecture in BACKGROUND_ARCHITECTURES else "local_to_chi"
 
 

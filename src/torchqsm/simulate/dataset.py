@@ -16,11 +16,13 @@ task               ``input``                               ``target``
 ``local_to_chi``   local field (1, X, Y, Z), ppm, in mask  χ (1, X, Y, Z), ppm
 ``total_to_local`` total field (1, X, Y, Z), ppm, in mask  local field (1, X, Y, Z), ppm, in mask
 ``phase_to_chi``   wrapped phase (E, X, Y, Z), rad         χ (1, X, Y, Z), ppm
+``total_to_chi``   total field (1, X, Y, Z), ppm, in mask  χ (1, X, Y, Z), ppm
 =================  ======================================  ============================
 
 Every sample also holds ``mask`` (1, X, Y, Z) float 0/1 (the brain), ``b0_dir`` (3,),
 ``voxel_size_mm`` (3,) and ``seed`` (the volume's seed); ``phase_to_chi`` adds ``magnitude``
-(E, X, Y, Z), ``echo_times_s`` (E,) and ``b0_tesla`` ().
+(E, X, Y, Z), ``echo_times_s`` (E,) and ``b0_tesla`` (); ``total_to_chi`` (NeXtQSM trained end to
+end) adds ``local`` (1, X, Y, Z), the true local field in the mask (ppm).
 
 Seeds
 -----
@@ -52,7 +54,7 @@ from .volume import BACKGROUND_PAD_MM, SimulatedVolume, _uniform, simulate_volum
 __all__ = ["SimulationConfig", "SimulatedQSMDataset", "SimulatedVolume", "simulate_volume", "derive_seed",
            "BACKGROUND_PAD_MM"]
 
-Task = Literal["local_to_chi", "total_to_local", "phase_to_chi"]
+Task = Literal["local_to_chi", "total_to_local", "phase_to_chi", "total_to_chi"]
 Source = Literal["head", "shapes"]
 
 
@@ -73,7 +75,7 @@ class SimulationConfig:
     Attributes
     ----------
     task
-        ``"local_to_chi"``, ``"total_to_local"`` or ``"phase_to_chi"`` (see the module).
+        ``"local_to_chi"``, ``"total_to_local"``, ``"phase_to_chi"`` or ``"total_to_chi"`` (see the module).
     source
         ``"head"``: the hybrid head model; ``"shapes"``: random shapes in an ellipsoidal mask.
     patch_size
@@ -177,8 +179,9 @@ class SimulationConfig:
     patch_dipole: bool = False
 
     def __post_init__(self) -> None:
-        if self.task not in ("local_to_chi", "total_to_local", "phase_to_chi"):
-            raise ParameterError(f"unknown task '{self.task}': local_to_chi, total_to_local or phase_to_chi")
+        if self.task not in ("local_to_chi", "total_to_local", "phase_to_chi", "total_to_chi"):
+            raise ParameterError(f"unknown task '{self.task}': local_to_chi, total_to_local, phase_to_chi or "
+                                 "total_to_chi")
         if self.source not in ("head", "shapes"):
             raise ParameterError(f"unknown source '{self.source}': head or shapes")
         if self.patch_size is not None and (len(self.patch_size) != 3 or min(self.patch_size) < 1):
@@ -257,8 +260,11 @@ def _sample(config: SimulationConfig, volume: SimulatedVolume, corner, size, see
                       echo_times_s=torch.tensor(config.echo_times_s), b0_tesla=torch.tensor(volume.b0_tesla))
         return sample
     # Fields are known only inside the brain (after masking and, for the local field, background removal).
-    source, target = ((volume.local_field_ppm, volume.chi_ppm) if config.task == "local_to_chi"
-                      else (volume.total_field_ppm, volume.local_field_ppm * volume.mask))
+    source, target = {"local_to_chi": (volume.local_field_ppm, volume.chi_ppm),
+                      "total_to_local": (volume.total_field_ppm, volume.local_field_ppm * volume.mask),
+                      "total_to_chi": (volume.total_field_ppm, volume.chi_ppm)}[config.task]
+    if config.task == "total_to_chi":
+        sample["local"] = _crop((volume.local_field_ppm * volume.mask)[None], corner, size)
     field = _crop(source[None], corner, size)
     if volume.model_error_ppm is not None:  # patch_dipole: the field of the patch's own χ, on the padded patch
         dipole = DipoleOp(size, voxel_size_mm=volume.voxel_size_mm, b0_dir=volume.b0_dir, pad=config.pad)

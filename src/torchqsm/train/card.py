@@ -13,7 +13,7 @@ from ..models.unrolled import PHYSICS_ARCHITECTURES
 from .config import RunConfig
 from .loop import TrainResult
 
-__all__ = ["training_card", "git_commit", "hardware_description"]
+__all__ = ["training_card", "stage_cards", "git_commit", "hardware_description"]
 
 
 def git_commit(path: str | Path | None = None) -> str:
@@ -51,7 +51,10 @@ def training_card(config: RunConfig, result: TrainResult, *, metrics: dict[str, 
     data, training = config.data, config.training
     tilt = "uniform on the sphere" if data.max_tilt_deg is None else f"uniform within {data.max_tilt_deg:g}° of axis 3"
     phase = data.task == "phase_to_chi"
-    if data.task == "total_to_local":
+    if data.task == "total_to_chi":
+        note = ("the background stage reads the field's pattern; the dipole operator of the data's B0 direction "
+                "and voxel size is applied inside the inversion stage")
+    elif data.task == "total_to_local":
         note = "no B0 direction: the network reads the field's pattern; applied at the data's own orientation"
     elif config.model.architecture in PHYSICS_ARCHITECTURES:
         note = "the dipole operator of the data's B0 direction and voxel size is applied inside the network"
@@ -66,6 +69,13 @@ def training_card(config: RunConfig, result: TrainResult, *, metrics: dict[str, 
                   + (f"SNR {data.snr_range[0]:g}-{data.snr_range[1]:g})" if data.snr_range else "no noise)"))
         units = {"input": "rad (wrapped phase of each echo; with the echo times and field strength)",
                  "output": "ppm (chi, relative to CSF)"}
+    elif data.task == "total_to_chi":
+        source = (f"simulate.SimulatedQSMDataset total_to_chi ({data.external_sources} external sources, "
+                  f"shim residual up to {data.shim_amplitude_ppm:g} ppm)"
+                  + (f", stages started from {', '.join(f'{k} {v}' for k, v in config.model.init.items())}"
+                     if config.model.init else "")
+                  + (f", {', '.join(training.freeze)} frozen" if training.freeze else ""))
+        units = {"input": "ppm (total field, unwrapped, zero outside the mask)", "output": "ppm (chi, relative to CSF)"}
     elif data.task == "total_to_local":
         source = (f"simulate.SimulatedQSMDataset total_to_local ({data.external_sources} external sources, "
                   f"shim residual up to {data.shim_amplitude_ppm:g} ppm)")
@@ -112,3 +122,34 @@ def training_card(config: RunConfig, result: TrainResult, *, metrics: dict[str, 
         "metrics": dict(metrics or {}),
         "commit": commit if commit is not None else git_commit(),
     }
+
+
+def stage_cards(card: dict[str, Any], model: torch.nn.Module) -> dict[str, dict[str, Any]]:
+    """Cards for each stage of a network made of stages (``nextqsm-pipeline``), shipped as its own network.
+
+    Each stage's card is the whole network's, named ``NAME-STAGE``, with the stage's architecture,
+    hyperparameters and units (input and output scales from the run's normalization); the
+    training record is the whole run's. Networks without stages give ``{}``.
+
+    >>> from torchqsm.models import NeXtQSMPipeline
+    >>> card = {"name": "e2e", "hyperparameters": {"background": {"depth": 2}, "inversion": {"stages": 2}},
+    ...         "normalization": {"input_scale_ppm": 0.01, "output_scale_ppm": 0.05}, "units": {}}
+    >>> cards = stage_cards(card, NeXtQSMPipeline())
+    >>> cards["background"]["name"], cards["background"]["normalization"]["output_scale_ppm"]
+    ('e2e-background', 0.01)
+    >>> cards["inversion"]["architecture"], cards["inversion"]["hyperparameters"]
+    ('nextqsm', {'stages': 2})
+    """
+    architectures = getattr(model, "STAGE_ARCHITECTURES", {})
+    scales = {"field": card["normalization"]["input_scale_ppm"], "chi": card["normalization"]["output_scale_ppm"]}
+    described = {"field": "ppm (field, zero outside the mask)", "chi": "ppm (chi, relative to CSF)"}
+    cards = {}
+    for stage, architecture in architectures.items():
+        source, target = model.STAGE_UNITS[stage]
+        cards[stage] = {**card, "name": f"{card['name']}-{stage}", "architecture": architecture,
+                        "hyperparameters": dict(card["hyperparameters"].get(stage, {})),
+                        "normalization": {"input_scale_ppm": scales[source], "output_scale_ppm": scales[target]},
+                        "units": {"input": described[source] if stage != "background" else card["units"].get(
+                            "input", described[source]), "output": described[target]},
+                        "stage_of": card["name"]}
+    return cards

@@ -6,6 +6,7 @@ A configuration has five tables; every key is optional except ``model.architectu
     name = "unet-hybrid-cpu"                 # the weights' name (file stem, card name)
     architecture = "unet"                    # torchqsm.models.ARCHITECTURES
     hyperparameters = { base_channels = 8 }  # keywords of the architecture
+    init = {}                                # stage → shipped weights to start from (nextqsm-pipeline)
 
     [normalization]                          # torchqsm.models.Normalization
     input_scale_ppm = 0.02
@@ -21,7 +22,8 @@ A configuration has five tables; every key is optional except ``model.architectu
     learning_rate = 5e-4
     milestones = [0.5, 0.75]                 # fractions of steps where the rate is multiplied by gamma
     gamma = 0.1
-    loss = { mse = 1.0, l1 = 0.0, model = 0.0, gradient = 0.0 }
+    loss = { mse = 1.0, l1 = 0.0, model = 0.0, gradient = 0.0, local = 0.0 }
+    freeze = []                              # stages not trained (nextqsm-pipeline: "background", "inversion")
     relative_loss = false                    # divide each sample by its target's rms (NRMSE-like)
     demean_loss = false                      # blind to each sample's constant offset (demeaned NRMSE)
     clip_grad_norm = 0.0                     # clip the gradient's norm before each step (0: off)
@@ -59,6 +61,10 @@ class ModelConfig:
     architecture: str
     name: str = "model"
     hyperparameters: dict[str, Any] = field(default_factory=dict)
+    #: Stage name → shipped weights (name or card path) that stage starts from, for a network made of
+    #: stages (``nextqsm-pipeline``: ``background``, ``inversion``); each must match the stage's
+    #: architecture and hyperparameters. Empty: every weight starts at random.
+    init: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -67,14 +73,16 @@ class LossWeights:
 
     ``mse``: :math:`\lVert\hat\chi-\chi\rVert_2^2`; ``l1``: :math:`\lVert\hat\chi-\chi\rVert_1`;
     ``model``: :math:`\lVert D(\hat\chi-\chi)\rVert_2^2` (the field of the error, each sample's own
-    B0 direction and voxel size); ``gradient``: :math:`\lVert\nabla\hat\chi-\nabla\chi\rVert_1`.
-    Each term is a mean over mask voxels.
+    B0 direction and voxel size); ``gradient``: :math:`\lVert\nabla\hat\chi-\nabla\chi\rVert_1`;
+    ``local``: :math:`\lVert\hat f_L-f_L\rVert_1`, the local field of an end-to-end network
+    (``nextqsm-pipeline``, NeXtQSM's Algorithm 1) in field units. Each term is a mean over mask voxels.
     """
 
     mse: float = 1.0
     l1: float = 0.0
     model: float = 0.0
     gradient: float = 0.0
+    local: float = 0.0
 
     def __post_init__(self) -> None:
         values = dataclasses.astuple(self)
@@ -101,6 +109,8 @@ class TrainingConfig:
     demean_loss: bool = False
     #: Clip the gradient's global norm to this before each step (0: no clipping).
     clip_grad_norm: float = 0.0
+    #: Stages of the network kept as they start (``nextqsm-pipeline``: ``"background"``, ``"inversion"``).
+    freeze: tuple[str, ...] = ()
     seed: int = 0
     workers: int = 1
     amp: bool = True
@@ -201,6 +211,19 @@ def config_from_dict(values: dict[str, Any], *, base: Path | None = None) -> Run
     wanted = task_of(model.architecture)
     if data.task != wanted:
         raise ParameterError(f"[data] task must be {wanted} for the {model.architecture} network, got '{data.task}'")
+    stages = tuple(getattr(ARCHITECTURES[model.architecture], "STAGES", ()))
+    for what, names in (("[model] init", tuple(model.init)), ("[training] freeze", training.freeze)):
+        strange = [n for n in names if n not in stages]
+        if strange:
+            raise ParameterError(f"{what} names {strange}, not stages of the {model.architecture} network "
+                                 f"({', '.join(stages) if stages else 'it has none'})")
+    if not all(isinstance(v, str) and v for v in model.init.values()):
+        raise ParameterError(f"[model] init maps each stage to shipped weights (a name or a card path), got {model.init}")
+    if set(training.freeze) >= set(stages) and stages:
+        raise ParameterError(f"[training] freeze holds every stage of {model.architecture}: nothing would train")
+    if loss.local > 0 and wanted != "total_to_chi":
+        raise ParameterError(f"[training] loss.local scores the local field of an end-to-end network "
+                             f"(total_to_chi), not of {model.architecture}")
     validation = _build(ValidationConfig, values.get("validation", {}), "validation")
     if validation.suite_dir and base is not None and not Path(validation.suite_dir).is_absolute():
         validation = dataclasses.replace(validation, suite_dir=str((base / validation.suite_dir).resolve()))

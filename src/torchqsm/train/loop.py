@@ -124,6 +124,34 @@ def _longer_schedule(saved: dict[str, Any], wanted: dict[str, Any]) -> int | Non
     return int(old_steps) if same == saved else None
 
 
+def _init_stages(model: torch.nn.Module, config: RunConfig) -> None:
+    """Load ``config.model.init``'s shipped weights into the network's stages; each card must fit."""
+    from ..models.weights import load_weights
+
+    units = getattr(model, "STAGE_UNITS", {})
+    scale = {"field": config.normalization.input_scale_ppm, "chi": config.normalization.output_scale_ppm}
+    for stage, weights in config.model.init.items():
+        loaded = load_weights(weights)
+        target = getattr(model, stage)
+        wanted = units.get(stage)
+        have = (loaded.normalization.input_scale_ppm, loaded.normalization.output_scale_ppm)
+        if wanted is not None and any(abs(h - scale[w]) > 1e-9 * scale[w] for h, w in zip(have, wanted)):
+            raise ParameterError(f"[model] init: '{weights}' has input/output scales {have} ppm; the {stage} stage "
+                                 f"needs {tuple(scale[w] for w in wanted)} ([normalization] of this run)")
+        try:
+            target.load_state_dict(loaded.model.state_dict())
+        except RuntimeError as error:
+            raise ParameterError(f"[model] init: '{weights}' does not fit the {stage} stage (its hyperparameters "
+                                 f"differ): {str(error).splitlines()[0]}") from None
+
+
+def _train_mode(network: torch.nn.Module, model: torch.nn.Module, frozen: tuple[str, ...]) -> None:
+    """Training mode, except the frozen stages: their batch-norm statistics must not move either."""
+    network.train()
+    for stage in frozen:
+        getattr(model, stage).eval()
+
+
 def _append_log(path: Path, record: dict[str, Any]) -> None:
     with path.open("a", encoding="utf-8") as log:
         log.write(json.dumps(record) + "\n")
@@ -190,7 +218,12 @@ def train(config: RunConfig, out_dir: str | Path, *, resume: bool = False, valid
 
     settings = config.training
     torch.manual_seed(settings.seed)
-    model = build_model(config.model.architecture, **config.model.hyperparameters).to(device)
+    model = build_model(config.model.architecture, **config.model.hyperparameters)
+    if config.model.init and not resume:
+        _init_stages(model, config)
+    for stage in settings.freeze:
+        getattr(model, stage).requires_grad_(False)
+    model = model.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
     scheduler = _scheduler(optimizer, config)
     step, previous_seconds = 0, 0.0
@@ -246,7 +279,8 @@ def train(config: RunConfig, out_dir: str | Path, *, resume: bool = False, valid
     physics = is_physics(model)
     phase_input = bool(getattr(model, "phase_input", False))
     adaptive = bool(getattr(model, "orientation_adaptive", False))
-    background = bool(getattr(model, "background", False))
+    end_to_end = bool(getattr(model, "end_to_end", False))  # checked first: its ``background`` is a stage
+    background = getattr(model, "background", False) is True
     chi_to_field = normalization.output_scale_ppm / normalization.input_scale_ppm
     last = settings.steps if stop_after is None else min(settings.steps, step + stop_after)
     bar = tqdm(total=last, initial=step, desc=f"training {config.model.name}", unit="step", dynamic_ncols=True,
@@ -255,7 +289,7 @@ def train(config: RunConfig, out_dir: str | Path, *, resume: bool = False, valid
     validation: dict[str, float] = {}
     started = time.perf_counter()
     first_step = step
-    network.train()
+    _train_mode(network, model, settings.freeze)
     batches = iter(loader)
     while step < last:
         batch = next(batches)
@@ -267,6 +301,9 @@ def train(config: RunConfig, out_dir: str | Path, *, resume: bool = False, valid
                 estimate = network(batch["input"].to(device, non_blocking=True), mask,
                                    echo_times_s=batch["echo_times_s"].to(device), b0_tesla=batch["b0_tesla"].to(device),
                                    b0_dir=batch["b0_dir"].to(device))
+            elif end_to_end:  # NeXtQSM end to end: total field → local field → χ, both stages scored
+                estimate, local = network(field, mask, b0_dir=batch["b0_dir"], voxel_size_mm=batch["voxel_size_mm"],
+                                          chi_to_field=chi_to_field, return_local=True)
             elif background:  # NeXtQSM's background U-Net: total field and mask → local field
                 estimate = network(field, mask)
             elif physics:  # the dipole operator of each sample's geometry inside the network
@@ -279,6 +316,9 @@ def train(config: RunConfig, out_dir: str | Path, *, resume: bool = False, valid
         terms = masked_losses(estimate, target, mask, settings.loss, b0_dir=batch["b0_dir"],
                               voxel_size_mm=batch["voxel_size_mm"], relative=settings.relative_loss,
                               demean=settings.demean_loss)
+        if end_to_end and settings.loss.local > 0:  # |f̂_L - f_L| in field units (NeXtQSM's Algorithm 1)
+            true_local = normalization.to_network(batch["local"].to(device, non_blocking=True))
+            terms["local"] = ((local.float() - true_local) * mask).abs().sum() / mask.sum().clamp_min(1.0)
         loss = total_loss(terms, settings.loss)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
@@ -301,7 +341,7 @@ def train(config: RunConfig, out_dir: str | Path, *, resume: bool = False, valid
         if validate is not None and rank == 0 and (step % config.validation.every == 0 or step == last):
             model.eval()
             validation = {k: float(v) for k, v in validate(model, normalization, device).items()}
-            model.train()
+            _train_mode(network, model, settings.freeze)
             _append_log(log_path, {"step": step, "validation": validation})
         if rank == 0 and (step % settings.checkpoint_every == 0 or step == last):
             save_checkpoint(checkpoint_path, step=step, model=model, optimizer=optimizer, scheduler=scheduler,
