@@ -166,9 +166,10 @@ RECIPES: Mapping[str, Recipe] = MappingProxyType({
     "nextqsm": Recipe(
         name="nextqsm",
         description="Otsu mask, scalp cut, congruent Laplacian unwrapping of echo differences, then NeXtQSM's two "
-                    "networks: the background U-Net and the variational network",
+                    "networks trained end to end: the background U-Net and the variational network",
         **_FIELD_FRONT_END,
-        background="nextqsm", inversion="nextqsm",
+        background="nextqsm", background_params={"weights": "nextqsm-pipeline-cpu-background"},
+        inversion="nextqsm", inversion_params={"weights": "nextqsm-pipeline-cpu-inversion"},
     ),
     "iqsm": Recipe(
         name="iqsm",
