@@ -39,6 +39,15 @@ def running_median(values: list[float], window: int) -> list[float]:
     return [statistics.median(values[max(0, i - half): i + half + 1]) for i in range(len(values))]
 
 
+def wall_seconds(log: list[dict]) -> float:
+    """The run's wall time over all its calls: each resumed call logs its own elapsed seconds from 0."""
+    total = 0.0
+    for line, after in zip(log, log[1:] + [None]):
+        if after is None or after["seconds"] < line["seconds"]:
+            total += line["seconds"]
+    return total
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", nargs="+", default=list(RUNS))
@@ -66,7 +75,7 @@ def main() -> None:
         fifth = max(1, len(log) // 5)
         first = statistics.median(line["loss"] for line in log[:fifth])
         last = statistics.median(line["loss"] for line in log[-fifth:])
-        print(f"| {name} | {log[-1]['step']} | {samples[-1]} | {log[-1]['seconds'] / 60:.1f} | {first:.3g} | "
+        print(f"| {name} | {log[-1]['step']} | {samples[-1]} | {wall_seconds(log) / 60:.1f} | {first:.3g} | "
               f"{last:.3g} | {last / first:.2f} |")
     axis.set_xscale("log")
     axis.set_xlabel("training samples seen (patches or whole heads)")
