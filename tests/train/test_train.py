@@ -287,3 +287,16 @@ def test_resume_accepts_a_checkpoint_written_before_an_option_existed(tmp_path):
     del state["config"]["data"]["vein_factor"]
     torch.save(state, tmp_path / "checkpoint.pt")
     assert train(config, tmp_path, resume=True, progress=False).step == 4
+
+
+def test_a_run_resumed_only_to_write_its_weights_keeps_the_hardware_it_trained_on(tmp_path):
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        trained = train(config_from_dict(tiny(steps=2)), tmp_path, progress=False)
+        torch.set_num_threads(2)
+        written = train(config_from_dict(tiny(steps=2)), tmp_path, resume=True, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    assert "1 threads" in trained.hardware and written.losses == ()
+    assert written.hardware == trained.hardware

@@ -102,6 +102,6 @@ def run_train(args: argparse.Namespace) -> int:
         if not args.quiet:
             print(f"{stage} stage: weights {stage_path}")
     if not args.quiet:
-        print(f"trained {config.model.name}: {result.step} steps, {result.total_seconds:.0f} s, "
-              f"{result.samples_per_second:.2f} samples/s; weights {path}")
+        rate = f", {result.samples_per_second:.2f} samples/s" if result.losses else ""  # none if only written now
+        print(f"trained {config.model.name}: {result.step} steps, {result.total_seconds:.0f} s{rate}; weights {path}")
     return 0

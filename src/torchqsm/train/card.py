@@ -113,8 +113,8 @@ def training_card(config: RunConfig, result: TrainResult, *, metrics: dict[str, 
             "steps": result.step,
             "samples": result.step * training.batch_size * result.world_size,
             "time_s": round(result.total_seconds, 1),
-            "hardware": hardware_description(result.device) + (f" × {result.world_size}" if result.world_size > 1
-                                                               else ""),
+            "hardware": result.hardware or (hardware_description(result.device)
+                                            + (f" × {result.world_size}" if result.world_size > 1 else "")),
             "seed": training.seed,
             "final_loss": result.losses[-1] if result.losses else None,
             "config": config.as_dict(),

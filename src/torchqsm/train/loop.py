@@ -66,6 +66,9 @@ class TrainResult:
     device: str
     world_size: int
     validation: dict[str, float]
+    #: Where the steps ran: this call's machine, or, for a finished run resumed only to write its
+    #: weights, the machine of the run's last steps (from the checkpoint); "" if unknown.
+    hardware: str = ""
 
 
 class _Skipping(IterableDataset):
@@ -226,7 +229,7 @@ def train(config: RunConfig, out_dir: str | Path, *, resume: bool = False, valid
     model = model.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
     scheduler = _scheduler(optimizer, config)
-    step, previous_seconds = 0, 0.0
+    step, previous_seconds, previous_hardware = 0, 0.0, ""
     extended_from: list[int] = []
     if resume:
         state = load_checkpoint(checkpoint_path, map_location=device)
@@ -255,6 +258,7 @@ def train(config: RunConfig, out_dir: str | Path, *, resume: bool = False, valid
         torch.set_rng_state(state["rng_cpu"])
         step = int(state["step"])
         previous_seconds = float(state.get("extra", {}).get("seconds", 0.0))
+        previous_hardware = str(state.get("extra", {}).get("hardware", ""))
         if rank == 0:
             _truncate_log(log_path, step)
     elif rank == 0:
@@ -285,6 +289,9 @@ def train(config: RunConfig, out_dir: str | Path, *, resume: bool = False, valid
     last = settings.steps if stop_after is None else min(settings.steps, step + stop_after)
     bar = tqdm(total=last, initial=step, desc=f"training {config.model.name}", unit="step", dynamic_ncols=True,
                disable=None if (progress and rank == 0) else True)
+    from .card import hardware_description  # card.py imports this module
+
+    hardware = hardware_description(str(device)) + (f" × {world_size}" if world_size > 1 else "")
     losses: list[float] = []
     validation: dict[str, float] = {}
     started = time.perf_counter()
@@ -347,6 +354,7 @@ def train(config: RunConfig, out_dir: str | Path, *, resume: bool = False, valid
             save_checkpoint(checkpoint_path, step=step, model=model, optimizer=optimizer, scheduler=scheduler,
                             config=config.as_dict(), extra={"host": platform.node(), "world_size": world_size,
                                    "seconds": previous_seconds + time.perf_counter() - started,
+                                   "hardware": hardware,
                                    "extended_from": extended_from})
     bar.close()
     seconds = time.perf_counter() - started
@@ -354,6 +362,7 @@ def train(config: RunConfig, out_dir: str | Path, *, resume: bool = False, valid
         dist.barrier()
     model.eval()
     return TrainResult(model=model, step=step, losses=tuple(losses), seconds=seconds,
+                       hardware=hardware if losses else previous_hardware,
                        total_seconds=previous_seconds + seconds,
                        samples_per_second=(step - first_step) * settings.batch_size * world_size / max(seconds, 1e-9),
                        device=str(device), world_size=world_size, validation=validation)
