@@ -82,8 +82,8 @@ def test_b0_direction_from_qsm_forward_affine(simple_bids):
 # mask eroded by 2.5 mm, fast 64.6 % (r 0.803) the same day; a phantom of cylinders, not a head, and
 # a simulator the networks never saw. With the variational network retrained (clipped, demeaned
 # loss; 2026-12-06): 46.8 % (r 0.922). With the two stages trained end to end (nextqsm-pipeline-cpu,
-# 200 steps): 41.5 % (r 0.922); extended to 600 steps (the recipe's weights since 2026-12-06): 49.7 %
-# (r 0.885), while the suite and held-out heads improved (docs/learned.md, "End to end").
+# 200 steps): 41.5 % (r 0.922); 600 steps: 49.7 % (r 0.885); 1000 steps (the recipe's weights since
+# 2026-12-06): 51.1 % (r 0.876), while the suite and held-out heads improved (docs/learned.md, "End to end").
 @pytest.mark.parametrize("recipe, bound", [("fast", 78.0), ("accurate", 37.0), ("nextqsm", 55.0)])
 def test_run_on_qsm_forward_simple(simple_bids, tmp_path, recipe, bound):
     out = tmp_path / "derivatives"
