@@ -73,6 +73,7 @@ def test_the_task_gives_the_total_field_the_local_field_and_chi():
     ({"model": {"init": {"decoder": "nextqsm-hybrid-cpu"}}}, "not stages of the nextqsm-pipeline"),
     ({"training": {"freeze": ["background", "inversion"]}}, "nothing would train"),
     ({"training": {"freeze": ["head"]}}, "not stages"),
+    ({"model": {"init": "nextqsm-hybrid-cpu"}}, "maps each stage"),
 ])
 def test_bad_stage_options_are_named(change, message):
     values = tiny()
@@ -80,6 +81,14 @@ def test_bad_stage_options_are_named(change, message):
         values[table].update(update)
     with pytest.raises(ParameterError, match=message):
         config_from_dict(values)
+
+
+def test_init_card_paths_are_read_relative_to_the_configuration(tmp_path):
+    values = tiny()
+    values["model"]["init"] = {"inversion": "weights/e2e.json", "background": "nextqsm-background-cpu"}
+    config = config_from_dict(values, base=tmp_path)
+    assert config.model.init == {"inversion": str(tmp_path / "weights" / "e2e.json"),
+                                 "background": "nextqsm-background-cpu"}
 
 
 def test_local_loss_and_stages_are_refused_for_other_networks():

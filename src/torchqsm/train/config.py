@@ -212,13 +212,17 @@ def config_from_dict(values: dict[str, Any], *, base: Path | None = None) -> Run
     if data.task != wanted:
         raise ParameterError(f"[data] task must be {wanted} for the {model.architecture} network, got '{data.task}'")
     stages = tuple(getattr(ARCHITECTURES[model.architecture], "STAGES", ()))
+    if not isinstance(model.init, dict) or not all(isinstance(v, str) and v for v in model.init.values()):
+        raise ParameterError(f"[model] init maps each stage to shipped weights (a name or a card path), got {model.init!r}")
+    if base is not None:  # card paths relative to the TOML file, as every path here
+        model = dataclasses.replace(model, init={k: (str((base / v).resolve()) if v.endswith(".json")
+                                                     and not Path(v).is_absolute() else v)
+                                                 for k, v in model.init.items()})
     for what, names in (("[model] init", tuple(model.init)), ("[training] freeze", training.freeze)):
         strange = [n for n in names if n not in stages]
         if strange:
             raise ParameterError(f"{what} names {strange}, not stages of the {model.architecture} network "
                                  f"({', '.join(stages) if stages else 'it has none'})")
-    if not all(isinstance(v, str) and v for v in model.init.values()):
-        raise ParameterError(f"[model] init maps each stage to shipped weights (a name or a card path), got {model.init}")
     if set(training.freeze) >= set(stages) and stages:
         raise ParameterError(f"[training] freeze holds every stage of {model.architecture}: nothing would train")
     if loss.local > 0 and wanted != "total_to_chi":
