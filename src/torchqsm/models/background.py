@@ -58,9 +58,6 @@ class BackgroundUNet(nn.Module):
     (torch.Size([1, 1, 9, 10, 11]), True)
     """
 
-    #: Callers pass the mask; the task is ``total_to_local``.
-    background = True
-
     def __init__(self, *, base_channels: int = 8, depth: int = 3, kernel_size: int = 3,
                  smv_radii: Sequence[int] = ()) -> None:
         super().__init__()

@@ -43,8 +43,6 @@ class IQSM(nn.Module):
     torch.Size([1, 1, 8, 8, 8])
     """
 
-    phase_input = True
-
     def __init__(self, *, lot_channels: int = 2, base_channels: int = 16, depth: int = 4,
                  orientation_adaptive: bool = False, lot_scale: float = 0.01,
                  voxel_size_mm: Sequence[float] = (1.0, 1.0, 1.0)) -> None:

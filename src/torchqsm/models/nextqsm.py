@@ -50,8 +50,6 @@ class NeXtQSMPipeline(nn.Module):
     True
     """
 
-    #: The training loop passes the total field, the mask and the geometry, and scores the local field too.
-    end_to_end = True
     #: Its stages, by attribute name (``[model] init`` and ``[training] freeze`` name them).
     STAGES = ("background", "inversion")
     #: Each stage's input and output unit: the network's field unit or its χ unit (its card must agree).

@@ -281,10 +281,11 @@ def train(config: RunConfig, out_dir: str | Path, *, resume: bool = False, valid
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
     normalization = config.normalization
     physics = is_physics(model)
-    phase_input = bool(getattr(model, "phase_input", False))
+    # The task (the architecture's, checked by config_from_dict) decides what the network is given.
+    phase_input = config.data.task == "phase_to_chi"
+    end_to_end = config.data.task == "total_to_chi"
+    background = config.data.task == "total_to_local"
     adaptive = bool(getattr(model, "orientation_adaptive", False))
-    end_to_end = bool(getattr(model, "end_to_end", False))  # checked first: its ``background`` is a stage
-    background = getattr(model, "background", False) is True
     chi_to_field = normalization.output_scale_ppm / normalization.input_scale_ppm
     last = settings.steps if stop_after is None else min(settings.steps, step + stop_after)
     bar = tqdm(total=last, initial=step, desc=f"training {config.model.name}", unit="step", dynamic_ncols=True,
