@@ -20,6 +20,35 @@ DATA = {"task": "total_to_chi", "source": "shapes", "shapes_volume": [20, 20, 20
         "local_noise_ppm": [0.0, 0.0]}
 
 
+# tiny() as the TOML file `torchqsm train` reads.
+CONFIG_TOML = """
+[model]
+architecture = "nextqsm-pipeline"
+name = "tiny-e2e"
+hyperparameters = { background = { base_channels = 2, depth = 1, smv_radii = [1, 2] }, inversion = { stages = 2, base_channels = 2, depth = 1, pad = 4 } }
+
+[normalization]
+input_scale_ppm = 0.01
+output_scale_ppm = 0.05
+
+[data]
+task = "total_to_chi"
+source = "shapes"
+shapes_volume = [20, 20, 20]
+patch_size = []
+pad = 4
+local_noise_ppm = [0.0, 0.0]
+
+[training]
+steps = 2
+batch_size = 1
+workers = 0
+log_every = 1
+learning_rate = 1e-2
+loss = { mse = 1.0, local = 1.0 }
+"""
+
+
 def tiny(**training) -> dict:
     return {"model": {"architecture": "nextqsm-pipeline", "name": "tiny-e2e", "hyperparameters": SMALL},
             "normalization": {"input_scale_ppm": 0.01, "output_scale_ppm": 0.05}, "data": dict(DATA),
@@ -133,9 +162,8 @@ def test_init_loads_shipped_weights_into_each_stage_and_refuses_a_misfit(tmp_pat
 
 
 def test_cli_ships_each_stage_as_its_own_network(tmp_path):
-    values = tiny()
     config = tmp_path / "e2e.toml"
-    config.write_text(_toml(values))
+    config.write_text(CONFIG_TOML)
     out = tmp_path / "run"
     assert main(["train", str(config), "-o", str(out), "--quiet"]) == 0
     whole = load_weights(out / "tiny-e2e.json").model
@@ -148,16 +176,3 @@ def test_cli_ships_each_stage_as_its_own_network(tmp_path):
     for stage, loaded in (("background", background), ("inversion", inversion)):
         for key, value in getattr(whole, stage).state_dict().items():
             assert torch.equal(value, loaded.model.state_dict()[key]), key
-
-
-def _toml(values: dict) -> str:
-    def value(v):
-        if isinstance(v, dict):
-            return "{ " + ", ".join(f"{k} = {value(x)}" for k, x in v.items()) + " }"
-        if isinstance(v, (list, tuple)):
-            return "[" + ", ".join(value(x) for x in v) + "]"
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        return json.dumps(v)
-    return "".join(f"[{table}]\n" + "".join(f"{k} = {value(v)}\n" for k, v in body.items()) + "\n"
-                   for table, body in values.items())

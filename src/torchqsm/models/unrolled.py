@@ -40,7 +40,6 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..physics.kernels import dipole_kernel
-from ..solvers.cg import cg
 from ..solvers.implicit import implicit_cg
 from .unet import UNet3d
 

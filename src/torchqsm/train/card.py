@@ -142,14 +142,16 @@ def stage_cards(card: dict[str, Any], model: torch.nn.Module) -> dict[str, dict[
     """
     architectures = getattr(model, "STAGE_ARCHITECTURES", {})
     scales = {"field": card["normalization"]["input_scale_ppm"], "chi": card["normalization"]["output_scale_ppm"]}
-    described = {"field": "ppm (field, zero outside the mask)", "chi": "ppm (chi, relative to CSF)"}
+    # The first stage reads the network's input, the last one writes its output, and the local field lies between.
+    local = "ppm (local field, zero outside the mask)"
+    names = list(architectures)
     cards = {}
     for stage, architecture in architectures.items():
         source, target = model.STAGE_UNITS[stage]
         cards[stage] = {**card, "name": f"{card['name']}-{stage}", "architecture": architecture,
                         "hyperparameters": dict(card["hyperparameters"].get(stage, {})),
                         "normalization": {"input_scale_ppm": scales[source], "output_scale_ppm": scales[target]},
-                        "units": {"input": described[source] if stage != "background" else card["units"].get(
-                            "input", described[source]), "output": described[target]},
+                        "units": {"input": card["units"].get("input", local) if stage == names[0] else local,
+                                  "output": card["units"].get("output", local) if stage == names[-1] else local},
                         "stage_of": card["name"]}
     return cards
