@@ -215,6 +215,37 @@ def test_phase_networks_train_on_wrapped_phase(tmp_path, architecture):
     assert len(losses) == 4 and all(math.isfinite(v) for v in losses)
 
 
+@pytest.mark.parametrize("architecture", ["unet", "iqsm+"])
+def test_whole_volumes_of_any_size_train(tmp_path, architecture):
+    """Whole volumes (patch_size []) whose sizes are no multiple of the U-Net's 2**depth are padded, not a crash."""
+    values = tiny(steps=2, checkpoint_every=2, batch_size=1, loss={"mse": 1.0})
+    values["model"] = {"architecture": architecture, "name": "tiny", "hyperparameters": {"base_channels": 2, "depth": 2}}
+    values["data"].update(shapes_volume=[18, 21, 19], patch_size=[], pad=4)
+    if architecture == "iqsm+":
+        values["data"].update(task="phase_to_chi", max_tilt_deg=90.0)
+    losses = train(config_from_dict(values), tmp_path, progress=False).losses
+    assert len(losses) == 2 and all(math.isfinite(v) and v > 0 for v in losses)
+
+
+def test_padding_a_batch_leaves_the_loss_unchanged():
+    """The zeros around a padded whole volume lie outside its mask: every loss term is the same."""
+    from torchqsm.train.loop import _pad_batch
+
+    generator = torch.Generator().manual_seed(0)
+    shape = (1, 1, 9, 10, 11)
+    mask = (torch.rand(shape, generator=generator) > 0.3).float()
+    batch = {"input": torch.randn(shape, generator=generator), "target": torch.randn(shape, generator=generator) * mask,
+             "mask": mask, "b0_dir": torch.tensor([[0.0, 0.0, 1.0]]), "voxel_size_mm": torch.ones(1, 3)}
+    padded = _pad_batch(batch, 4)
+    assert padded["mask"].shape[-3:] == (12, 12, 12) and padded["b0_dir"] is batch["b0_dir"]
+    weights = LossWeights(mse=1.0, l1=0.5, gradient=0.1)
+    before = masked_losses(batch["input"] * mask, batch["target"], mask, weights)
+    after = masked_losses(padded["input"] * padded["mask"], padded["target"], padded["mask"], weights)
+    for name in before:
+        assert float(after[name]) == pytest.approx(float(before[name]), rel=1e-5), name
+    assert _pad_batch(padded, 4) is padded
+
+
 def test_phase_networks_refuse_a_field_task():
     values = tiny()
     values["model"] = {"architecture": "iqsm+", "name": "tiny"}

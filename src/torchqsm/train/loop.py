@@ -155,6 +155,25 @@ def _train_mode(network: torch.nn.Module, model: torch.nn.Module, frozen: tuple[
         getattr(model, stage).eval()
 
 
+#: The batch entries with spatial axes, ``(N, C, X, Y, Z)``.
+_VOLUMES = ("input", "target", "mask", "local", "magnitude")
+
+
+def _pad_batch(batch: dict[str, Any], multiple: int) -> dict[str, Any]:
+    """Zero-pad every volume of ``batch`` to a multiple of the network's, for whole heads of any size.
+
+    A U-Net halves its input ``depth`` times, so a whole head (or a patch) whose sizes are not
+    multiples of ``2**depth`` cannot pass. The padding lies outside the mask, where no loss term
+    looks.
+    """
+    from ..models.inference import pad_to_multiple
+
+    if multiple <= 1 or all(n % multiple == 0 for n in batch["mask"].shape[-3:]):
+        return batch
+    return {key: pad_to_multiple(value, multiple)[0] if key in _VOLUMES and torch.is_tensor(value) else value
+            for key, value in batch.items()}
+
+
 def _append_log(path: Path, record: dict[str, Any]) -> None:
     with path.open("a", encoding="utf-8") as log:
         log.write(json.dumps(record) + "\n")
@@ -299,8 +318,9 @@ def train(config: RunConfig, out_dir: str | Path, *, resume: bool = False, valid
     first_step = step
     _train_mode(network, model, settings.freeze)
     batches = iter(loader)
+    multiple = int(getattr(model, "multiple", 1))
     while step < last:
-        batch = next(batches)
+        batch = _pad_batch(next(batches), multiple)
         field = None if phase_input else normalization.to_network(batch["input"].to(device, non_blocking=True))
         target = normalization.chi_to_network(batch["target"].to(device, non_blocking=True))
         mask = batch["mask"].to(device, non_blocking=True)
