@@ -207,3 +207,20 @@ def test_fine_runs_in_the_networks_frame_like_the_network(shipped_tiny):
     assert float((untuned - unrotated).abs().max()) > 1e-3 * float(unrotated.abs().max())
     tuned = registry.invert(field, mask, "unet+fine", oblique, max_iterations=2)
     assert tuned.shape == chi.shape and bool(torch.isfinite(tuned).all()) and float(tuned[~mask].abs().max()) == 0
+
+
+def test_weights_the_suite_scores_weak_warn_and_strong_ones_do_not(caplog):
+    """A card with a suite NRMSE above 1/√2 warns on every use of the plain network; refinements and better cards stay quiet."""
+    chi, mask = shapes_phantom((20, 24, 16))
+    field = forward_field(chi, pad=8)
+
+    def warnings_of(name: str, **params) -> list[str]:
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="torchqsm"):
+            registry.invert(field, mask, name, AXIAL, **params)
+        return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING and "NRMSE" in r.getMessage()]
+
+    weak = warnings_of("xqsm")
+    assert len(weak) == 1 and "xqsm-hybrid-cpu" in weak[0] and "101 % NRMSE" in weak[0] and "baseline" in weak[0]
+    assert warnings_of("noqsm") == [] and warnings_of("unet") == []
+    assert warnings_of("xqsm+dfqsm", max_iterations=2) == []

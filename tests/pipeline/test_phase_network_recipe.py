@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 
 import nibabel as nib
@@ -106,9 +107,14 @@ def test_run_iqsm_plus_end_to_end_writes_chi_and_no_field_maps(tiny_phase_networ
 
 
 @pytest.mark.parametrize("recipe", [name for name, r in RECIPES.items() if r.phase_network])
-def test_every_phase_recipe_has_shipped_weights_that_run(recipe):
-    """Each phase-network recipe's shipped weights load and map a wrapped phase to finite χ in the eroded mask."""
+def test_every_phase_recipe_has_shipped_weights_that_run(recipe, caplog):
+    """Each phase-network recipe's shipped weights load and map a wrapped phase to finite χ in the eroded mask.
+
+    The shipped CPU-trained weights score above 100 % NRMSE on the suite (their cards): each use says so.
+    """
     phase, mask = _phase((24, 24, 24))
     record = Acquisition(voxel_size_mm=(1, 1, 1), b0_dir=(0, 0.5, 0.75**0.5), b0_tesla=3.0, echo_times_s=TE)
-    chi, inner = phase_network_inversion(phase, mask, record, network=RECIPES[recipe].phase_network)
+    with caplog.at_level(logging.WARNING, logger="torchqsm"):
+        chi, inner = phase_network_inversion(phase, mask, record, network=RECIPES[recipe].phase_network)
     assert bool(torch.isfinite(chi).all()) and float(chi[inner].abs().max()) > 0 and float(chi[~inner].abs().max()) == 0
+    assert sum("NRMSE on the evaluation suite" in r.getMessage() for r in caplog.records) == 1

@@ -189,10 +189,44 @@ def check_field_units(field_ppm: torch.Tensor, mask: torch.Tensor, method: str) 
                          "Convert it to ppm (torchqsm.physics.units.hz_to_ppm: divide Hz by γ̄B0 = 42.58 Hz/ppm/T × B0)")
 
 
+#: A network whose card scores a demeaned NRMSE above this (%) on the evaluation suite gets a warning:
+#: NRMSE² is the error's variance over χ's, so above 1/√2 its error carries more than half of χ's variance.
+WEAK_NRMSE_PERCENT = 100 / math.sqrt(2)
+
+
+def warn_if_weak(loaded, method: str) -> bool:
+    """Log one warning when the card of ``loaded`` records a suite NRMSE above :data:`WEAK_NRMSE_PERCENT`.
+
+    Returns whether it warned. Cards without suite metrics stay silent: nothing is known to warn about.
+
+    >>> from types import SimpleNamespace
+    >>> weak = SimpleNamespace(name="w", card={"metrics": {"suite": {"nrmse": 101.2}, "suite_case_of_headline": "baseline"}})
+    >>> warn_if_weak(weak, "xqsm"), warn_if_weak(SimpleNamespace(name="s", card={"metrics": {"suite": {"nrmse": 42.3}}}), "noqsm")
+    (True, False)
+    """
+    metrics = loaded.card.get("metrics") or {}
+    try:
+        score = float(metrics["suite"]["nrmse"])
+    except (KeyError, TypeError, ValueError):
+        return False
+    if not score > WEAK_NRMSE_PERCENT:
+        return False
+    case = metrics.get("suite_case_of_headline", "baseline")
+    LOG.warning("%s: the weights '%s' score %.0f %% NRMSE on the evaluation suite's %s case (their card: torchqsm "
+                "models); above %.0f %% an error carries more than half of χ's variance. Compare with a classical "
+                "inversion (e.g. --method tv) before reading this map", method, loaded.name, score, case,
+                WEAK_NRMSE_PERCENT)
+    return True
+
+
 def network_inversion(local_field_ppm: torch.Tensor, mask: torch.Tensor, acquisition: Acquisition | None = None, *,
                       weights: str, tile_size: int = 0, reorient: bool | None = None,
-                      method: str = "network") -> torch.Tensor:
-    """χ (ppm) of the shipped network ``weights`` on a local field (ppm), in the record's geometry."""
+                      method: str = "network", warn_weak: bool = True) -> torch.Tensor:
+    """χ (ppm) of the shipped network ``weights`` on a local field (ppm), in the record's geometry.
+
+    ``warn_weak``: warn when the card scores the network weak on the suite (:func:`warn_if_weak`);
+    a refinement, which goes on from the network's χ, turns it off.
+    """
     from ..models.inference import predict
 
     problem = prepare(local_field_ppm, mask, acquisition, method=method, pad=0)
@@ -201,6 +235,8 @@ def network_inversion(local_field_ppm: torch.Tensor, mask: torch.Tensor, acquisi
     if loaded.card["architecture"] not in LEARNED_ARCHITECTURES:  # a background or phase network
         raise InputError(f"{method}: '{weights}' is a '{loaded.card['architecture']}' network, not a dipole inversion "
                          f"(local field → χ: {', '.join(LEARNED_ARCHITECTURES)})", source=str(loaded.path))
+    if warn_weak:
+        warn_if_weak(loaded, method)
     record = problem.acquisition
     if loaded.card["architecture"] in CONSISTENT_ARCHITECTURES:
         from ..models.inference import predict_consistent
@@ -271,7 +307,7 @@ def refined_inversion(local_field_ppm: torch.Tensor, mask: torch.Tensor, acquisi
         chi = refine.fine(loaded.model, rotated, rotated_mask, network_frame, normalization=loaded.normalization,
                           callback=callback, **rest)
         return problem.finish(frame.to_original(chi))
-    chi0 = network_inversion(local_field_ppm, mask, acquisition, method=method, **network)
+    chi0 = network_inversion(local_field_ppm, mask, acquisition, method=method, warn_weak=False, **network)
     return getattr(refine, refinement)(chi0, local_field_ppm, mask, acquisition, callback=callback, **rest)
 
 

@@ -63,7 +63,7 @@ def phase_network_inversion(phase_rad: torch.Tensor, mask: torch.Tensor, acquisi
     """
     from ..models.inference import crop, pad_to_multiple
     from ..models.iqsm import stencil_interior
-    from .learned import load_cached
+    from .learned import load_cached, warn_if_weak
 
     acquisition.require("echo_times_s", "b0_tesla", "b0_dir", "voxel_size_mm", method=network)
     record = acquisition
@@ -83,6 +83,7 @@ def phase_network_inversion(phase_rad: torch.Tensor, mask: torch.Tensor, acquisi
     if architecture not in PHASE_ARCHITECTURES:
         raise ParameterError(f"'{network}' is a {architecture} network (local field → χ); a phase network is one of "
                              f"{', '.join(PHASE_ARCHITECTURES)}")
+    warn_if_weak(loaded, network)
     trained = tuple(float(v) for v in loaded.card.get("voxel_size_mm", (1.0, 1.0, 1.0)))
     if any(abs(a - b) > 0.1 * b for a, b in zip(record.voxel_size_mm, trained)):
         LOG.warning("%s: the network '%s' was trained at %s mm voxels; these are %s mm (its Laplacian uses the "
