@@ -14,7 +14,7 @@ import torch
 from torchqsm.acquisition import Acquisition
 from torchqsm.cli.main import main
 from torchqsm.errors import InputError, ParameterError
-from torchqsm.models import build_model
+from torchqsm.models import Normalization, build_model
 from torchqsm.models import weights as weights_module
 from torchqsm.models.weights import example_card, save_weights
 from torchqsm.pipeline import learned, registry
@@ -118,3 +118,39 @@ def test_every_phase_recipe_has_shipped_weights_that_run(recipe, caplog):
         chi, inner = phase_network_inversion(phase, mask, record, network=RECIPES[recipe].phase_network)
     assert bool(torch.isfinite(chi).all()) and float(chi[inner].abs().max()) > 0 and float(chi[~inner].abs().max()) == 0
     assert sum("NRMSE on the evaluation suite" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_a_phase_network_runs_on_its_cards_voxel_size(tmp_path, monkeypatch):
+    """A network trained at 2 mm gets 1 mm phase resampled to 2 mm, and χ back on the 1 mm grid.
+
+    The network is its LoT alone (U-Net output zero, skip 1), so χ is the Laplacian of the field
+    (ppm/mm²) times a known factor. For f = a·x², ∇²f = 2a everywhere; run on the 1 mm grid with the
+    2 mm stencil it would be 4 times too small.
+    """
+    a = 2e-4  # ppm/mm²
+    model = build_model("iqsm", base_channels=2, depth=2, voxel_size_mm=[2.0, 2.0, 2.0])
+    with torch.no_grad():
+        for parameter in model.unet.parameters():
+            parameter.zero_()
+        model.skip.fill_(1.0)
+    card = example_card("iqsm-2mm", architecture="iqsm", base_channels=2, depth=2, voxel_size_mm=[2.0, 2.0, 2.0])
+    card["voxel_size_mm"] = [2.0, 2.0, 2.0]
+    save_weights(model, card, tmp_path, "iqsm-2mm")
+    monkeypatch.setattr(weights_module, "SHIPPED_DIR", tmp_path)
+    learned.load_cached.cache_clear()
+    try:
+        shape = (48, 40, 40)
+        g = torch.stack(torch.meshgrid(*[torch.arange(n, dtype=torch.float32) for n in shape], indexing="ij"))
+        field = a * (g[0] - 24.0) ** 2  # ppm, at 1 mm
+        mask = ((g[0] - 24) ** 2 + (g[1] - 20) ** 2 + (g[2] - 20) ** 2) < 17**2
+        phase = torch.stack([torch.remainder(field * 2 * math.pi * 42.577478 * 3.0 * t + math.pi, 2 * math.pi) - math.pi
+                             for t in TE])
+        record = Acquisition(voxel_size_mm=(1, 1, 1), b0_dir=(0, 0, 1), b0_tesla=3.0, echo_times_s=TE)
+        chi, inner = phase_network_inversion(phase, mask, record, network="iqsm-2mm")
+        assert chi.shape == shape and inner.sum() > 0.5 * mask.sum()
+        expected = 2 * a / model.lot_scale * Normalization().output_scale_ppm  # ppm
+        core = inner & (((g[0] - 24) ** 2 + (g[1] - 20) ** 2 + (g[2] - 20) ** 2) < 12**2)
+        assert float(chi[core].mean()) == pytest.approx(expected, rel=0.05)
+        assert float(chi[core].std()) < 0.05 * expected
+    finally:
+        learned.load_cached.cache_clear()

@@ -4,8 +4,10 @@ A recipe with ``phase_network`` set (``torchqsm run --recipe iqsm+``) runs only 
 before the network: no unwrapping, echo combination, background removal or dipole inversion
 (:class:`~torchqsm.models.iqsm.IQSM`: its LoT layer replaces the first three). The network reads
 the record's echo times and field strength (the LoT is scaled by them) and, for iQSM+, its B0
-direction in voxel coordinates; it applies to the data's own grid at any orientation. χ is defined
-in the mask eroded by one voxel (the reach of the LoT stencil).
+direction in voxel coordinates; it applies at any orientation without rotating the data. Its U-Net
+saw one voxel size (the card's) and its LoT stencil is that grid's: data whose voxels differ by more
+than 10 % is resampled to it through each echo's complex signal (trilinear cos φ and sin φ, no
+rotation), and χ back. χ is defined in the mask eroded by one voxel (the reach of the LoT stencil).
 
 Units: wrapped phase in radians in; χ in ppm out.
 """
@@ -25,6 +27,27 @@ __all__ = ["PHASE_ARCHITECTURES", "phase_network_inversion", "weights_for"]
 #: Architectures of :mod:`torchqsm.models` that take wrapped phase (``phase_to_chi``).
 PHASE_ARCHITECTURES = ("iqsm", "iqsm+")
 _WRAPPED_LIMIT = math.pi + 1e-3
+#: Voxel sizes within this relative tolerance of the card's run the network on the data's own grid.
+_SAME_VOXEL = 0.1
+
+
+def _to_network_grid(phase_rad: torch.Tensor, mask: torch.Tensor, voxel_size_mm, network_voxel_mm):
+    """Each echo's wrapped phase resampled to the network's voxel size through its complex signal (no rotation).
+
+    Returns the phase on the network's grid, its mask and the :class:`~torchqsm.models.reorient.ModelFrame`
+    that maps χ back. Trilinear interpolation of cos φ and sin φ, normalised by the mask, keeps the phase
+    wrapped; B0's direction in voxel coordinates does not change when only the voxel size does.
+    """
+    from ..models.reorient import to_model_frame
+
+    echoes = []
+    for echo in phase_rad:
+        cos, grid_mask, frame = to_model_frame(torch.cos(echo), mask, voxel_size_mm=voxel_size_mm, b0_dir=(0.0, 0.0, 1.0),
+                                               model_voxel_size_mm=network_voxel_mm)
+        sin = to_model_frame(torch.sin(echo), mask, voxel_size_mm=voxel_size_mm, b0_dir=(0.0, 0.0, 1.0),
+                             model_voxel_size_mm=network_voxel_mm)[0]
+        echoes.append(torch.atan2(sin, cos) * grid_mask)
+    return torch.stack(echoes), grid_mask, frame
 
 
 def weights_for(name: str) -> str:
@@ -85,22 +108,31 @@ def phase_network_inversion(phase_rad: torch.Tensor, mask: torch.Tensor, acquisi
                              f"{', '.join(PHASE_ARCHITECTURES)}")
     warn_if_weak(loaded, network)
     trained = tuple(float(v) for v in loaded.card.get("voxel_size_mm", (1.0, 1.0, 1.0)))
-    if any(abs(a - b) > 0.1 * b for a, b in zip(record.voxel_size_mm, trained)):
-        LOG.warning("%s: the network '%s' was trained at %s mm voxels; these are %s mm (its Laplacian uses the "
-                    "data's voxel size, its U-Net saw only the trained one)", network, loaded.name,
-                    "×".join(f"{v:g}" for v in trained), "×".join(f"{v:g}" for v in record.voxel_size_mm))
     model = loaded.model.eval()
     inside = (mask != 0).to(phase_rad.device)
-    masked = phase_rad.float() * inside
-    padded, region = pad_to_multiple(masked[None], model.multiple)
-    padded_mask, _ = pad_to_multiple(inside.float()[None, None], model.multiple)
+    eroded = stencil_interior(inside[None, None])[0, 0] > 0  # where the network sees its LoT input
+    if not bool(eroded.any()):
+        raise InputError("the mask is empty after the one-voxel erosion of the phase network", source=source)
+    same = all(abs(a - b) <= _SAME_VOXEL * b for a, b in zip(record.voxel_size_mm, trained))
+    if same:
+        phase, net_mask, frame = phase_rad.float() * inside, inside, None
+    else:
+        phase, net_mask, frame = _to_network_grid(phase_rad.float(), inside, record.voxel_size_mm, trained)
+        LOG.info("%s: the network '%s' was trained at %s mm voxels; the phase is resampled from %s mm to them and "
+                 "χ back", network, loaded.name, "×".join(f"{v:g}" for v in trained),
+                 "×".join(f"{v:g}" for v in record.voxel_size_mm))
+    padded, region = pad_to_multiple(phase[None], model.multiple)
+    padded_mask, _ = pad_to_multiple(net_mask.float()[None, None], model.multiple)
     with torch.inference_mode():
         out = model(padded, padded_mask, echo_times_s=list(record.echo_times_s), b0_tesla=float(record.b0_tesla),
                     b0_dir=list(record.b0_dir))
     chi = crop(loaded.normalization.from_network(out)[0], region)[0]
-    eroded = stencil_interior(inside[None, None])[0, 0] > 0  # where the network saw its LoT input
-    if not bool(eroded.any()):
-        raise InputError("the mask is empty after the one-voxel erosion of the phase network", source=source)
+    if frame is not None:
+        seen = stencil_interior(net_mask[None, None].float())[0, 0]
+        chi = frame.to_original(chi * seen)
+        eroded = eroded & (frame.to_original(seen) > 0.5)
+        if not bool(eroded.any()):
+            raise InputError(f"the mask holds no interior voxel of the network's {trained} mm grid", source=source)
     if not bool(torch.isfinite(chi).all()):
         raise InputError(f"the phase network '{network}' produced non-finite values", source=source)
     return chi * eroded, eroded
