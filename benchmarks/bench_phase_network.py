@@ -19,6 +19,7 @@ it says how far its training got, not what the architecture can do.
 
 Example (writes its section of docs/benchmarks.md)::
 
+    python benchmarks/bench_phase_network.py            # the shipped iqsm+ network
     python benchmarks/bench_phase_network.py iqsm-plus-hybrid-cpu
 """
 
@@ -103,14 +104,18 @@ def table(rows: list[dict], weights: str, threads: int, repeats: int) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("weights", nargs="?", default="iqsm-plus-hybrid-cpu",
-                        help="the phase network: a shipped name (default: iqsm+'s) or a card path")
+    parser.add_argument("weights", nargs="?", help="the phase network: a shipped name or a card path (default: the "
+                                                   "shipped iqsm+ network)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--rows", nargs="+", default=["network", "fast", "accurate"])
     parser.add_argument("--no-write", action="store_true", help="print only")
     parser.add_argument("--row", help=argparse.SUPPRESS)  # internal: run one row, print JSON
     args = parser.parse_args()
+    if args.weights is None:
+        from torchqsm.pipeline.learned import shipped_defaults
+
+        args.weights = shipped_defaults()["iqsm+"]
     if args.row:
         print(json.dumps(run_row(args.row, args.weights, args.threads, args.repeats)))
         return
