@@ -18,7 +18,7 @@ from torchqsm.models import Normalization, build_model
 from torchqsm.models import weights as weights_module
 from torchqsm.models.weights import example_card, save_weights
 from torchqsm.pipeline import learned, registry
-from torchqsm.pipeline.phase_networks import phase_network_inversion
+from torchqsm.pipeline.phase_networks import phase_network_inversion, weights_for
 from torchqsm.pipeline.recipes import RECIPES, with_overrides
 
 TE = (0.004, 0.008, 0.012)
@@ -110,14 +110,16 @@ def test_run_iqsm_plus_end_to_end_writes_chi_and_no_field_maps(tiny_phase_networ
 def test_every_phase_recipe_has_shipped_weights_that_run(recipe, caplog):
     """Each phase-network recipe's shipped weights load and map a wrapped phase to finite χ in the eroded mask.
 
-    The shipped CPU-trained weights score above 100 % NRMSE on the suite (their cards): each use says so.
+    Weights whose card scores the suite above 70.7 % NRMSE (all shipped ones today) say so, once per use.
     """
     phase, mask = _phase((24, 24, 24))
     record = Acquisition(voxel_size_mm=(1, 1, 1), b0_dir=(0, 0.5, 0.75**0.5), b0_tesla=3.0, echo_times_s=TE)
     with caplog.at_level(logging.WARNING, logger="torchqsm"):
         chi, inner = phase_network_inversion(phase, mask, record, network=RECIPES[recipe].phase_network)
     assert bool(torch.isfinite(chi).all()) and float(chi[inner].abs().max()) > 0 and float(chi[~inner].abs().max()) == 0
-    assert sum("NRMSE on the evaluation suite" in r.getMessage() for r in caplog.records) == 1
+    card = learned.load_cached(weights_for(RECIPES[recipe].phase_network), "cpu").card
+    weak = card["metrics"]["suite"]["nrmse"] > learned.WEAK_NRMSE_PERCENT
+    assert sum("NRMSE on the evaluation suite" in r.getMessage() for r in caplog.records) == int(weak)
 
 
 def test_a_phase_network_runs_on_its_cards_voxel_size(tmp_path, monkeypatch):
