@@ -256,3 +256,22 @@ def test_several_voxel_sizes_one_per_volume_each_with_its_own_physics():
     assert plain["voxel_size_mm"].tolist() == [1.0, 1.0, 1.0]  # unset: voxel_size_mm
     with pytest.raises(ParameterError, match="voxel_sizes_mm"):
         SimulationConfig(**SMALL, voxel_sizes_mm=((1.0, 1.0),))
+
+
+@pytest.mark.parametrize("skip", [0, 1, 2, 3, 5])
+@pytest.mark.parametrize("worker", [0, 1])
+def test_skip_drops_exactly_the_first_samples(skip, worker):
+    """A resumed run's stream: skipping k samples equals dropping the first k of the full stream,
+    whole volumes included (they are not simulated, but the next one must be the same)."""
+    dataset = SimulatedQSMDataset(SimulationConfig(**SMALL), seed=5, volumes=6)
+    full = list(dataset.stream(worker, 2))
+    skipped = list(dataset.stream(worker, 2, skip=skip))
+    assert len(skipped) == len(full) - skip
+    for a, b in zip(skipped, full[skip:]):
+        assert int(a["seed"]) == int(b["seed"]) and torch.equal(a["target"], b["target"])
+        assert torch.equal(a["input"], b["input"])
+
+
+def test_skip_must_not_be_negative():
+    with pytest.raises(ParameterError, match="skip"):
+        next(SimulatedQSMDataset(SimulationConfig(**SMALL), seed=5, volumes=2).stream(0, 1, skip=-1))

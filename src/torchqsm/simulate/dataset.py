@@ -318,9 +318,17 @@ class SimulatedQSMDataset(IterableDataset):
         info = get_worker_info()
         return self.stream(*((0, 1) if info is None else (info.id, info.num_workers)))
 
-    def stream(self, worker: int, workers: int) -> Iterator[dict[str, torch.Tensor]]:
-        """The samples worker ``worker`` of ``workers`` yields (volumes ``worker``, ``worker + workers``, ...)."""
-        index = worker
+    def stream(self, worker: int, workers: int, *, skip: int = 0) -> Iterator[dict[str, torch.Tensor]]:
+        """The samples worker ``worker`` of ``workers`` yields (volumes ``worker``, ``worker + workers``, ...).
+
+        ``skip`` drops that many of its first samples. Each volume has its own seed, so whole
+        volumes are skipped without being simulated: a resumed run starts at once.
+        """
+        if skip < 0:
+            raise ParameterError(f"skip must be non-negative, got {skip}")
+        per_volume = 1 if self.config.patch_size is None else int(self.config.patches_per_volume)
+        index = worker + (skip // per_volume) * workers
+        skip %= per_volume
         while self.volumes is None or index < self.volumes:
             seed = self.volume_seed(index)
             generator = torch.Generator().manual_seed(seed)
@@ -333,8 +341,11 @@ class SimulatedQSMDataset(IterableDataset):
                 yield _sample(config, volume, (0, 0, 0), tuple(volume.mask.shape), seed, generator)
             else:
                 size = tuple(int(s) for s in config.patch_size)
-                for _ in range(config.patches_per_volume):
+                for patch in range(config.patches_per_volume):
                     corner = _patch_corners(volume.mask, size, fraction=config.min_mask_fraction,
                                             generator=generator)
-                    yield _sample(config, volume, corner, size, seed, generator)
+                    sample = _sample(config, volume, corner, size, seed, generator)
+                    if patch >= skip:
+                        yield sample
+            skip = 0
             index += workers

@@ -85,9 +85,7 @@ class _Skipping(IterableDataset):
         # worker that would have made batch number ``batches_done``: rotate the roles.
         role = (worker + self.batches_done) % workers
         skip = len(range(role, self.batches_done, workers)) * self.batch_size
-        for index, sample in enumerate(self.dataset.stream(role, workers)):
-            if index >= skip:
-                yield sample
+        yield from self.dataset.stream(role, workers, skip=skip)
 
 
 def _worker_init(_: int) -> None:
