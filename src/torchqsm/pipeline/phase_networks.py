@@ -6,7 +6,7 @@ before the network: no unwrapping, echo combination, background removal or dipol
 the record's echo times and field strength (the LoT is scaled by them) and, for iQSM+, its B0
 direction in voxel coordinates; it applies at any orientation without rotating the data. Its U-Net
 saw one voxel size (the card's) and its LoT stencil is that grid's: data whose voxels differ by more
-than 10 % is resampled to it through each echo's complex signal (trilinear cos φ and sin φ, no
+than 5 % is resampled to it through each echo's complex signal (trilinear cos φ and sin φ, no
 rotation), and χ back. χ is defined in the mask eroded by one voxel (the reach of the LoT stencil).
 
 Units: wrapped phase in radians in; χ in ppm out.
@@ -27,8 +27,6 @@ __all__ = ["PHASE_ARCHITECTURES", "phase_network_inversion", "weights_for"]
 #: Architectures of :mod:`torchqsm.models` that take wrapped phase (``phase_to_chi``).
 PHASE_ARCHITECTURES = ("iqsm", "iqsm+")
 _WRAPPED_LIMIT = math.pi + 1e-3
-#: Voxel sizes within this relative tolerance of the card's run the network on the data's own grid.
-_SAME_VOXEL = 0.1
 
 
 def _to_network_grid(phase_rad: torch.Tensor, mask: torch.Tensor, voxel_size_mm, network_voxel_mm):
@@ -86,6 +84,7 @@ def phase_network_inversion(phase_rad: torch.Tensor, mask: torch.Tensor, acquisi
     """
     from ..models.inference import crop, pad_to_multiple
     from ..models.iqsm import stencil_interior
+    from ..models.reorient import same_voxel_size
     from .learned import load_cached, warn_if_weak
 
     acquisition.require("echo_times_s", "b0_tesla", "b0_dir", "voxel_size_mm", method=network)
@@ -113,7 +112,7 @@ def phase_network_inversion(phase_rad: torch.Tensor, mask: torch.Tensor, acquisi
     eroded = stencil_interior(inside[None, None])[0, 0] > 0  # where the network sees its LoT input
     if not bool(eroded.any()):
         raise InputError("the mask is empty after the one-voxel erosion of the phase network", source=source)
-    same = all(abs(a - b) <= _SAME_VOXEL * b for a, b in zip(record.voxel_size_mm, trained))
+    same = same_voxel_size(record.voxel_size_mm, trained)
     if same:
         phase, net_mask, frame = phase_rad.float() * inside, inside, None
     else:

@@ -43,8 +43,6 @@ __all__ = ["nextqsm", "DEFAULT_WEIGHTS", "WHOLE_BRAIN_MM"]
 
 #: The shipped background network :func:`nextqsm` loads unless told otherwise.
 DEFAULT_WEIGHTS = "nextqsm-background-cpu"
-#: Voxel sizes within this relative tolerance of the card's run the network on the data's own grid.
-_SAME_VOXEL = 0.05
 #: A mask shorter than this (mm) along any axis is not a whole brain: the network warns it was not trained so.
 WHOLE_BRAIN_MM = 100.0
 
@@ -85,7 +83,7 @@ def nextqsm(
     InputError
         The weights cannot be read or are not a background network, or the mask is empty after erosion.
     """
-    from ...models.reorient import to_model_frame
+    from ...models.reorient import same_voxel_size, to_model_frame
     from ...pipeline.learned import load_cached
 
     field = prepare(total_field_ppm, mask, voxel_size_mm=voxel_size_mm, b0_dir=b0_dir)
@@ -96,7 +94,7 @@ def nextqsm(
         raise InputError(f"'{name}' is a '{loaded.card['architecture']}' network, not a background network "
                          "(architecture 'background-unet')", source=str(loaded.path))
     model_voxel = tuple(float(v) for v in loaded.card["voxel_size_mm"])
-    same = all(abs(h - m) <= _SAME_VOXEL * m for h, m in zip(field.voxel_size_mm, model_voxel))
+    same = same_voxel_size(field.voxel_size_mm, model_voxel)
     if erode_mm is None:
         erode_mm = 0.0 if same else max(model_voxel)
     if not (math.isfinite(erode_mm) and erode_mm >= 0):
