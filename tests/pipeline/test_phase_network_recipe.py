@@ -122,7 +122,7 @@ def test_every_phase_recipe_has_shipped_weights_that_run(recipe, caplog):
     assert sum("NRMSE on the evaluation suite" in r.getMessage() for r in caplog.records) == int(weak)
 
 
-def test_a_phase_network_runs_on_its_cards_voxel_size(tmp_path, monkeypatch):
+def test_a_phase_network_runs_on_its_cards_voxel_size(tmp_path, monkeypatch, caplog):
     """A network trained at 2 mm gets 1 mm phase resampled to 2 mm, and χ back on the 1 mm grid.
 
     The network is its LoT alone (U-Net output zero, skip 1), so χ is the Laplacian of the field
@@ -148,8 +148,10 @@ def test_a_phase_network_runs_on_its_cards_voxel_size(tmp_path, monkeypatch):
         phase = torch.stack([torch.remainder(field * 2 * math.pi * 42.577478 * 3.0 * t + math.pi, 2 * math.pi) - math.pi
                              for t in TE])
         record = Acquisition(voxel_size_mm=(1, 1, 1), b0_dir=(0, 0, 1), b0_tesla=3.0, echo_times_s=TE)
-        chi, inner = phase_network_inversion(phase, mask, record, network="iqsm-2mm")
+        with caplog.at_level(logging.WARNING, logger="torchqsm"):
+            chi, inner = phase_network_inversion(phase, mask, record, network="iqsm-2mm")
         assert chi.shape == shape and inner.sum() > 0.5 * mask.sum()
+        assert any("coarser resolution" in r.getMessage() for r in caplog.records)  # 1 mm data, a 2 mm network
         expected = 2 * a / model.lot_scale * Normalization().output_scale_ppm  # ppm
         core = inner & (((g[0] - 24) ** 2 + (g[1] - 20) ** 2 + (g[2] - 20) ** 2) < 12**2)
         assert float(chi[core].mean()) == pytest.approx(expected, rel=0.05)

@@ -214,8 +214,8 @@ def warn_if_weak(loaded, method: str) -> bool:
     case = metrics.get("suite_case_of_headline", "baseline")
     LOG.warning("%s: the weights '%s' score %.0f %% NRMSE on the evaluation suite's %s case (their card: torchqsm "
                 "models); above %.0f %% an error carries more than half of χ's variance. Compare with a classical "
-                "inversion (e.g. --method tv) before reading this map", method, loaded.name, score, case,
-                WEAK_NRMSE_PERCENT)
+                "inversion (torchqsm invert --method tv, or torchqsm run --recipe fast) before reading this map",
+                method, loaded.name, score, case, WEAK_NRMSE_PERCENT)
     return True
 
 
