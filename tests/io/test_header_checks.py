@@ -17,6 +17,7 @@ from torchqsm.cli.main import main
 from torchqsm.errors import InputError, ResourceError
 from torchqsm.io import load_nifti
 from torchqsm.io import nifti as nifti_module
+from torchqsm.io import limits as limits_module
 from torchqsm.io._atomic import check_writable_folder
 from torchqsm.io.acquisition import acquisition_from_nifti
 
@@ -65,7 +66,7 @@ def test_a_gzipped_header_claiming_more_than_deflate_can_hold(tmp_path):
 def test_an_array_larger_than_the_memory_is_refused_before_reading(tmp_path, monkeypatch, capsys):
     path = tmp_path / "field.nii.gz"
     nib.save(nib.Nifti1Image(np.zeros((8, 8, 8), np.float32), np.eye(4)), path)
-    monkeypatch.setattr(nifti_module, "_available_memory_bytes", lambda: 1000)
+    monkeypatch.setattr(limits_module, "_available_memory_bytes", lambda: 1000)
     monkeypatch.setattr(nifti_module, "_read_array", lambda *a, **k: pytest.fail("the array was read"))
     with pytest.raises(ResourceError, match="needs 4.1 kB of memory but 1 kB is available"):
         load_nifti(path)

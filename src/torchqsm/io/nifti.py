@@ -18,7 +18,7 @@ import contextlib
 import math
 import os
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -27,7 +27,8 @@ import numpy as np
 from nibabel.filebasedimages import ImageFileError
 from nibabel.spatialimages import HeaderDataError
 
-from torchqsm.errors import InputError, ResourceError
+from torchqsm.errors import InputError
+from torchqsm.io.limits import check_memory, check_stored_size, format_shape
 from torchqsm.physics.geometry import b0_dir_from_affine, voxel_size_from_affine
 
 __all__ = ["Volume", "load_nifti", "load_mask", "check_same_grid", "open_nifti", "header_voxel_size_mm", "affine_b0_dir",
@@ -35,11 +36,6 @@ __all__ = ["Volume", "load_nifti", "load_mask", "check_same_grid", "open_nifti",
 
 # What nibabel, gzip and zlib raise on a damaged, truncated or foreign file.
 _READ_ERRORS = (ImageFileError, HeaderDataError, OSError, EOFError, zlib.error, ValueError)
-
-
-def format_shape(shape: Sequence[int]) -> str:
-    """``(64, 64, 60)`` → ``"64×64×60"``, the way shapes appear in messages."""
-    return "×".join(str(int(n)) for n in shape)
 
 
 def _describe(volume: Volume) -> tuple[str, str]:
@@ -163,56 +159,6 @@ def check_orthogonal(affine: np.ndarray, *, role: str = "image", source: str | N
                              "nibabel.processing.resample_from_to)", source=source)
 
 
-def _human(count: int | float) -> str:
-    for unit in ("bytes", "kB", "MB", "GB", "TB", "PB"):
-        if abs(count) < 1000 or unit == "PB":
-            return f"{count:.0f} {unit}" if unit == "bytes" else f"{count:.3g} {unit}"
-        count /= 1000
-    return f"{count:.3g} PB"  # pragma: no cover
-
-
-#: Deflate never compresses more than 1032:1, so a .nii.gz holds at most this many bytes per stored byte.
-_GZIP_MAX_RATIO = 1032
-
-
-def _check_size(image: nib.Nifti1Image, path: Path, role: str) -> int:
-    """The array's size (bytes) as the header claims it, refused when the file cannot hold it."""
-    header = image.header
-    shape = tuple(int(n) for n in header.get_data_shape())
-    count = math.prod(shape)
-    nbytes = count * header.get_data_dtype().itemsize
-    stored_offset = float(header["vox_offset"])  # get_data_offset() reads 0 for some values nibabel reads at
-    if not math.isfinite(stored_offset) or stored_offset < 0:
-        raise InputError(f"the {role} header's vox_offset is {stored_offset:g}, not a byte position", source=str(path))
-    offset = max(int(stored_offset), 352)  # a single-file NIfTI-1 has its data after byte 352
-    stored = path.stat().st_size
-    compressed = path.name.lower().endswith(".gz")
-    room = stored * _GZIP_MAX_RATIO + 65536 if compressed else stored - offset
-    if offset + nbytes > (room if compressed else stored):
-        holds = f"at most {_human(room)} once decompressed" if compressed else f"{_human(max(room, 0))} of data"
-        raise InputError(
-            f"the {role} header claims a {format_shape(shape)} array of {header.get_data_dtype()} "
-            f"({_human(nbytes)}) but the file holds {holds}: it is truncated or its header is wrong",
-            source=str(path))
-    return count
-
-
-def _available_memory_bytes() -> int:
-    """Memory the system can give this process now (bytes)."""
-    import psutil  # a dependency of dask.distributed
-
-    return int(psutil.virtual_memory().available)
-
-
-def check_memory(count: int, dtype: np.dtype, on_disk: np.dtype, *, role: str, source: str) -> None:
-    """Refuse (:class:`~torchqsm.errors.ResourceError`) an array that would not fit in available memory."""
-    need = count * (np.dtype(dtype).itemsize + np.dtype(on_disk).itemsize)  # the raw read and the result
-    available = _available_memory_bytes()
-    if need > available:
-        raise ResourceError(f"reading the {role} image needs {_human(need)} of memory but {_human(available)} "
-                            "is available", source=source)
-
-
 def affine_b0_dir(affine: np.ndarray, *, source: str | None = None) -> tuple[float, float, float]:
     """Unit B0 direction in voxel coordinates from an affine, or :class:`InputError` naming ``source``."""
     try:
@@ -272,7 +218,7 @@ def open_nifti(path: str | os.PathLike[str], *, role: str = "image", mmap: bool 
         )
     # Before anything reads the voxels: a header that lies about the size, the voxel size or
     # the grid is refused here, in milliseconds, with nothing allocated.
-    _check_size(image, path, role)
+    check_stored_size(image, path, role)
     check_orthogonal(image.affine, role=role, source=source)
     if raw_pixdim is not None and not all(math.isfinite(p) and p > 0 for p in raw_pixdim):
         # nibabel replaces an empty pixdim by 1 mm; the voxel size then comes from the sform.
