@@ -69,13 +69,17 @@ def case_errors(case_dir: Path) -> dict[str, dict[str, list[float]]]:
         return [100 * float((laplacian - reference)[r].norm() / reference[r].norm()) for r in regions]
 
     layer = LoTLayer(1, voxel_size_mm=voxel).double()
+    adaptive = LoTLayer(1, voxel_size_mm=voxel, echo_weighting="reliability").double()
     out: dict[str, dict[str, list[float]]] = {}
     for kind, phase in phases.items():
         out[kind] = {}
+        phase = phase * torch.from_numpy(mask)  # as the network sees it: nothing outside the mask
         for name, echoes in [("least squares", slice(None))] + [(f"echo {e + 1}", slice(e, e + 1)) for e in range(len(te))]:
             with torch.no_grad():
                 lot = layer(phase[None, echoes], echo_times_s=te[echoes], b0_tesla=b0)[0, 0]
             out[kind][name] = errors(lot)
+        with torch.no_grad():
+            out[kind]["reliability"] = errors(adaptive(phase[None], echo_times_s=te, b0_tesla=b0)[0, 0])
     total_laplacian = LaplacianOp(tuple(total.shape), voxel_size_mm=voxel, stencil="27", dtype=torch.float64)(total)
     out["L(total)"] = {"least squares": errors(total_laplacian)}
     out["echo_times_ms"] = [1e3 * t for t in te]
@@ -92,7 +96,8 @@ def table(results: dict[str, dict], suite_dir: Path, cases: list[str]) -> str:
              "local field. Relative error (%) in the brain mask eroded by 2 / 3 / 5 voxels.",
              "- `measured`: the case's phase (noise, receive-phase offsets). `noise-free`: ω·TE·(true total "
              "field), wrapped. `L(total)`: the stencil on the true total field (the background's Laplacian "
-             "left in the eroded mask).",
+             "left in the eroded mask). `reliability`: all echoes, each voxel's weighted by "
+             "`models.oalfe.step_reliability` (`echo_weighting=\"reliability\"`).",
              f"- {when}, {platform.machine()}, torch {torch.__version__}.",
              f"- Reproduce: `python benchmarks/bench_lot.py --suite-dir {suite_dir} --cases {' '.join(cases)}`",
              "", "| case | phase | " + " | ".join(columns) + " |", "| --- | --- |" + " ---: |" * len(columns)]

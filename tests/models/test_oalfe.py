@@ -9,7 +9,7 @@ import torch
 
 from torchqsm.errors import ParameterError
 from torchqsm.models import UNet3d
-from torchqsm.models.oalfe import OALFE, LoTLayer, laplacian_stencil_27
+from torchqsm.models.oalfe import OALFE, LoTLayer, laplacian_stencil_27, step_reliability
 from torchqsm.physics.lot import laplacian_of_wrapped_phase
 from torchqsm.physics.operators import LaplacianOp
 from torchqsm.physics.units import GAMMA_BAR_MHZ_PER_T
@@ -57,6 +57,51 @@ def test_multi_echo_lot_recovers_the_laplacian_of_the_field_in_ppm():
     truth = LaplacianOp(field.shape, stencil="27", dtype=torch.float64)(field)
     error = (out - truth)[INTERIOR].abs().max() / truth[INTERIOR].abs().max()
     assert float(error) < 0.05  # the LoT identity is exact only for small neighbour differences
+
+
+def _steep_field(n: int = 40) -> torch.Tensor:
+    """Gaussian blob (ppm): gentle steps at 4 ms, several radians per voxel at 28 ms near its flanks."""
+    g = torch.stack(torch.meshgrid(*[torch.arange(n, dtype=torch.float64) - n / 2] * 3, indexing="ij"))
+    return 1.0 * torch.exp(-g.square().sum(0) / (2 * 3.0**2))
+
+
+def test_reliability_weighting_equals_least_squares_where_the_steps_are_small():
+    field = _smooth_field()
+    echoes, b0 = [0.0015, 0.003, 0.0045, 0.006], 3.0  # steps up to 0.25 rad
+    wrapped = torch.stack([torch.angle(torch.exp(1j * 2 * math.pi * GAMMA_BAR_MHZ_PER_T * b0 * te * field))
+                           for te in echoes])
+    reliability = step_reliability(wrapped)
+    assert float(reliability[:, INTERIOR[0], INTERIOR[1], INTERIOR[2]].min()) > 0.5
+    plain = LoTLayer(1).double()(wrapped[None], echo_times_s=echoes, b0_tesla=b0)[0, 0].detach()
+    weighted = LoTLayer(1, echo_weighting="reliability").double()(wrapped[None], echo_times_s=echoes,
+                                                                   b0_tesla=b0)[0, 0].detach()
+    truth = LaplacianOp(field.shape, stencil="27", dtype=torch.float64)(field)
+    scale = float(truth[INTERIOR].abs().max())
+    assert float((weighted - plain)[INTERIOR].abs().max()) < 0.02 * scale  # nothing to correct: the same answer
+    assert float((weighted - truth)[INTERIOR].abs().max()) < 0.05 * scale
+
+
+def test_reliability_weighting_leans_on_early_echoes_where_late_ones_step_too_far():
+    """A strong source (1 ppm): by 28 ms its flanks step more than π per voxel and least squares,
+    led by the late echoes, loses the Laplacian there; the reliability weights keep it from the early
+    echoes. Without noise, so the comparison is of the identity's bias alone."""
+    field = _steep_field()
+    echoes, b0 = [0.004, 0.012, 0.020, 0.028], 3.0
+    wrapped = torch.stack([torch.angle(torch.exp(1j * 2 * math.pi * GAMMA_BAR_MHZ_PER_T * b0 * te * field))
+                           for te in echoes])
+    truth = LaplacianOp(field.shape, stencil="27", dtype=torch.float64)(field)
+    errors = {}
+    for weighting in ("least_squares", "reliability"):
+        layer = LoTLayer(1, echo_weighting=weighting).double()
+        out = layer(wrapped[None], echo_times_s=echoes, b0_tesla=b0)[0, 0].detach()
+        errors[weighting] = float((out - truth)[INTERIOR].norm() / truth[INTERIOR].norm())
+    assert errors["least_squares"] > 0.5  # the late echoes' wrapped steps wreck the plain fit
+    assert errors["reliability"] < 0.5 * errors["least_squares"]
+
+
+def test_echo_weighting_must_be_known():
+    with pytest.raises(ValueError, match="echo_weighting"):
+        LoTLayer(1, echo_weighting="median")
 
 
 def test_lot_layer_refuses_unwrapped_phase_and_bad_echo_times():

@@ -7,6 +7,8 @@ too), cuts the brain edge where the Laplacian of the phase is not that of tissue
 :math:`\nabla^2 f = (\tfrac13\nabla^2 - \partial_{\hat b}^2)\chi`. A learnable skip from the first
 LoT channel to the output makes the residual block of the paper. With ``orientation_adaptive``
 every 3×3×3 convolution of the U-Net is followed by an OA-LFE module: that is iQSM+.
+``echo_weighting="reliability"`` combines the echoes of the LoT per voxel by how far each holds
+(:func:`~torchqsm.models.oalfe.step_reliability`), not by least squares alone.
 
 Units: the LoT output (ppm of B0 per mm²) is divided by ``lot_scale`` before the U-Net; the
 output is χ in network units (:class:`~torchqsm.models.Normalization`'s ``output_scale_ppm``).
@@ -45,11 +47,11 @@ class IQSM(nn.Module):
 
     def __init__(self, *, lot_channels: int = 2, base_channels: int = 16, depth: int = 4,
                  orientation_adaptive: bool = False, lot_scale: float = 0.01,
-                 voxel_size_mm: Sequence[float] = (1.0, 1.0, 1.0)) -> None:
+                 voxel_size_mm: Sequence[float] = (1.0, 1.0, 1.0), echo_weighting: str = "least_squares") -> None:
         super().__init__()
         if not lot_scale > 0:
             raise ValueError(f"lot_scale must be positive, got {lot_scale}")
-        self.lot = LoTLayer(lot_channels, voxel_size_mm=voxel_size_mm)
+        self.lot = LoTLayer(lot_channels, voxel_size_mm=voxel_size_mm, echo_weighting=echo_weighting)
         self.unet = UNet3d(lot_channels, 1, base_channels=base_channels, depth=depth,
                            orientation_adaptive=orientation_adaptive)
         self.skip = nn.Parameter(torch.zeros(()))

@@ -7,7 +7,9 @@ r"""Orientation-adaptive building blocks of iQSM+: the learnable LoT layer and O
   :math:`2\pi\bar\gamma B_0 \mathrm{TE}` (γ̄ in MHz/T, so a field in ppm) and combined over
   echoes by least squares in TE,
   :math:`\sum_e \mathrm{TE}_e\,\mathrm{LoT}(\varphi_e) / \sum_e \mathrm{TE}_e^2` (the phase grows
-  linearly in TE). At initialisation every channel equals
+  linearly in TE), or (``echo_weighting="reliability"``) by the same fit with each voxel's echoes
+  weighted by how far the identity holds there (:func:`step_reliability`). At initialisation every
+  channel equals
   :func:`torchqsm.physics.lot.laplacian_of_wrapped_phase` with the 27-point stencil (inside the
   volume; the convolution zero-pads, the physics operator is periodic).
 - :class:`OALFE` (iQSM+, the paper's Eqs. 8-11): three 4-layer MLPs (3 → 3 → 5 → 10 → out, SiLU)
@@ -39,7 +41,13 @@ from torch.nn import functional as F
 
 from ..physics.units import GAMMA_BAR_MHZ_PER_T
 
-__all__ = ["OALFE", "LoTLayer", "laplacian_stencil_27", "unit_directions"]
+__all__ = ["OALFE", "LoTLayer", "laplacian_stencil_27", "unit_directions", "step_reliability", "ECHO_WEIGHTINGS"]
+
+#: How :class:`LoTLayer` combines its echoes (see :func:`step_reliability`).
+ECHO_WEIGHTINGS = ("least_squares", "reliability")
+#: The phase step (rad) between neighbours at which an echo's weight falls to 1/e. The LoT identity
+#: reads a step g as sin g, so its bias grows like 1 - cos g: 12 % at this step.
+RELIABLE_STEP_RAD = 0.5
 
 
 def laplacian_stencil_27(voxel_size_mm: Sequence[float] = (1.0, 1.0, 1.0), dtype=torch.float32) -> torch.Tensor:
@@ -67,6 +75,40 @@ def unit_directions(b0_dir: torch.Tensor | Sequence[float], batch: int) -> torch
     if bool(((norms - 1).abs() > 1e-3).any()):
         raise ParameterError(f"the B0 direction must be a unit vector, got lengths {norms.flatten().tolist()}")
     return p / norms
+
+
+def step_reliability(wrapped_phase_rad: torch.Tensor, *, step_rad: float = RELIABLE_STEP_RAD) -> torch.Tensor:
+    r"""Per voxel and echo, :math:`\exp(-(g/g_0)^2)` for the local phase step :math:`g` (rad per voxel).
+
+    :math:`g` is the largest over the three axes of :math:`|\arg \langle z_{x+1}\bar z_x\rangle|`,
+    the neighbour product of :math:`z = e^{i\varphi}` averaged over a 3×3×3 box: the average keeps the
+    field's systematic step and suppresses noise, which a per-voxel step would mistake for a
+    gradient (the late echoes would then be dropped exactly where noise is high). Where a late
+    echo's steps are large (near a haemorrhage, a vein, the brain's edge) its weight falls and the
+    fit leans on the earlier echoes, whose steps are smaller in proportion to TE.
+
+    Measured on the evaluation suite (``benchmarks/bench_lot.py``; 1 mm, brain eroded by 3 voxels,
+    error of the untrained LoT against the 27-point Laplacian of the true local field): baseline
+    37.1 → 28.5 %, tilt-60deg 34.8 → 28.7 %, snr-30 73.9 → 73.6 %, haemorrhage 82.9 → 62.4 % (95.0 →
+    71.4 % within 4 voxels of the lesion, where least squares keeps 6 % of the Laplacian).
+
+    ``wrapped_phase_rad``: ``(..., X, Y, Z)``; returns the same shape, in (0, 1].
+
+    >>> ramp = torch.arange(8.0).reshape(8, 1, 1).expand(8, 8, 8)
+    >>> r = step_reliability(torch.stack([0.1 * ramp, 1.5 * ramp]))
+    >>> round(float(r[0, 4, 4, 4]), 3), round(float(r[1, 4, 4, 4]), 3)
+    (0.961, 0.0)
+    """
+    shape = wrapped_phase_rad.shape
+    phase = wrapped_phase_rad.reshape(-1, 1, *shape[-3:])
+    cos, sin = torch.cos(phase), torch.sin(phase)
+    step = torch.zeros_like(phase)
+    for axis in (2, 3, 4):
+        cos_next, sin_next = torch.roll(cos, -1, dims=axis), torch.roll(sin, -1, dims=axis)
+        product = torch.cat([cos_next * cos + sin_next * sin, sin_next * cos - cos_next * sin], dim=1)  # z₊ z̄
+        product = F.avg_pool3d(product, 3, stride=1, padding=1, count_include_pad=False)
+        step = torch.maximum(step, torch.atan2(product[:, 1:], product[:, :1]).abs())
+    return torch.exp(-(step / step_rad) ** 2).reshape(shape)
 
 
 class _MLP(nn.Sequential):
@@ -125,6 +167,9 @@ class LoTLayer(nn.Module):
         Learnable 3×3×3 kernels (each initialised to the 27-point stencil).
     voxel_size_mm
         Voxel size of the stencil's initialisation.
+    echo_weighting
+        ``"least_squares"`` (the fit through the origin in TE) or ``"reliability"`` (each voxel's
+        echoes also weighted by :func:`step_reliability`, computed without gradient).
 
     Examples
     --------
@@ -134,10 +179,14 @@ class LoTLayer(nn.Module):
     torch.Size([1, 2, 8, 8, 8])
     """
 
-    def __init__(self, out_channels: int = 2, *, voxel_size_mm: Sequence[float] = (1.0, 1.0, 1.0)) -> None:
+    def __init__(self, out_channels: int = 2, *, voxel_size_mm: Sequence[float] = (1.0, 1.0, 1.0),
+                 echo_weighting: str = "least_squares") -> None:
         super().__init__()
+        if echo_weighting not in ECHO_WEIGHTINGS:
+            raise ValueError(f"echo_weighting must be one of {ECHO_WEIGHTINGS}, got {echo_weighting!r}")
         stencil = laplacian_stencil_27(voxel_size_mm)
         self.weight = nn.Parameter(stencil.expand(out_channels, 1, 3, 3, 3).clone())
+        self.echo_weighting = echo_weighting
 
     def forward(self, wrapped_phase_rad: torch.Tensor, *, echo_times_s: Sequence[float] | torch.Tensor,
                 b0_tesla: float | torch.Tensor) -> torch.Tensor:
@@ -165,7 +214,13 @@ class LoTLayer(nn.Module):
         channels = self.weight.shape[0]
         lot = cos * F.conv3d(sin, self.weight, padding=1) - sin * F.conv3d(cos, self.weight, padding=1)
         lot = lot.reshape(n, echoes, channels, *wrapped_phase_rad.shape[2:])
-        weights = te / te.square().sum(dim=1, keepdim=True)  # least squares for φ_e = ω·TE_e
-        omega_laplacian = (lot * weights.reshape(n, echoes, 1, 1, 1, 1)).sum(dim=1)  # rad/s/mm²
+        te = te.reshape(n, echoes, 1, 1, 1, 1)
+        if self.echo_weighting == "least_squares":  # the fit of φ_e = ω·TE_e through the origin
+            omega_laplacian = (lot * te).sum(dim=1) / te.square().sum(dim=1)  # rad/s/mm²
+        else:  # the same fit, each voxel's echo e weighted by its reliability r_e
+            with torch.no_grad():
+                reliability = step_reliability(wrapped_phase_rad).unsqueeze(2)  # (N, E, 1, X, Y, Z)
+            omega_laplacian = (reliability * te * lot).sum(dim=1) / (reliability * te.square()).sum(dim=1).clamp_min(
+                1e-12 * float(te.square().max()))
         scale = 2 * torch.pi * GAMMA_BAR_MHZ_PER_T * b0  # ω = 2πγ̄B0·f(ppm)
         return omega_laplacian / scale.reshape(n, 1, 1, 1, 1)
