@@ -331,3 +331,37 @@ def test_a_run_resumed_only_to_write_its_weights_keeps_the_hardware_it_trained_o
         torch.set_num_threads(threads)
     assert "1 threads" in trained.hardware and written.losses == ()
     assert written.hardware == trained.hardware
+
+
+def test_network_init_starts_the_whole_network_from_shipped_weights(tmp_path):
+    """`init = { network = CARD }` fine-tunes: an iQSM+ with another echo weighting starts from a first
+    run's weights (every tensor equal at step 0), and a card of other shapes is refused by name."""
+    from torchqsm.models import build_model
+    from torchqsm.models.weights import example_card, load_weights, save_weights
+    from torchqsm.train.loop import _init_stages
+
+    values = {"model": {"architecture": "iqsm+", "name": "first",
+                        "hyperparameters": {"base_channels": 2, "depth": 2}},
+              "data": {"task": "phase_to_chi", "source": "shapes", "shapes_volume": [24, 24, 24],
+                       "patch_size": [16, 16, 16], "pad": 8, "patches_per_volume": 1},
+              "training": {"steps": 2, "batch_size": 1, "workers": 0, "log_every": 1}}
+    first_run = config_from_dict(values)
+    trained = train(first_run, tmp_path / "first", progress=False).model
+    card = save_weights(trained, {**example_card("first", architecture="iqsm+", base_channels=2, depth=2),
+                                  "normalization": first_run.normalization.as_dict()}, tmp_path, "first")
+    card = Path(card).with_suffix(".json")
+    values["model"].update(name="second", init={"network": str(card)},
+                           hyperparameters={"base_channels": 2, "depth": 2, "echo_weighting": "reliability"})
+    config = config_from_dict(values)
+    model = build_model("iqsm+", **config.model.hyperparameters)
+    _init_stages(model, config)
+    first = json.loads(card.read_text())
+    expected = load_weights(str(card)).model.state_dict()
+    assert first["name"] == "first" and all(torch.equal(v, expected[k]) for k, v in model.state_dict().items())
+    assert train(config, tmp_path / "second", progress=False).step == 2
+    values["model"]["hyperparameters"] = {"base_channels": 4, "depth": 2}
+    with pytest.raises(ParameterError, match="does not fit"):
+        _init_stages(build_model("iqsm+", base_channels=4, depth=2), config_from_dict(values))
+    values["model"]["init"] = {"network": str(card), "background": "x"}
+    with pytest.raises(ParameterError, match="no other stage"):
+        config_from_dict(values)

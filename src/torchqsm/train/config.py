@@ -6,7 +6,8 @@ A configuration has five tables; every key is optional except ``model.architectu
     name = "unet-hybrid-cpu"                 # the weights' name (file stem, card name)
     architecture = "unet"                    # torchqsm.models.ARCHITECTURES
     hyperparameters = { base_channels = 8 }  # keywords of the architecture
-    init = {}                                # stage → shipped weights to start from (nextqsm-pipeline)
+    init = {}                                # stage → shipped weights to start from (nextqsm-pipeline);
+                                             # { network = "NAME" }: the whole network (fine-tuning)
 
     [normalization]                          # torchqsm.models.Normalization
     input_scale_ppm = 0.02
@@ -63,7 +64,9 @@ class ModelConfig:
     hyperparameters: dict[str, Any] = field(default_factory=dict)
     #: Stage name → shipped weights (name or card path) that stage starts from, for a network made of
     #: stages (``nextqsm-pipeline``: ``background``, ``inversion``); each must match the stage's
-    #: architecture and hyperparameters. Empty: every weight starts at random.
+    #: architecture and hyperparameters. The key ``network`` starts the whole network from weights whose
+    #: tensors have the same shapes (fine-tuning, e.g. with another ``echo_weighting``); its card's
+    #: normalization must be this run's. Empty: every weight starts at random.
     init: dict[str, str] = field(default_factory=dict)
 
 
@@ -218,7 +221,11 @@ def config_from_dict(values: dict[str, Any], *, base: Path | None = None) -> Run
         model = dataclasses.replace(model, init={k: (str((base / v).resolve()) if v.endswith(".json")
                                                      and not Path(v).is_absolute() else v)
                                                  for k, v in model.init.items()})
-    for what, names in (("[model] init", tuple(model.init)), ("[training] freeze", training.freeze)):
+    if "network" in model.init and len(model.init) > 1:
+        raise ParameterError(f"[model] init: 'network' starts the whole network; it takes no other stage, "
+                             f"got {sorted(model.init)}")
+    for what, names in (("[model] init", tuple(n for n in model.init if n != "network")),
+                        ("[training] freeze", training.freeze)):
         strange = [n for n in names if n not in stages]
         if strange:
             raise ParameterError(f"{what} names {strange}, not stages of the {model.architecture} network "

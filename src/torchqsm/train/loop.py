@@ -133,8 +133,8 @@ def _init_stages(model: torch.nn.Module, config: RunConfig) -> None:
     scale = {"field": config.normalization.input_scale_ppm, "chi": config.normalization.output_scale_ppm}
     for stage, weights in config.model.init.items():
         loaded = load_weights(weights)
-        target = getattr(model, stage)
-        wanted = units.get(stage)
+        target = model if stage == "network" else getattr(model, stage)
+        wanted = ("field", "chi") if stage == "network" else units.get(stage)
         have = (loaded.normalization.input_scale_ppm, loaded.normalization.output_scale_ppm)
         if wanted is not None and any(abs(h - scale[w]) > 1e-9 * scale[w] for h, w in zip(have, wanted)):
             raise ParameterError(f"[model] init: '{weights}' has input/output scales {have} ppm; the {stage} stage "
