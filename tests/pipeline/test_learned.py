@@ -123,6 +123,23 @@ def test_an_orientation_adaptive_card_is_its_own_method_told_b0(tmp_path, monkey
         learned.load_cached.cache_clear()
 
 
+def test_a_card_marked_default_wins_over_file_name_order(tmp_path, monkeypatch):
+    """Two cards of one method: the first by file name is the default unless another says `"default": true`;
+    a `default` that is not a boolean is a broken card."""
+    plain = build_model("unet", base_channels=2, depth=2)
+    save_weights(plain, example_card("unet-a", base_channels=2, depth=2), tmp_path, "unet-a")
+    save_weights(plain, example_card("unet-b", base_channels=2, depth=2), tmp_path, "unet-b")
+    monkeypatch.setattr(weights_module, "SHIPPED_DIR", tmp_path)
+    assert learned.shipped_defaults()["unet"] == "unet-a"
+    card = json.loads((tmp_path / "unet-b.json").read_text())
+    (tmp_path / "unet-b.json").write_text(json.dumps({**card, "default": True}))
+    assert learned.shipped_defaults()["unet"] == "unet-b"
+    (tmp_path / "unet-b.json").write_text(json.dumps({**card, "default": "yes"}))
+    with pytest.raises(InputError, match="'default' must be true or false"):
+        weights_module.model_card(str(tmp_path / "unet-b.json"))
+    assert learned.shipped_defaults()["unet"] == "unet-a"
+
+
 def test_training_tilt_comes_from_the_card():
     card = {"training": {"config": {"data": {"max_tilt_deg": 45.0}}}}
     assert learned.training_tilt_deg(card) == 45.0

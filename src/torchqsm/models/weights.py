@@ -131,6 +131,8 @@ def _card_problems(card: Any, *, computed: bool) -> list[str]:
         Normalization(**card["normalization"])
     except (TypeError, ValueError) as error:
         problems.append(f"'normalization': {error}")
+    if "default" in card and not isinstance(card["default"], bool):
+        problems.append(f"'default' must be true or false, got {card['default']!r}")
     return problems
 
 

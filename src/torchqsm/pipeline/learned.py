@@ -326,10 +326,14 @@ def _broken(error: InputError) -> Callable[..., torch.Tensor]:
 
 
 def _shipped_cards() -> tuple[dict[str, str], dict[str, InputError]]:
-    """Method → the first shipped card's name (by file name); method → an unreadable card's error."""
+    """Method → its default shipped card's name; method → an unreadable card's error.
+
+    The default is the card marked ``"default": true``, else the first by file name.
+    """
     from ..models.weights import SHIPPED_DIR, model_card
 
     defaults: dict[str, str] = {}
+    marked: dict[str, str] = {}
     broken: dict[str, InputError] = {}
     for path in sorted(Path(SHIPPED_DIR).glob("*.json")):
         try:
@@ -339,7 +343,9 @@ def _shipped_cards() -> tuple[dict[str, str], dict[str, InputError]]:
             broken.setdefault({"unet-oalfe": "unet+oalfe", "xqsm-plus": "xqsm+"}.get(stem, stem), error)
             continue
         defaults.setdefault(method_of_card(card), card["name"])
-    return defaults, broken
+        if card.get("default") is True:
+            marked.setdefault(method_of_card(card), card["name"])
+    return {**defaults, **marked}, broken
 
 
 def shipped_defaults() -> dict[str, str]:
