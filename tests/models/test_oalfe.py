@@ -199,3 +199,22 @@ def test_iqsm_gives_its_unet_no_lot_on_the_faces_of_a_patch():
     lot = seen["lot"]
     assert float(lot[..., 0, :, :].abs().max()) == 0.0 and float(lot[..., -1, :, :].abs().max()) == 0.0
     assert float(lot[..., 1:-1, 1:-1, 1:-1].abs().max()) < 1e-3  # a linear phase has no Laplacian
+
+
+def test_a_card_with_an_unknown_echo_weighting_is_one_clear_error(tmp_path):
+    """A hand-edited card: loading says which card and which value, no traceback from deep in the LoT layer."""
+    import json
+
+    from torchqsm.errors import InputError
+    from torchqsm.models import build_model
+    from torchqsm.models.weights import example_card, load_weights, save_weights
+
+    save_weights(build_model("iqsm+", base_channels=2, depth=2),
+                 example_card("x", architecture="iqsm+", base_channels=2, depth=2), tmp_path, "x")
+    card = json.loads((tmp_path / "x.json").read_text())
+    card["hyperparameters"]["echo_weighting"] = "median"
+    (tmp_path / "x.json").write_text(json.dumps(card))
+    with pytest.raises(InputError, match="x.json.*echo_weighting must be one of"):
+        load_weights(str(tmp_path / "x.json"))
+    with pytest.raises(ParameterError, match="architecture 'iqsm': echo_weighting"):
+        build_model("iqsm", echo_weighting="median")

@@ -94,5 +94,7 @@ def build_model(architecture: str, **hyperparameters) -> nn.Module:
         raise ParameterError(f"unknown architecture '{architecture}' (known: {', '.join(sorted(ARCHITECTURES))})") from None
     try:
         return factory(**hyperparameters)
-    except TypeError as error:
+    except ParameterError:
+        raise
+    except (TypeError, ValueError) as error:  # an unknown keyword, a value out of range
         raise ParameterError(f"architecture '{architecture}': {error}") from None
