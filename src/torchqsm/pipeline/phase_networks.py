@@ -84,7 +84,7 @@ def phase_network_inversion(phase_rad: torch.Tensor, mask: torch.Tensor, acquisi
     """
     from ..models.inference import crop, pad_to_multiple
     from ..models.iqsm import stencil_interior
-    from ..models.reorient import same_voxel_size
+    from ..models.reorient import SAME_VOXEL_TOLERANCE, same_voxel_size
     from .learned import load_cached, warn_if_weak
 
     acquisition.require("echo_times_s", "b0_tesla", "b0_dir", "voxel_size_mm", method=network)
@@ -117,7 +117,7 @@ def phase_network_inversion(phase_rad: torch.Tensor, mask: torch.Tensor, acquisi
         phase, net_mask, frame = phase_rad.float() * inside, inside, None
     else:
         phase, net_mask, frame = _to_network_grid(phase_rad.float(), inside, record.voxel_size_mm, trained)
-        coarser = any(t > 1.05 * v for t, v in zip(trained, record.voxel_size_mm))
+        coarser = any(t > (1 + SAME_VOXEL_TOLERANCE) * v for t, v in zip(trained, record.voxel_size_mm))
         (LOG.warning if coarser else LOG.info)(
             "%s: the network '%s' was trained at %s mm voxels; the phase is resampled from %s mm to them and χ "
             "back%s", network, loaded.name, "×".join(f"{v:g}" for v in trained),
