@@ -101,14 +101,18 @@ def step_reliability(wrapped_phase_rad: torch.Tensor, *, step_rad: float = RELIA
     """
     shape = wrapped_phase_rad.shape
     phase = wrapped_phase_rad.reshape(-1, 1, *shape[-3:])
-    cos, sin = torch.cos(phase), torch.sin(phase)
-    step = torch.zeros_like(phase)
+    return _reliability(torch.cos(phase), torch.sin(phase), step_rad).reshape(shape)
+
+
+def _reliability(cos: torch.Tensor, sin: torch.Tensor, step_rad: float) -> torch.Tensor:
+    """:func:`step_reliability` from cos φ and sin φ of shape ``(M, 1, X, Y, Z)`` (the LoT layer has them)."""
+    step = torch.zeros_like(cos)
     for axis in (2, 3, 4):
         cos_next, sin_next = torch.roll(cos, -1, dims=axis), torch.roll(sin, -1, dims=axis)
         product = torch.cat([cos_next * cos + sin_next * sin, sin_next * cos - cos_next * sin], dim=1)  # z₊ z̄
         product = F.avg_pool3d(product, 3, stride=1, padding=1, count_include_pad=False)
         step = torch.maximum(step, torch.atan2(product[:, 1:], product[:, :1]).abs())
-    return torch.exp(-(step / step_rad) ** 2).reshape(shape)
+    return torch.exp(-(step / step_rad) ** 2)
 
 
 class _MLP(nn.Sequential):
@@ -214,13 +218,12 @@ class LoTLayer(nn.Module):
         channels = self.weight.shape[0]
         lot = cos * F.conv3d(sin, self.weight, padding=1) - sin * F.conv3d(cos, self.weight, padding=1)
         lot = lot.reshape(n, echoes, channels, *wrapped_phase_rad.shape[2:])
-        te = te.reshape(n, echoes, 1, 1, 1, 1)
-        if self.echo_weighting == "least_squares":  # the fit of φ_e = ω·TE_e through the origin
-            omega_laplacian = (lot * te).sum(dim=1) / te.square().sum(dim=1)  # rad/s/mm²
-        else:  # the same fit, each voxel's echo e weighted by its reliability r_e
+        # The fit of φ_e = ω·TE_e through the origin, each voxel's echo e weighted by w_e (1 for least squares).
+        weight = te.reshape(n, echoes, 1, 1, 1, 1)
+        if self.echo_weighting == "reliability":
             with torch.no_grad():
-                reliability = step_reliability(wrapped_phase_rad).unsqueeze(2)  # (N, E, 1, X, Y, Z)
-            omega_laplacian = (reliability * te * lot).sum(dim=1) / (reliability * te.square()).sum(dim=1).clamp_min(
-                1e-12 * float(te.square().max()))
+                weight = weight * _reliability(cos, sin, RELIABLE_STEP_RAD).reshape(n, echoes, 1, *lot.shape[3:])
+        denominator = (weight * te.reshape(n, echoes, 1, 1, 1, 1)).sum(dim=1)
+        omega_laplacian = (weight * lot).sum(dim=1) / denominator.clamp_min(1e-12 * float(te.square().max()))  # rad/s/mm²
         scale = 2 * torch.pi * GAMMA_BAR_MHZ_PER_T * b0  # ω = 2πγ̄B0·f(ppm)
         return omega_laplacian / scale.reshape(n, 1, 1, 1, 1)
