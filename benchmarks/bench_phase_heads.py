@@ -39,19 +39,28 @@ from torchqsm.pipeline.subject import process_gre
 
 
 def score_one(magnitude: torch.Tensor, phase: torch.Tensor, record: Acquisition, brain: torch.Tensor,
-              truth: torch.Tensor, weights: list[str]) -> dict[str, float]:
-    """NRMSE (demeaned, %) of ``fast`` and each network on one head, in the region all of them cover."""
+              truth: torch.Tensor, weights: list[str], lot: list[str] = ()) -> dict[str, float]:
+    """NRMSE (demeaned, %) of ``fast`` and each network on one head, in the region all of them cover.
+
+    ``lot``: regularizations (``auto`` or numbers) of :func:`torchqsm.refine.lot_consistency`, each scored
+    after each network as ``NAME+lot(λ)``.
+    """
+    from torchqsm.refine import lot_consistency
+
     fast = process_gre(magnitude, phase, record, recipe=get_recipe("fast"))
     maps = {"fast": fast.chi_ppm}
     region = brain & (fast.local_mask > 0)
     for name in weights:
         chi, eroded = phase_network_inversion(phase, brain, record, network=name)
         maps[name] = chi
+        for value in lot:
+            maps[f"{name}+lot({value})"] = lot_consistency(chi, phase, eroded, record,
+                                                           regularization=value if value == "auto" else float(value))
         region = region & eroded
     return {name: nrmse(chi, truth, region, demean=True) for name, chi in maps.items()}
 
 
-def held_out(config_path: Path, weights: list[str], heads: int) -> dict[str, list[float]]:
+def held_out(config_path: Path, weights: list[str], heads: int, lot: list[str] = ()) -> dict[str, list[float]]:
     from torchqsm.simulate import SimulatedQSMDataset
     from torchqsm.train import load_config
 
@@ -62,20 +71,20 @@ def held_out(config_path: Path, weights: list[str], heads: int) -> dict[str, lis
                              b0_dir=tuple(sample["b0_dir"].tolist()), b0_tesla=float(sample["b0_tesla"]),
                              echo_times_s=tuple(sample["echo_times_s"].tolist()))
         row = score_one(sample["magnitude"], sample["input"], record, sample["mask"][0] > 0, sample["target"][0],
-                        weights)
+                        weights, lot)
         print("head", {k: round(v, 1) for k, v in row.items()}, flush=True)
         for name, value in row.items():
             scores.setdefault(name, []).append(value)
     return scores
 
 
-def suite(suite_dir: Path, cases: list[str], weights: list[str]) -> dict[str, dict[str, float]]:
+def suite(suite_dir: Path, cases: list[str], weights: list[str], lot: list[str] = ()) -> dict[str, dict[str, float]]:
     out = {}
     for case in cases:
         data = load_case(suite_dir / case)
         anat = suite_dir / case / "sub-01" / "anat"
         gre = load_gre(_echo_files(anat, "mag"), _echo_files(anat, "phase"))
-        out[case] = score_one(gre.magnitude, gre.phase, gre.acquisition, data.mask, data.chi_ppm, weights)
+        out[case] = score_one(gre.magnitude, gre.phase, gre.acquisition, data.mask, data.chi_ppm, weights, lot)
         print(case, {k: round(v, 1) for k, v in out[case].items()}, flush=True)
     return out
 
@@ -87,13 +96,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--suite-dir", type=Path)
     parser.add_argument("--cases", nargs="+", default=["baseline", "tilt-30deg", "haemorrhage"])
+    parser.add_argument("--lot", nargs="*", default=[], metavar="LAMBDA",
+                        help="also score each network refined by LoT data consistency at these regularizations "
+                             "(auto, or numbers)")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
-    heads = held_out(args.config, args.weights, args.heads) if args.heads else {}
-    cases = suite(args.suite_dir, args.cases, args.weights) if args.suite_dir else {}
-    names = ["fast", *args.weights]
+    heads = held_out(args.config, args.weights, args.heads, args.lot) if args.heads else {}
+    cases = suite(args.suite_dir, args.cases, args.weights, args.lot) if args.suite_dir else {}
+    names = ["fast", *(f"{w}{suffix}" for w in args.weights for suffix in ["", *(f"+lot({v})" for v in args.lot)])]
     print(f"\n{time.perf_counter() - started:.0f} s; NRMSE demeaned (%), region: brain ∩ every method's mask\n")
     print("| weights | held-out heads (mean) |" + "".join(f" {c} |" for c in cases))
     print("| --- | ---: |" + " ---: |" * len(cases))

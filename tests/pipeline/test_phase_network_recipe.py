@@ -20,6 +20,7 @@ from torchqsm.models.weights import example_card, save_weights
 from torchqsm.pipeline import learned, registry
 from torchqsm.pipeline.phase_networks import phase_network_inversion, weights_for
 from torchqsm.pipeline.recipes import RECIPES, with_overrides
+from torchqsm.pipeline.steps import plan
 
 TE = (0.004, 0.008, 0.012)
 
@@ -87,6 +88,19 @@ def test_a_phase_recipe_refuses_the_steps_it_does_not_have():
     assert with_overrides(RECIPES["iqsm+"], mask_erode_voxels=1).name == "iqsm++custom"
 
 
+def test_phase_refinement_follows_only_a_phase_network():
+    assert RECIPES["iqsm+"].phase_refine == "lot" and RECIPES["iqsm+"].as_dict()["phase_refine"] == "lot"
+    assert "phase_refine" not in RECIPES["fast"].as_dict()
+    stages = [p.stage for p in plan(RECIPES["iqsm+"], echo_count=3, given_mask=False)]
+    assert stages == ["mask", "network", "refine", "reference"]
+    plain = with_overrides(RECIPES["iqsm+"], phase_refine="none")
+    assert [p.stage for p in plan(plain, echo_count=3, given_mask=False)] == ["mask", "network", "reference"]
+    with pytest.raises(ParameterError, match="follows a phase network"):
+        with_overrides(RECIPES["fast"], phase_refine="lot")
+    with pytest.raises(ParameterError, match="unknown phase refinement"):
+        with_overrides(RECIPES["iqsm+"], phase_refine="tv")
+
+
 def test_run_iqsm_plus_end_to_end_writes_chi_and_no_field_maps(tiny_phase_networks, shared_data, tmp_path, capsys):
     data = shared_data / "gre-invivo-small"
     args = ["run", "--mag", str(data / "mag.nii"), "--phase", str(data / "phase.nii"), "--echo-times", *map(str, TE),
@@ -102,8 +116,18 @@ def test_run_iqsm_plus_end_to_end_writes_chi_and_no_field_maps(tiny_phase_networ
     chi = nib.load(tmp_path / "phase_Chimap.nii.gz").get_fdata()
     mask = nib.load(tmp_path / "phase_desc-eroded_mask.nii.gz").get_fdata() > 0
     assert np.isfinite(chi).all() and mask.any() and np.abs(chi[mask]).max() > 0
+    assert record["Parameters"]["phase_refine"] == "lot"
+    choice = record["Parameters"]["regularization_choice"]
+    assert choice[0]["method"] == "lot-consistency" and choice[0]["value"] > 0, choice
+    assert "LoT data consistency" in err
     assert main([*args, "--recipe", "iqsm+", "--inversion", "tv", "--overwrite"]) == 2
     assert "no step for --inversion" in capsys.readouterr().err
+    assert main([*args, "--recipe", "fast", "--phase-refine", "lot", "--overwrite"]) == 2
+    assert "--phase-refine follows a phase network" in capsys.readouterr().err
+    assert main([*args, "--recipe", "iqsm+", "--phase-refine", "none", "--overwrite"]) == 0
+    record = json.loads((tmp_path / "phase_Chimap.json").read_text())
+    assert record["Parameters"]["phase_refine"] == "none" and "regularization_choice" not in record["Parameters"]
+    assert record["Recipe"] == "iqsm++custom"
 
 
 @pytest.mark.parametrize("recipe", [name for name, r in RECIPES.items() if r.phase_network])

@@ -8,7 +8,7 @@ import sys
 from typing import Any
 
 from ..errors import InputError, ParameterError
-from ..pipeline.recipes import RECIPES, get_recipe, with_overrides
+from ..pipeline.recipes import PHASE_REFINEMENTS, RECIPES, get_recipe, with_overrides
 from ..pipeline.registry import get_method
 from ..pipeline.specs import parse_assignments
 from ..pipeline.steps import BACKGROUND, UNWRAP
@@ -68,6 +68,9 @@ def add_run_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentPar
     steps.add_argument("--inversion", help="dipole inversion method (see `torchqsm methods`)")
     steps.add_argument("--inversion-param", action="append", default=[], metavar="KEY=VALUE",
                        help="a dipole-inversion parameter (repeatable), e.g. max_iterations=50")
+    steps.add_argument("--phase-refine", choices=PHASE_REFINEMENTS,
+                       help="after a phase network (recipes iqsm, iqsm+): lot = data consistency against the "
+                            "Laplacian of the wrapped phase, none = the network's output")
     steps.add_argument("--reference", choices=("mean", "region", "none"),
                        help="χ referencing: mask mean (default), a region's mean (--reference-mask), none")
     other = run.add_argument_group("other")
@@ -106,8 +109,11 @@ def build_recipe(args: argparse.Namespace):
             raise ParameterError(f"the recipe '{recipe.name}' runs the phase network '{recipe.phase_network}' on the "
                                  f"wrapped phase: it has no step for {', '.join(given)}")
         return with_overrides(recipe, mask=args.mask_method, mask_erode_voxels=args.erode,
-                              brain_extraction_mm=args.brain_extraction,
+                              brain_extraction_mm=args.brain_extraction, phase_refine=args.phase_refine,
                               reference=args.reference or ("region" if args.reference_mask else None))
+    if args.phase_refine not in (None, "none"):
+        raise ParameterError(f"--phase-refine follows a phase network; the recipe '{recipe.name}' has none "
+                             "(use --recipe iqsm or iqsm+)")
     inversion = get_method(args.inversion or recipe.inversion)
     if inversion.multi_orientation:
         raise ParameterError(f"'{inversion.name}' needs several head orientations and cannot run in the pipeline")

@@ -50,8 +50,8 @@ def _parameters(result: PipelineResult) -> dict[str, Any]:
                        ("invert", "inversion_params")):
         if stage in result.parameters:
             recipe[key] = dict(result.parameters[stage]["parameters"])
-    choice = result.parameters.get("invert", {}).get("regularization_choice")
-    if choice:  # how an automatic regularization was chosen (rule, noise estimate)
+    choice = (result.parameters.get("invert") or result.parameters.get("refine") or {}).get("regularization_choice")
+    if choice:  # how an automatic regularization was chosen (rule, noise estimate), of the inversion or refinement
         recipe["regularization_choice"] = choice
     return recipe
 

@@ -23,9 +23,11 @@ from typing import Any
 
 from ..errors import ParameterError
 
-__all__ = ["Recipe", "RECIPES", "PHASE_NETWORK_SKIPS", "get_recipe", "with_overrides"]
+__all__ = ["Recipe", "RECIPES", "PHASE_NETWORK_SKIPS", "PHASE_REFINEMENTS", "get_recipe", "with_overrides"]
 
 
+#: What may follow a phase network: nothing, or LoT data consistency (:mod:`torchqsm.refine.lot`).
+PHASE_REFINEMENTS = ("none", "lot")
 #: The recipe fields a phase-network recipe does not use (its network replaces those steps).
 PHASE_NETWORK_SKIPS = ("unwrap", "unwrap_params", "combine", "background", "background_params", "inversion",
                        "inversion_params")
@@ -75,6 +77,10 @@ class Recipe:
         When set (``iqsm``, ``iqsm+``, or a phase network's weights name or card), the mask step is
         followed by this network, wrapped phase → χ (:mod:`torchqsm.pipeline.phase_networks`), and
         then referencing: unwrapping, echo combination, background removal and inversion do not run.
+    phase_refine
+        After a phase network: ``lot`` refines its χ against the Laplacian of the wrapped phase
+        (:func:`torchqsm.refine.lot_consistency`: data consistency without unwrapping or background
+        removal, λ by GCV); ``none`` keeps the network's output.
     """
 
     name: str
@@ -91,6 +97,7 @@ class Recipe:
     inversion_params: Mapping[str, Any] = field(default_factory=dict)
     reference: str = "mean"
     phase_network: str = ""
+    phase_refine: str = "none"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "unwrap_params", _frozen(self.unwrap_params))
@@ -101,6 +108,10 @@ class Recipe:
         for stage, table in (("mask", steps.MASK), ("unwrap", steps.UNWRAP), ("combine", steps.COMBINE),
                              ("reference", steps.REFERENCE)):
             _check_choice(stage, getattr(self, stage), tuple(table))
+        _check_choice("phase refinement", self.phase_refine, PHASE_REFINEMENTS)
+        if self.phase_refine != "none" and not self.phase_network:
+            raise ParameterError(f"phase refinement '{self.phase_refine}' follows a phase network; the recipe "
+                                 f"'{self.name}' has none")
         if not (isinstance(self.brain_extraction_mm, (int, float)) and self.brain_extraction_mm >= 0):
             raise ParameterError(f"brain extraction radius must be >= 0 mm, got {self.brain_extraction_mm!r}")
         if not isinstance(self.mask_erode_voxels, int) or self.mask_erode_voxels < 0:
@@ -112,7 +123,7 @@ class Recipe:
         for f in fields(self):
             if self.phase_network and f.name in PHASE_NETWORK_SKIPS:
                 continue  # steps the phase network replaces: not run, not recorded
-            if not self.phase_network and f.name == "phase_network":
+            if not self.phase_network and f.name in ("phase_network", "phase_refine"):
                 continue
             value = getattr(self, f.name)
             out[f.name] = dict(value) if isinstance(value, Mapping) else value
@@ -173,13 +184,15 @@ RECIPES: Mapping[str, Recipe] = MappingProxyType({
     ),
     "iqsm": Recipe(
         name="iqsm",
-        description="Otsu mask, scalp cut, then the iQSM network: wrapped multi-echo phase → χ (LoT + U-Net)",
-        **_MASKING, phase_network="iqsm",
+        description="Otsu mask, scalp cut, then the iQSM network: wrapped multi-echo phase → χ (LoT + U-Net), "
+                    "then LoT data consistency",
+        **_MASKING, phase_network="iqsm", phase_refine="lot",
     ),
     "iqsm+": Recipe(
         name="iqsm+",
-        description="Otsu mask, scalp cut, then the iQSM+ network: wrapped phase and B0 direction → χ (OA-LFE)",
-        **_MASKING, phase_network="iqsm+",
+        description="Otsu mask, scalp cut, then the iQSM+ network: wrapped phase and B0 direction → χ (OA-LFE), "
+                    "then LoT data consistency",
+        **_MASKING, phase_network="iqsm+", phase_refine="lot",
     ),
 })
 

@@ -63,7 +63,8 @@ __all__ = ["State", "Step", "Planned", "STAGES", "STAGE_LABELS", "MASK", "GIVEN_
 STAGES = ("mask", "unwrap", "combine", "background", "invert", "reference")
 STAGE_LABELS: Mapping[str, str] = MappingProxyType({
     "mask": "mask", "unwrap": "unwrap", "combine": "echo combination", "background": "background removal",
-    "invert": "dipole inversion", "reference": "referencing", "network": "phase network"})
+    "invert": "dipole inversion", "reference": "referencing", "network": "phase network",
+    "refine": "LoT data consistency"})
 
 
 @dataclass(frozen=True, eq=False)
@@ -333,6 +334,18 @@ def _phase_network_step(name: str) -> Step:
     return Step(name, run, ())
 
 
+def _lot_refine_step() -> Step:
+    """After a phase network: χ refined against the LoT of the wrapped phase (:func:`torchqsm.refine.lot_consistency`)."""
+    from ..refine.lot import lot_consistency
+
+    def run(s: State, p: dict[str, Any]) -> State:
+        with collect_choices() as made:
+            chi = lot_consistency(s.chi_ppm, s.phase_rad, s.local_mask, s.acquisition)
+        return replace(s, chi_ppm=chi, regularization=tuple(made))
+
+    return Step("lot", run, ())
+
+
 def inversion_record(name: str, params: Mapping[str, Any], acquisition: Acquisition,
                      choices: Sequence[Any] = ()) -> dict[str, Any]:
     """Every parameter of inversion ``name`` as run (defaults included, the magnitude as the pipeline's,
@@ -401,7 +414,9 @@ def plan(recipe: Recipe, *, echo_count: int, given_mask: bool,
                                                                   if k in mask.values()})), mask.name)
     if recipe.phase_network:  # the network replaces unwrapping, combination, background removal and inversion
         network = _phase_network_step(recipe.phase_network)
-        return [masking, Planned("network", network, MappingProxyType({}), recipe.phase_network),
+        refine = [Planned("refine", _lot_refine_step(), MappingProxyType({}), "LoT, λ by GCV")] \
+            if recipe.phase_refine == "lot" else []
+        return [masking, Planned("network", network, MappingProxyType({}), recipe.phase_network), *refine,
                 Planned("reference", REFERENCE[recipe.reference], MappingProxyType({}), recipe.reference)]
     combine_name = recipe.combine
     if combine_name == "phase_difference" and echo_count < 2:

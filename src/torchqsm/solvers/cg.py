@@ -30,6 +30,7 @@ def cg(
     max_iterations: int = 100,
     tolerance: float = 1e-6,
     callback: StatusCallback | None = None,
+    preconditioner: Operator | None = None,
 ) -> torch.Tensor:
     r"""Conjugate gradient for :math:`A x = b`, :math:`A` symmetric positive definite.
 
@@ -48,6 +49,10 @@ def cg(
     callback
         Called with a :class:`SolverStatus` (``residual`` = relative residual norm)
         after each iteration; returning ``True`` stops.
+    preconditioner
+        :math:`P \approx A^{-1}`, symmetric positive definite (preconditioned CG: the search
+        directions are :math:`A`-conjugate in the :math:`P`-weighted residuals). The stopping
+        rule and ``residual`` stay the plain :math:`\lVert b - A x_k\rVert / \lVert b\rVert`.
 
     Returns
     -------
@@ -69,8 +74,10 @@ def cg(
     rhs_norm = torch.linalg.vector_norm(rhs)
     if float(rhs_norm) == 0.0:
         return torch.zeros_like(rhs)
-    direction = residual.clone()
     rr = _dot(residual, residual)
+    z = residual if preconditioner is None else preconditioner(residual)
+    direction = z.clone()
+    rz = rr if preconditioner is None else _dot(residual, z)
     threshold = (tolerance * rhs_norm) ** 2
     for iteration in range(1, max_iterations + 1):
         if rr <= threshold:
@@ -79,12 +86,14 @@ def cg(
         curvature = _dot(direction, a_direction)
         if curvature <= 0:  # not positive definite along this direction, or converged exactly
             break
-        alpha = rr / curvature
+        alpha = rz / curvature
         x.add_(alpha * direction)
         residual.sub_(alpha * a_direction)
-        rr_new = _dot(residual, residual)
-        direction.mul_(rr_new / rr).add_(residual)
-        rr = rr_new
+        rr = _dot(residual, residual)
+        z = residual if preconditioner is None else preconditioner(residual)
+        rz_new = rr if preconditioner is None else _dot(residual, z)
+        direction.mul_(rz_new / rz).add_(z)
+        rz = rz_new
         if callback is not None:
             relative = float(torch.sqrt(rr) / rhs_norm)
             if callback(SolverStatus(iteration, x, relative, relative <= tolerance)):

@@ -1,0 +1,176 @@
+r"""LoT data consistency: refine a phase network's χ against the Laplacian of the wrapped phase itself.
+
+A phase network (iQSM, iQSM+) sees no local field: it reads the wrapped phase through its LoT
+layer. The data term it can be held to is the same one, without unwrapping or background
+removal: inside the brain the background field is harmonic, so the Laplacian of the total field
+is the Laplacian of the tissue field, and that is a local operator of χ,
+
+.. math::
+
+   \nabla^2 f = \nabla^2 (d \ast \chi)
+   \;\Longleftrightarrow\;
+   -|k|^2 D(k)\,\hat\chi = -\Big(\tfrac{|k|^2}{3} - (k\cdot\hat b)^2\Big)\hat\chi .
+
+:func:`lot_consistency` solves
+
+.. math::
+
+   \chi = \arg\min_{\chi = M\chi} \lVert W(L D\chi - \ell)\rVert_2^2 + \lambda\lVert\chi - \chi_0\rVert_2^2,
+
+with :math:`\ell` the LoT of the wrapped phase (27-point stencil, each voxel's echoes weighted by
+their phase steps: :class:`~torchqsm.models.oalfe.LoTLayer` with ``echo_weighting="reliability"``,
+ppm/mm²), :math:`L D` the same 27-point Laplacian times the dipole kernel (one k-space symbol on
+the zero-padded grid), :math:`W` the mask eroded past the stencil's reach (where :math:`\ell`
+holds no phase from outside the brain) and :math:`\chi_0` the network's output. λ is chosen by
+generalized cross-validation on what :math:`\chi_0` leaves unexplained, as
+:func:`~torchqsm.refine.dll2` does on the local field. Conjugate gradient on the normal equations
+runs with the k-space preconditioner :math:`1/(|LD|^2 + \lambda)`.
+
+Measured with the shipped ``iqsm+`` (``benchmarks/bench_phase_heads.py --lot``, NRMSE demeaned): on
+four held-out 2 mm heads 69.2 → 51.1 % (``fast`` 59.9 %); on the 1 mm evaluation suite baseline
+78.1 → 63.9 %, tilt-30deg 77.9 → 68.4 %, snr-30 76.3 → 69.7 %, haemorrhage 89.7 → 87.4 %. GCV's λ is
+near the best of a sweep on the heads and at snr-30, but 30–80× larger than the best on the
+low-noise 1 mm cases (baseline: 0.003 gives 54.4 %): the LoT's noise sits at high spatial frequencies,
+where it costs χ little, and GCV judges the fit in the Laplacian's domain.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from ..acquisition import Acquisition
+from ..errors import InputError, ParameterError
+from ..inversion.regularization import AUTO, Regularization, RegularizationChoice, gcv_tikhonov, is_auto, report
+from ..inversion._common import check_positive
+from ..physics.kernels import laplacian_symbol
+from ..physics.operators import DipoleOp
+from ..solvers import StatusCallback, cg
+from ..validation import check_iterations, check_tolerance
+
+__all__ = ["lot_consistency", "lot_of_phase"]
+
+#: Voxels of erosion beyond the LoT stencil's one-voxel reach before a voxel counts as data.
+DEFAULT_DATA_EROSION = 0
+
+
+def lot_of_phase(wrapped_phase_rad: torch.Tensor, mask: torch.Tensor, acquisition: Acquisition) -> torch.Tensor:
+    """∇² of the field (ppm/mm²) from ``(E, X, Y, Z)`` wrapped phase: the fixed 27-point LoT, reliability-weighted echoes.
+
+    The phase outside ``mask`` is set to zero first (as a phase network sees it).
+    """
+    from ..models.oalfe import LoTLayer
+
+    layer = LoTLayer(1, voxel_size_mm=acquisition.voxel_size_mm, echo_weighting="reliability")
+    layer = layer.to(dtype=wrapped_phase_rad.dtype, device=wrapped_phase_rad.device)
+    with torch.no_grad():
+        return layer((wrapped_phase_rad * (mask != 0))[None], echo_times_s=list(acquisition.echo_times_s),
+                     b0_tesla=float(acquisition.b0_tesla))[0, 0]
+
+
+def lot_consistency(
+    chi_ppm: torch.Tensor,
+    wrapped_phase_rad: torch.Tensor,
+    mask: torch.Tensor,
+    acquisition: Acquisition,
+    *,
+    regularization: Regularization = AUTO,
+    data_erosion_voxels: int = DEFAULT_DATA_EROSION,
+    pad: int = 16,
+    max_iterations: int = 40,
+    tolerance: float = 1e-4,
+    callback: StatusCallback | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> torch.Tensor:
+    r"""χ refined so that its field's Laplacian matches the LoT of the wrapped phase (module notes).
+
+    Parameters
+    ----------
+    chi_ppm
+        :math:`\chi_0` (ppm), ``(X, Y, Z)``: a phase network's output.
+    wrapped_phase_rad
+        ``(E, X, Y, Z)`` wrapped phase (rad) of the echoes the network read.
+    mask
+        ``(X, Y, Z)`` the region χ lives in (the network's mask).
+    acquisition
+        Echo times, field strength, B0 direction (voxel coordinates) and voxel size.
+    regularization
+        λ in units of the mean of :math:`|LD|^2` over the padded grid (so it does not depend on
+        the voxel size), > 0; ``"auto"`` (default): GCV on :math:`\ell - LD\chi_0` in the data
+        region (module notes).
+    data_erosion_voxels
+        The data region :math:`W` is the mask eroded by one voxel (the stencil's reach, diagonals
+        included) plus this many. The pipeline's mask is eroded already; on the suite 0 beat 1 and
+        3 by 0.8–3 NRMSE points.
+    pad
+        Zero padding (voxels per side) of the FFT grid.
+    max_iterations, tolerance
+        Of preconditioned CG (relative residual of the normal equations).
+    callback, progress
+        A :class:`~torchqsm.solvers.SolverStatus` per iteration; ``progress(1)`` per iteration.
+
+    Returns
+    -------
+    torch.Tensor
+        Refined χ (ppm), zero outside ``mask``, dtype of ``chi_ppm``.
+    """
+    acquisition.require("echo_times_s", "b0_tesla", "b0_dir", "voxel_size_mm", method="LoT data consistency")
+    shape = tuple(mask.shape)
+    if tuple(chi_ppm.shape) != shape or wrapped_phase_rad.ndim != 4 or tuple(wrapped_phase_rad.shape[1:]) != shape:
+        raise InputError(f"LoT data consistency needs χ and mask (X, Y, Z) and phase (echoes, X, Y, Z) on one grid; got "
+                         f"{tuple(chi_ppm.shape)}, {shape} and {tuple(wrapped_phase_rad.shape)}")
+    if not isinstance(data_erosion_voxels, int) or data_erosion_voxels < 0:
+        raise ParameterError(f"data_erosion_voxels must be a non-negative integer, got {data_erosion_voxels!r}")
+    limit = check_iterations("max_iterations", max_iterations)
+    threshold = check_tolerance("tolerance", tolerance)
+    dtype = chi_ppm.dtype if chi_ppm.is_floating_point() else torch.float32
+    inside = (mask != 0).to(chi_ppm.device)
+    cube = np.ones((3, 3, 3), dtype=bool)  # the stencil's reach, diagonals included
+    data_region = ndimage.binary_erosion(inside.cpu().numpy(), structure=cube, iterations=1 + data_erosion_voxels)
+    if not data_region.any():
+        raise InputError(f"the mask is empty after eroding it by {1 + data_erosion_voxels} voxel(s): no LoT data to "
+                         "refine against (a larger mask, or fewer data_erosion_voxels)")
+    weight = torch.from_numpy(data_region).to(device=chi_ppm.device, dtype=dtype)
+    m = inside.to(dtype)
+    laplacian = lot_of_phase(wrapped_phase_rad.to(dtype), inside, acquisition)
+    dipole = DipoleOp(shape, voxel_size_mm=acquisition.voxel_size_mm, b0_dir=acquisition.b0_dir, pad=pad,
+                      dtype=dtype, device=chi_ppm.device)
+    symbol = laplacian_symbol(dipole.pad.padded_shape, voxel_size_mm=acquisition.voxel_size_mm, stencil="27",
+                              dtype=dtype, device=chi_ppm.device) * dipole.kernel
+    gain = float(symbol.square().mean())
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        return dipole.apply_symbol(x, symbol)
+
+    chi0 = chi_ppm.to(dtype) * m
+    if is_auto(regularization):
+        unexplained = weight * (laplacian - forward(chi0))
+        lam = gcv_tikhonov(dipole.spectrum(unexplained), symbol, torch.ones((), dtype=dtype, device=chi_ppm.device),
+                           dipole.pad.padded_shape, mask=weight, image=dipole.image)
+        report(RegularizationChoice("lot-consistency", "generalized cross-validation (Tikhonov on LoT - LD chi0)",
+                                    lam / gain))
+    else:
+        lam = check_positive("regularization", regularization) * gain
+
+    def normal(x: torch.Tensor) -> torch.Tensor:
+        return m * forward(weight * forward(m * x)) + lam * (m * x)
+
+    preconditioner_symbol = 1.0 / (symbol.square() + lam)
+
+    def precondition(r: torch.Tensor) -> torch.Tensor:
+        return m * dipole.apply_symbol(m * r, preconditioner_symbol)
+
+    def step(status) -> bool:
+        if progress is not None:
+            progress(1)
+        return bool(callback(status)) if callback is not None else False
+
+    rhs = m * forward(weight * laplacian) + lam * chi0
+    chi = cg(normal, rhs, initial=chi0, max_iterations=limit, tolerance=threshold, callback=step,
+             preconditioner=precondition)
+    if not bool(torch.isfinite(chi).all()):
+        raise InputError("LoT data consistency produced non-finite values (check the phase and echo times)")
+    return (chi * m).to(chi_ppm.dtype)
