@@ -7,8 +7,9 @@ first voxel axis by 0, 15, 30, 45, 60 and 90°):
 * local-field methods (``--methods``; default ``tkd tv unet unet+oalfe xqsm xqsm+``) on each case's true
   local field plus the field noise measured from its own echoes (as ``bench_learned.py``), scored in
   the brain mask;
-* phase recipes (``--recipes``; default ``iqsm iqsm+ fast``) through ``torchqsm run`` on the case's
-  magnitude and wrapped phase, scored in the recipe's final mask ∩ the brain mask.
+* phase recipes (``--recipes``; default ``iqsm-bare iqsm+-bare iqsm iqsm+ fast``: the phase networks
+  alone, then as their recipes run them, with LoT data consistency) through ``torchqsm run`` on the
+  case's magnitude and wrapped phase, scored in the recipe's final mask ∩ the brain mask.
 
 It also runs the recipes on ``--end-to-end`` cases (default ``tilt-30deg haemorrhage``): NRMSE and the
 haemorrhage's mean χ against the truth. Runs are cached in ``--report-dir`` (``field/`` and ``raw/``),
@@ -82,15 +83,17 @@ def tilt_table(rows: dict[str, dict[int, float]], raw: set[str]) -> list[str]:
 
 
 def update_phase_cards(raw) -> list[Path]:
-    """Write each shipped phase network's scores (its recipe from the raw phase, every case run) into its card."""
+    """Write each shipped phase network's scores (its bare recipe ``METHOD-bare`` from the raw phase, every case
+    run: the weights' own output, without the recipe's refinement) into its card."""
     from torchqsm.models import weights as weights_module
     from torchqsm.pipeline.learned import shipped_defaults
+    from torchqsm.pipeline.recipes import BARE_SUFFIX
 
     written = []
     for method, name in shipped_defaults().items():
         scores = {r["case"]: {"nrmse": round(float(r["nrmse_demeaned"]), 2), "hfen": round(float(r["hfen"]), 2),
                               "ssim": round(float(r["ssim"]), 4)}
-                  for r in raw.records if r["method"] == method and r.get("status") == "ok"}
+                  for r in raw.records if r["method"] == method + BARE_SUFFIX and r.get("status") == "ok"}
         if "baseline" not in scores:
             continue
         path = weights_module.SHIPPED_DIR / f"{name}.json"
@@ -98,7 +101,7 @@ def update_phase_cards(raw) -> list[Path]:
         card["metrics"] = {
             "suite": scores["baseline"], "headline": "suite.nrmse", "suite_version": raw.suite.get("version"),
             "suite_case_of_headline": "baseline",
-            "suite_input": f"magnitude and wrapped phase through `torchqsm run --recipe {method}` "
+            "suite_input": f"magnitude and wrapped phase through `torchqsm run --recipe {method}{BARE_SUFFIX}` "
                            "(benchmarks/bench_orientation.py), scored in its final mask ∩ the brain mask",
             "units": "NRMSE (demeaned) and HFEN in %, SSIM 0-1", "cases": {"network": scores}}
         path.write_text(json.dumps(card, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
@@ -111,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--suite-dir", type=Path, required=True, help="built evaluation suite (missing cases built)")
     parser.add_argument("--report-dir", type=Path, required=True, help="bench report folder (run cache)")
     parser.add_argument("--methods", nargs="+", default=["tkd", "tv", "unet", "unet+oalfe", "xqsm", "xqsm+"])
-    parser.add_argument("--recipes", nargs="+", default=["iqsm", "iqsm+", "fast"])
+    parser.add_argument("--recipes", nargs="+", default=["iqsm-bare", "iqsm+-bare", "iqsm", "iqsm+", "fast"])
     parser.add_argument("--end-to-end", nargs="+", default=["tilt-30deg", "haemorrhage"], metavar="CASE")
     parser.add_argument("--tilts", nargs="+", type=int, default=list(TILTS), choices=TILTS)
     parser.add_argument("--workers", type=int, default=1)

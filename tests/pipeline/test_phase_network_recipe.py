@@ -19,7 +19,7 @@ from torchqsm.models import weights as weights_module
 from torchqsm.models.weights import example_card, save_weights
 from torchqsm.pipeline import learned, registry
 from torchqsm.pipeline.phase_networks import phase_network_inversion, weights_for
-from torchqsm.pipeline.recipes import RECIPES, with_overrides
+from torchqsm.pipeline.recipes import RECIPES, get_recipe, with_overrides
 from torchqsm.pipeline.steps import plan
 
 TE = (0.004, 0.008, 0.012)
@@ -99,6 +99,11 @@ def test_phase_refinement_follows_only_a_phase_network():
         with_overrides(RECIPES["fast"], phase_refine="lot")
     with pytest.raises(ParameterError, match="unknown phase refinement"):
         with_overrides(RECIPES["iqsm+"], phase_refine="tv")
+    bare = get_recipe("iqsm+-bare")
+    assert bare.name == "iqsm+-bare" and bare.phase_refine == "none" and bare.phase_network == "iqsm+"
+    assert "data consistency" not in bare.description and "data consistency" in RECIPES["iqsm+"].description
+    with pytest.raises(ParameterError, match="unknown recipe 'fast-bare'"):
+        get_recipe("fast-bare")
 
 
 def test_run_iqsm_plus_end_to_end_writes_chi_and_no_field_maps(tiny_phase_networks, shared_data, tmp_path, capsys):

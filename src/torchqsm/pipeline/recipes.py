@@ -197,12 +197,28 @@ RECIPES: Mapping[str, Recipe] = MappingProxyType({
 })
 
 
+#: ``NAME`` + this suffix: a phase-network recipe without its refinement (``iqsm+-bare``: the network alone).
+BARE_SUFFIX = "-bare"
+
+
 def get_recipe(name: str) -> Recipe:
-    """The recipe called ``name``; :class:`ParameterError` listing the names otherwise."""
+    """The recipe called ``name``; :class:`ParameterError` listing the names otherwise.
+
+    A phase-network recipe's name with :data:`BARE_SUFFIX` (``iqsm-bare``, ``iqsm+-bare``) is that
+    recipe with ``phase_refine="none"``: the bare network, for benchmarks that compare the two.
+
+    >>> get_recipe("iqsm+-bare").phase_refine
+    'none'
+    """
+    base = name[: -len(BARE_SUFFIX)] if name.endswith(BARE_SUFFIX) else None
+    if base in RECIPES and RECIPES[base].phase_network:
+        return replace(RECIPES[base], name=name, phase_refine="none",
+                       description=RECIPES[base].description.replace(", then LoT data consistency", ""))
     try:
         return RECIPES[name]
     except KeyError:
-        raise ParameterError(f"unknown recipe '{name}'; choose one of {', '.join(sorted(RECIPES))}") from None
+        raise ParameterError(f"unknown recipe '{name}'; choose one of {', '.join(sorted(RECIPES))} (a phase-network "
+                             f"recipe also as NAME{BARE_SUFFIX}: without its refinement)") from None
 
 
 def with_overrides(recipe: Recipe, **changes: Any) -> Recipe:
