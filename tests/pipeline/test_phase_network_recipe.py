@@ -65,6 +65,31 @@ def test_the_phase_network_reads_echo_times_field_strength_and_b0(tiny_phase_net
     torch.testing.assert_close(plain, phase_network_inversion(phase, mask, record, network="iqsm")[0])
 
 
+def test_lot_refinement_runs_on_the_network_grid(tiny_phase_networks, monkeypatch, caplog):
+    """On data finer than the card, the refinement sees the network's grid and its voxel size, not the data's."""
+    from torchqsm.refine import lot as lot_module
+
+    seen = []
+    original = lot_module.lot_consistency
+
+    def spy(chi, phase, mask, acquisition, **kw):
+        seen.append((tuple(chi.shape), tuple(acquisition.voxel_size_mm)))
+        return original(chi, phase, mask, acquisition, **kw)
+
+    monkeypatch.setattr(lot_module, "lot_consistency", spy)
+    phase, mask = _phase((24, 24, 24))
+    record = Acquisition(voxel_size_mm=(0.8, 0.8, 0.8), b0_dir=(0, 0, 1), b0_tesla=3.0, echo_times_s=TE)
+    chi, inner = phase_network_inversion(phase, mask, record, network="iqsm+", refine="lot")
+    assert len(seen) == 1 and seen[0][1] == (1.0, 1.0, 1.0) and seen[0][0] != (24, 24, 24), seen  # cards: 1 mm
+    assert tuple(chi.shape) == (24, 24, 24) and bool(torch.isfinite(chi).all())
+    with pytest.raises(ParameterError, match="unknown phase refinement"):
+        phase_network_inversion(phase, mask, record, network="iqsm+", refine="tv")
+    thin = Acquisition(voxel_size_mm=(0.4, 0.4, 0.4), b0_dir=(0, 0, 1), b0_tesla=3.0, echo_times_s=TE)
+    with caplog.at_level(logging.WARNING, logger="torchqsm"):
+        chi = phase_network_inversion(phase, mask, thin, network="iqsm+", refine="lot")[0]
+    assert len(seen) == 1 and "consistency is skipped" in caplog.text and bool(torch.isfinite(chi).all())
+
+
 def test_bad_phase_network_inputs_give_one_clear_error(tiny_phase_networks):
     phase, mask = _phase()
     record = Acquisition(voxel_size_mm=(1, 1, 1), b0_dir=(0, 0, 1), b0_tesla=3.0, echo_times_s=TE)
@@ -91,10 +116,12 @@ def test_a_phase_recipe_refuses_the_steps_it_does_not_have():
 def test_phase_refinement_follows_only_a_phase_network():
     assert RECIPES["iqsm+"].phase_refine == "lot" and RECIPES["iqsm+"].as_dict()["phase_refine"] == "lot"
     assert "phase_refine" not in RECIPES["fast"].as_dict()
-    stages = [p.stage for p in plan(RECIPES["iqsm+"], echo_count=3, given_mask=False)]
-    assert stages == ["mask", "network", "refine", "reference"]
-    plain = with_overrides(RECIPES["iqsm+"], phase_refine="none")
-    assert [p.stage for p in plan(plain, echo_count=3, given_mask=False)] == ["mask", "network", "reference"]
+    planned = plan(RECIPES["iqsm+"], echo_count=3, given_mask=False)
+    assert [p.stage for p in planned] == ["mask", "network", "reference"]
+    assert dict(planned[1].values) == {"phase_refine": "lot", "regularization": 0.01}
+    assert "LoT data consistency" in planned[1].detail
+    plain = plan(with_overrides(RECIPES["iqsm+"], phase_refine="none"), echo_count=3, given_mask=False)
+    assert dict(plain[1].values) == {"phase_refine": "none"} and "LoT" not in plain[1].detail
     with pytest.raises(ParameterError, match="follows a phase network"):
         with_overrides(RECIPES["fast"], phase_refine="lot")
     with pytest.raises(ParameterError, match="unknown phase refinement"):
@@ -122,17 +149,18 @@ def test_run_iqsm_plus_end_to_end_writes_chi_and_no_field_maps(tiny_phase_networ
     mask = nib.load(tmp_path / "phase_desc-eroded_mask.nii.gz").get_fdata() > 0
     assert np.isfinite(chi).all() and mask.any() and np.abs(chi[mask]).max() > 0
     assert record["Parameters"]["phase_refine"] == "lot"
-    choice = record["Parameters"]["regularization_choice"]
-    assert choice[0]["method"] == "lot-consistency" and choice[0]["value"] > 0, choice
+    assert record["Parameters"]["phase_network_params"] == {"phase_refine": "lot", "regularization": 0.01}
     assert "LoT data consistency" in err
+    refined = chi
     assert main([*args, "--recipe", "iqsm+", "--inversion", "tv", "--overwrite"]) == 2
     assert "no step for --inversion" in capsys.readouterr().err
     assert main([*args, "--recipe", "fast", "--phase-refine", "lot", "--overwrite"]) == 2
     assert "--phase-refine follows a phase network" in capsys.readouterr().err
     assert main([*args, "--recipe", "iqsm+", "--phase-refine", "none", "--overwrite"]) == 0
     record = json.loads((tmp_path / "phase_Chimap.json").read_text())
-    assert record["Parameters"]["phase_refine"] == "none" and "regularization_choice" not in record["Parameters"]
-    assert record["Recipe"] == "iqsm++custom"
+    assert record["Parameters"]["phase_refine"] == "none" and record["Recipe"] == "iqsm++custom"
+    bare = nib.load(tmp_path / "phase_Chimap.nii.gz").get_fdata()
+    assert np.abs(bare - refined)[mask].max() > 1e-4  # the refinement changed χ
 
 
 @pytest.mark.parametrize("recipe", [name for name, r in RECIPES.items() if r.phase_network])

@@ -47,11 +47,11 @@ def _parameters(result: PipelineResult) -> dict[str, Any]:
     """The recipe's choices with every parameter value each step used (defaults included)."""
     recipe = result.recipe.as_dict()
     for stage, key in (("unwrap", "unwrap_params"), ("background", "background_params"),
-                       ("invert", "inversion_params")):
+                       ("invert", "inversion_params"), ("network", "phase_network_params")):
         if stage in result.parameters:
             recipe[key] = dict(result.parameters[stage]["parameters"])
-    choice = (result.parameters.get("invert") or result.parameters.get("refine") or {}).get("regularization_choice")
-    if choice:  # how an automatic regularization was chosen (rule, noise estimate), of the inversion or refinement
+    choice = result.parameters.get("invert", {}).get("regularization_choice")
+    if choice:  # how an automatic regularization was chosen (rule, noise estimate)
         recipe["regularization_choice"] = choice
     return recipe
 

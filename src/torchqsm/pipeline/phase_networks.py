@@ -61,7 +61,8 @@ def weights_for(name: str) -> str:
 
 
 def phase_network_inversion(phase_rad: torch.Tensor, mask: torch.Tensor, acquisition: Acquisition, *,
-                            network: str, source: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                            network: str, source: str | None = None,
+                            refine: str = "none") -> tuple[torch.Tensor, torch.Tensor]:
     """χ (ppm) of a phase network on wrapped multi-echo phase, and the mask it is defined on.
 
     Parameters
@@ -76,6 +77,10 @@ def phase_network_inversion(phase_rad: torch.Tensor, mask: torch.Tensor, acquisi
         ``iqsm`` or ``iqsm+`` (their shipped weights), or a weights name or card path of such a network.
     source
         Named in error messages.
+    refine
+        ``lot``: the network's χ refined by :func:`torchqsm.refine.lot_consistency` against the LoT of
+        the same wrapped phase, on the network's grid (before χ goes back to the data's voxels: the
+        network's χ holds nothing above that grid's Nyquist frequency); ``none``: the bare network.
 
     Returns
     -------
@@ -129,6 +134,20 @@ def phase_network_inversion(phase_rad: torch.Tensor, mask: torch.Tensor, acquisi
         out = model(padded, padded_mask, echo_times_s=list(record.echo_times_s), b0_tesla=float(record.b0_tesla),
                     b0_dir=list(record.b0_dir))
     chi = crop(loaded.normalization.from_network(out)[0], region)[0]
+    if refine == "lot":
+        from dataclasses import replace
+
+        from ..refine.lot import lot_consistency
+
+        grid_record = record if frame is None else replace(record, voxel_size_mm=trained)
+        interior = stencil_interior(net_mask[None, None].float())[0, 0] > 0
+        if bool((stencil_interior(interior[None, None].float())[0, 0] > 0).any()):
+            chi = lot_consistency(chi * interior, phase, interior, grid_record)
+        else:  # a mask this thin on the network's grid leaves the LoT no voxel to compare
+            LOG.warning("%s: the mask has no voxel 2 voxels inside its edge on the network's grid; LoT data "
+                        "consistency is skipped and χ is the network's alone", network)
+    elif refine != "none":
+        raise ParameterError(f"unknown phase refinement '{refine}'; choose lot or none")
     if frame is not None:
         seen = stencil_interior(net_mask[None, None].float())[0, 0]
         chi = frame.to_original(chi * seen)

@@ -63,8 +63,7 @@ __all__ = ["State", "Step", "Planned", "STAGES", "STAGE_LABELS", "MASK", "GIVEN_
 STAGES = ("mask", "unwrap", "combine", "background", "invert", "reference")
 STAGE_LABELS: Mapping[str, str] = MappingProxyType({
     "mask": "mask", "unwrap": "unwrap", "combine": "echo combination", "background": "background removal",
-    "invert": "dipole inversion", "reference": "referencing", "network": "phase network",
-    "refine": "LoT data consistency"})
+    "invert": "dipole inversion", "reference": "referencing", "network": "phase network"})
 
 
 @dataclass(frozen=True, eq=False)
@@ -323,27 +322,17 @@ def _inversion_step(name: str) -> Step:
     return Step(name, run, tuple(spec for spec in method.parameters.specs() if not spec.image))
 
 
-def _phase_network_step(name: str) -> Step:
-    """The one stage of a phase-network recipe after masking: wrapped phase → χ on the mask eroded by one voxel."""
+def _phase_network_step(name: str, refine: str) -> Step:
+    """The one stage of a phase-network recipe after masking: wrapped phase → χ on the mask eroded by one voxel,
+    refined (``refine="lot"``) on the network's grid."""
     from .phase_networks import phase_network_inversion
 
     def run(s: State, p: dict[str, Any]) -> State:
-        chi, inner = phase_network_inversion(s.phase_rad, s.mask, s.acquisition, network=name, source=s.source)
+        chi, inner = phase_network_inversion(s.phase_rad, s.mask, s.acquisition, network=name, source=s.source,
+                                             refine=refine)
         return replace(s, chi_ppm=chi, local_mask=inner)
 
     return Step(name, run, ())
-
-
-def _lot_refine_step() -> Step:
-    """After a phase network: χ refined against the LoT of the wrapped phase (:func:`torchqsm.refine.lot_consistency`)."""
-    from ..refine.lot import lot_consistency
-
-    def run(s: State, p: dict[str, Any]) -> State:
-        with collect_choices() as made:
-            chi = lot_consistency(s.chi_ppm, s.phase_rad, s.local_mask, s.acquisition)
-        return replace(s, chi_ppm=chi, regularization=tuple(made))
-
-    return Step("lot", run, ())
 
 
 def inversion_record(name: str, params: Mapping[str, Any], acquisition: Acquisition,
@@ -413,10 +402,15 @@ def plan(recipe: Recipe, *, echo_count: int, given_mask: bool,
     masking = Planned("mask", mask, MappingProxyType(mask.values({k: v for k, v in cleanup.items()
                                                                   if k in mask.values()})), mask.name)
     if recipe.phase_network:  # the network replaces unwrapping, combination, background removal and inversion
-        network = _phase_network_step(recipe.phase_network)
-        refine = [Planned("refine", _lot_refine_step(), MappingProxyType({}), "LoT, λ by GCV")] \
-            if recipe.phase_refine == "lot" else []
-        return [masking, Planned("network", network, MappingProxyType({}), recipe.phase_network), *refine,
+        from ..refine.lot import DEFAULT_REGULARIZATION
+
+        network = _phase_network_step(recipe.phase_network, recipe.phase_refine)
+        detail = recipe.phase_network + (f", then LoT data consistency (λ {DEFAULT_REGULARIZATION:g})"
+                                         if recipe.phase_refine == "lot" else "")
+        values = {"phase_refine": recipe.phase_refine}
+        if recipe.phase_refine == "lot":
+            values["regularization"] = DEFAULT_REGULARIZATION
+        return [masking, Planned("network", network, MappingProxyType(values), detail),
                 Planned("reference", REFERENCE[recipe.reference], MappingProxyType({}), recipe.reference)]
     combine_name = recipe.combine
     if combine_name == "phase_difference" and echo_count < 2:

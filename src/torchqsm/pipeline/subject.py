@@ -149,9 +149,8 @@ def process_gre(
         invert = next(p for p in planned if p.stage == "invert")
         used["invert"]["parameters"] = inversion_record(recipe.inversion, invert.values, acquisition,
                                                         state.regularization)
-    if state.regularization:  # the automatic choices of the inversion, or of the refinement after a phase network
-        used["invert" if "invert" in used else "refine"]["regularization_choice"] = choices_record(
-            list(state.regularization))
+    if state.regularization:
+        used["invert"]["regularization_choice"] = choices_record(list(state.regularization))
     cpu = torch.device("cpu")
     return PipelineResult(
         magnitude=state.magnitude_rss.to(cpu), mask=state.mask.to(cpu), total_field_ppm=_cpu(state.total_field_ppm),

@@ -21,17 +21,15 @@ with :math:`\ell` the LoT of the wrapped phase (27-point stencil, each voxel's e
 their phase steps: :class:`~torchqsm.models.oalfe.LoTLayer` with ``echo_weighting="reliability"``,
 ppm/mm²), :math:`L D` the same 27-point Laplacian times the dipole kernel (one k-space symbol on
 the zero-padded grid), :math:`W` the mask eroded past the stencil's reach (where :math:`\ell`
-holds no phase from outside the brain) and :math:`\chi_0` the network's output. λ is chosen by
-generalized cross-validation on what :math:`\chi_0` leaves unexplained, as
-:func:`~torchqsm.refine.dll2` does on the local field. Conjugate gradient on the normal equations
+holds no phase from outside the brain) and :math:`\chi_0` the network's output. λ is
+:data:`DEFAULT_REGULARIZATION` unless given; ``"auto"`` chooses it by generalized cross-validation on
+what :math:`\chi_0` leaves unexplained, as :func:`~torchqsm.refine.dll2` does on the local field. Conjugate gradient on the normal equations
 runs with the k-space preconditioner :math:`1/(|LD|^2 + \lambda)`.
 
-Measured with the shipped ``iqsm+`` (``benchmarks/bench_phase_heads.py --lot``, NRMSE demeaned): on
-four held-out 2 mm heads 69.2 → 51.1 % (``fast`` 59.9 %); on the 1 mm evaluation suite baseline
-78.1 → 63.9 %, tilt-30deg 77.9 → 68.4 %, snr-30 76.3 → 69.7 %, haemorrhage 89.7 → 87.4 %. GCV's λ is
-near the best of a sweep on the heads and at snr-30, but 30–80× larger than the best on the
-low-noise 1 mm cases (baseline: 0.003 gives 54.4 %): the LoT's noise sits at high spatial frequencies,
-where it costs χ little, and GCV judges the fit in the Laplacian's domain.
+The phase-network recipes run it on the network's own grid (before χ is resampled back to the
+data's voxels): there the prior and the data share one band. Measured (``docs/refine.md``): the shipped
+``iqsm+`` on the 1 mm evaluation suite, refined on its 2 mm grid at λ = 0.01, baseline 78.1 → 60.5 %,
+tilt-30deg 77.9 → 62.1, snr-30 76.3 → 60.9, haemorrhage 89.7 → 71.6 (``fast``: 62.2, 64.7, –, 39.0).
 """
 
 from __future__ import annotations
@@ -44,14 +42,19 @@ from scipy import ndimage
 
 from ..acquisition import Acquisition
 from ..errors import InputError, ParameterError
-from ..inversion.regularization import AUTO, Regularization, RegularizationChoice, gcv_tikhonov, is_auto, report
+from ..inversion.regularization import Regularization, RegularizationChoice, gcv_tikhonov, is_auto, report
 from ..inversion._common import check_positive
 from ..physics.kernels import laplacian_symbol
 from ..physics.operators import DipoleOp
 from ..solvers import StatusCallback, cg
 from ..validation import check_iterations, check_tolerance
 
-__all__ = ["lot_consistency", "lot_of_phase"]
+__all__ = ["DEFAULT_REGULARIZATION", "lot_consistency", "lot_of_phase"]
+
+#: λ (units of the mean |LD|²): the best of a sweep on four held-out 2 mm heads of the training
+#: simulator (0.3 … 0.001), never tuned on the evaluation suite; GCV chose 3–90× more on every data set
+#: measured (``docs/refine.md``).
+DEFAULT_REGULARIZATION = 0.01
 
 #: Voxels of erosion beyond the LoT stencil's one-voxel reach before a voxel counts as data.
 DEFAULT_DATA_EROSION = 0
@@ -77,7 +80,7 @@ def lot_consistency(
     mask: torch.Tensor,
     acquisition: Acquisition,
     *,
-    regularization: Regularization = AUTO,
+    regularization: Regularization = DEFAULT_REGULARIZATION,
     data_erosion_voxels: int = DEFAULT_DATA_EROSION,
     pad: int = 16,
     max_iterations: int = 40,
@@ -99,8 +102,8 @@ def lot_consistency(
         Echo times, field strength, B0 direction (voxel coordinates) and voxel size.
     regularization
         λ in units of the mean of :math:`|LD|^2` over the padded grid (so it does not depend on
-        the voxel size), > 0; ``"auto"`` (default): GCV on :math:`\ell - LD\chi_0` in the data
-        region (module notes).
+        the voxel size), > 0; default :data:`DEFAULT_REGULARIZATION`; ``"auto"``: GCV on
+        :math:`\ell - LD\chi_0` in the data region (module notes: it over-regularizes).
     data_erosion_voxels
         The data region :math:`W` is the mask eroded by one voxel (the stencil's reach, diagonals
         included) plus this many. The pipeline's mask is eroded already; on the suite 0 beat 1 and
