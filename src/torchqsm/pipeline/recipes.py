@@ -80,7 +80,7 @@ class Recipe:
     phase_refine
         After a phase network: ``lot`` refines its χ against the Laplacian of the wrapped phase
         (:func:`torchqsm.refine.lot_consistency`: data consistency without unwrapping or background
-        removal, λ by GCV); ``none`` keeps the network's output.
+        removal, on the network's grid, λ = 0.01); ``none`` keeps the network's output.
     """
 
     name: str
