@@ -42,8 +42,9 @@ def score_one(magnitude: torch.Tensor, phase: torch.Tensor, record: Acquisition,
               truth: torch.Tensor, weights: list[str], lot: list[str] = ()) -> dict[str, float]:
     """NRMSE (demeaned, %) of ``fast`` and each network on one head, in the region all of them cover.
 
-    ``lot``: regularizations (``auto`` or numbers) of :func:`torchqsm.refine.lot_consistency`, each scored
-    after each network as ``NAME+lot(λ)``.
+    ``lot``: regularizations (``auto`` or numbers) of :func:`torchqsm.refine.lot_consistency` on the data's
+    grid, each scored after each network as ``NAME+lot(λ)``; ``recipe``: the refinement as the recipes run it
+    (on the network's grid, its default λ).
     """
     from torchqsm.refine import lot_consistency
 
@@ -54,6 +55,9 @@ def score_one(magnitude: torch.Tensor, phase: torch.Tensor, record: Acquisition,
         chi, eroded = phase_network_inversion(phase, brain, record, network=name)
         maps[name] = chi
         for value in lot:
+            if value == "recipe":
+                maps[f"{name}+lot(recipe)"] = phase_network_inversion(phase, brain, record, network=name, refine="lot")[0]
+                continue
             maps[f"{name}+lot({value})"] = lot_consistency(chi, phase, eroded, record,
                                                            regularization=value if value == "auto" else float(value))
         region = region & eroded
@@ -98,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cases", nargs="+", default=["baseline", "tilt-30deg", "haemorrhage"])
     parser.add_argument("--lot", nargs="*", default=[], metavar="LAMBDA",
                         help="also score each network refined by LoT data consistency at these regularizations "
-                             "(auto, or numbers)")
+                             "(auto, or numbers) on the data's grid, or 'recipe': as the iqsm/iqsm+ recipes run it")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)

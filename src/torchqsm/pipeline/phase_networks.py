@@ -92,6 +92,10 @@ def phase_network_inversion(phase_rad: torch.Tensor, mask: torch.Tensor, acquisi
     from ..models.reorient import SAME_VOXEL_TOLERANCE, same_voxel_size
     from .learned import load_cached, warn_if_weak
 
+    from .recipes import PHASE_REFINEMENTS
+
+    if refine not in PHASE_REFINEMENTS:
+        raise ParameterError(f"unknown phase refinement '{refine}'; choose one of {', '.join(PHASE_REFINEMENTS)}")
     acquisition.require("echo_times_s", "b0_tesla", "b0_dir", "voxel_size_mm", method=network)
     record = acquisition
     if phase_rad.ndim != 4 or tuple(phase_rad.shape[1:]) != tuple(mask.shape):
@@ -146,8 +150,6 @@ def phase_network_inversion(phase_rad: torch.Tensor, mask: torch.Tensor, acquisi
         else:  # a mask this thin on the network's grid leaves the LoT no voxel to compare
             LOG.warning("%s: the mask has no voxel 2 voxels inside its edge on the network's grid; LoT data "
                         "consistency is skipped and χ is the network's alone", network)
-    elif refine != "none":
-        raise ParameterError(f"unknown phase refinement '{refine}'; choose lot or none")
     if frame is not None:
         seen = stencil_interior(net_mask[None, None].float())[0, 0]
         chi = frame.to_original(chi * seen)
