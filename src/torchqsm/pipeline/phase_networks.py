@@ -114,7 +114,8 @@ def phase_network_inversion(phase_rad: torch.Tensor, mask: torch.Tensor, acquisi
     if architecture not in PHASE_ARCHITECTURES:
         raise ParameterError(f"'{network}' is a {architecture} network (local field → χ); a phase network is one of "
                              f"{', '.join(PHASE_ARCHITECTURES)}")
-    warn_if_weak(loaded, network)
+    if refine == "none":  # the card scores the bare network; the refined χ is scored apart (docs/refine.md)
+        warn_if_weak(loaded, network)
     trained = tuple(float(v) for v in loaded.card.get("voxel_size_mm", (1.0, 1.0, 1.0)))
     model = loaded.model.eval()
     inside = (mask != 0).to(phase_rad.device)
