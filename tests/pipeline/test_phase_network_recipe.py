@@ -66,7 +66,7 @@ def test_the_phase_network_reads_echo_times_field_strength_and_b0(tiny_phase_net
 
 
 def test_lot_refinement_runs_on_the_network_grid(tiny_phase_networks, monkeypatch, caplog):
-    """On data finer than the card, the refinement sees the network's grid and its voxel size, not the data's."""
+    """On data finer than the card, the refinement runs on the network's grid at its voxel size, then on the data's."""
     from torchqsm.refine import lot as lot_module
 
     seen = []
@@ -80,14 +80,17 @@ def test_lot_refinement_runs_on_the_network_grid(tiny_phase_networks, monkeypatc
     phase, mask = _phase((24, 24, 24))
     record = Acquisition(voxel_size_mm=(0.8, 0.8, 0.8), b0_dir=(0, 0, 1), b0_tesla=3.0, echo_times_s=TE)
     chi, inner = phase_network_inversion(phase, mask, record, network="iqsm+", refine="lot")
-    assert len(seen) == 1 and seen[0][1] == (1.0, 1.0, 1.0) and seen[0][0] != (24, 24, 24), seen  # cards: 1 mm
+    # first on the network's grid (the tiny cards are 1 mm), then once more on the data's grid
+    assert len(seen) == 2 and seen[0][1] == (1.0, 1.0, 1.0) and seen[0][0] != (24, 24, 24), seen
+    assert seen[1] == ((24, 24, 24), (0.8, 0.8, 0.8)), seen
     assert tuple(chi.shape) == (24, 24, 24) and bool(torch.isfinite(chi).all())
     with pytest.raises(ParameterError, match="unknown phase refinement"):
         phase_network_inversion(phase, mask, record, network="iqsm+", refine="tv")
     thin = Acquisition(voxel_size_mm=(0.4, 0.4, 0.4), b0_dir=(0, 0, 1), b0_tesla=3.0, echo_times_s=TE)
     with caplog.at_level(logging.WARNING, logger="torchqsm"):
         chi = phase_network_inversion(phase, mask, thin, network="iqsm+", refine="lot")[0]
-    assert len(seen) == 1 and "consistency is skipped" in caplog.text and bool(torch.isfinite(chi).all())
+    assert "consistency is skipped" in caplog.text and bool(torch.isfinite(chi).all())
+    assert all(shape == (24, 24, 24) for shape, _ in seen[2:]), seen  # only the data's grid, if at all
 
 
 def test_bad_phase_network_inputs_give_one_clear_error(tiny_phase_networks):

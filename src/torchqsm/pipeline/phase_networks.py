@@ -79,8 +79,10 @@ def phase_network_inversion(phase_rad: torch.Tensor, mask: torch.Tensor, acquisi
         Named in error messages.
     refine
         ``lot``: the network's χ refined by :func:`torchqsm.refine.lot_consistency` against the LoT of
-        the same wrapped phase, on the network's grid (before χ goes back to the data's voxels: the
-        network's χ holds nothing above that grid's Nyquist frequency); ``none``: the bare network.
+        the same wrapped phase, first on the network's grid (λ = 0.01: the network's χ holds nothing
+        above that grid's Nyquist frequency, so there prior and data share one band), then, where the
+        data's voxels differ, once more on the data's grid from that result with λ by GCV;
+        ``none``: the bare network.
 
     Returns
     -------
@@ -157,6 +159,10 @@ def phase_network_inversion(phase_rad: torch.Tensor, mask: torch.Tensor, acquisi
         eroded = eroded & (frame.to_original(seen) > 0.5)
         if not bool(eroded.any()):
             raise InputError(f"the mask holds no interior voxel of the network's {trained} mm grid", source=source)
+        if refine == "lot" and bool((stencil_interior(eroded[None, None].float())[0, 0] > 0).any()):
+            # Second pass on the data's own grid, from the refined χ: the detail finer than the network's
+            # grid comes from the data alone, so λ follows the data (GCV), not a constant.
+            chi = lot_consistency(chi * eroded, phase_rad.float(), eroded, record, regularization="auto")
     if not bool(torch.isfinite(chi).all()):
         raise InputError(f"the phase network '{network}' produced non-finite values", source=source)
     return chi * eroded, eroded
