@@ -121,7 +121,8 @@ def test_phase_refinement_follows_only_a_phase_network():
     assert "phase_refine" not in RECIPES["fast"].as_dict()
     planned = plan(RECIPES["iqsm+"], echo_count=3, given_mask=False)
     assert [p.stage for p in planned] == ["mask", "network", "reference"]
-    assert dict(planned[1].values) == {"phase_refine": "lot", "regularization": 0.01}
+    assert dict(planned[1].values) == {"phase_refine": "lot", "regularization": 0.01,
+                                                         "data_grid_regularization": "auto"}
     assert "LoT data consistency" in planned[1].detail
     plain = plan(with_overrides(RECIPES["iqsm+"], phase_refine="none"), echo_count=3, given_mask=False)
     assert dict(plain[1].values) == {"phase_refine": "none"} and "LoT" not in plain[1].detail
@@ -152,7 +153,8 @@ def test_run_iqsm_plus_end_to_end_writes_chi_and_no_field_maps(tiny_phase_networ
     mask = nib.load(tmp_path / "phase_desc-eroded_mask.nii.gz").get_fdata() > 0
     assert np.isfinite(chi).all() and mask.any() and np.abs(chi[mask]).max() > 0
     assert record["Parameters"]["phase_refine"] == "lot"
-    assert record["Parameters"]["phase_network_params"] == {"phase_refine": "lot", "regularization": 0.01}
+    assert record["Parameters"]["phase_network_params"] == {"phase_refine": "lot", "regularization": 0.01,
+                                                         "data_grid_regularization": "auto"}
     assert "LoT data consistency" in err
     refined = chi
     assert main([*args, "--recipe", "iqsm+", "--inversion", "tv", "--overwrite"]) == 2

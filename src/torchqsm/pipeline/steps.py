@@ -405,11 +405,11 @@ def plan(recipe: Recipe, *, echo_count: int, given_mask: bool,
         from ..refine.lot import DEFAULT_REGULARIZATION
 
         network = _phase_network_step(recipe.phase_network, recipe.phase_refine)
-        detail = recipe.phase_network + (f", then LoT data consistency (λ {DEFAULT_REGULARIZATION:g})"
-                                         if recipe.phase_refine == "lot" else "")
+        detail = recipe.phase_network + (f", then LoT data consistency (λ {DEFAULT_REGULARIZATION:g} on its grid, "
+                                         "GCV on the data's)" if recipe.phase_refine == "lot" else "")
         values = {"phase_refine": recipe.phase_refine}
-        if recipe.phase_refine == "lot":
-            values["regularization"] = DEFAULT_REGULARIZATION
+        if recipe.phase_refine == "lot":  # the second pass runs only where the data's voxels differ from the card's
+            values.update(regularization=DEFAULT_REGULARIZATION, data_grid_regularization="auto")
         return [masking, Planned("network", network, MappingProxyType(values), detail),
                 Planned("reference", REFERENCE[recipe.reference], MappingProxyType({}), recipe.reference)]
     combine_name = recipe.combine
