@@ -122,7 +122,7 @@ def test_phase_refinement_follows_only_a_phase_network():
     planned = plan(RECIPES["iqsm+"], echo_count=3, given_mask=False)
     assert [p.stage for p in planned] == ["mask", "network", "reference"]
     assert dict(planned[1].values) == {"phase_refine": "lot", "regularization": 0.01,
-                                                         "data_grid_regularization": "auto"}
+                                       "data_grid_regularization": "auto"}
     assert "LoT data consistency" in planned[1].detail
     plain = plan(with_overrides(RECIPES["iqsm+"], phase_refine="none"), echo_count=3, given_mask=False)
     assert dict(plain[1].values) == {"phase_refine": "none"} and "LoT" not in plain[1].detail
