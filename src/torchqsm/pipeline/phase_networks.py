@@ -130,11 +130,12 @@ def phase_network_inversion(phase_rad: torch.Tensor, mask: torch.Tensor, acquisi
     else:
         phase, net_mask, frame = _to_network_grid(phase_rad.float(), inside, record.voxel_size_mm, trained)
         coarser = any(t > (1 + SAME_VOXEL_TOLERANCE) * v for t, v in zip(trained, record.voxel_size_mm))
-        (LOG.warning if coarser else LOG.info)(
+        (LOG.warning if coarser and refine == "none" else LOG.info)(
             "%s: the network '%s' was trained at %s mm voxels; the phase is resampled from %s mm to them and χ "
             "back%s", network, loaded.name, "×".join(f"{v:g}" for v in trained),
             "×".join(f"{v:g}" for v in record.voxel_size_mm),
-            ", so χ has the network's coarser resolution" if coarser else "")
+            "" if not coarser else ", so χ has the network's coarser resolution" if refine == "none"
+            else "; LoT data consistency on the data's grid then adds the finer detail from the phase")
     padded, region = pad_to_multiple(phase[None], model.multiple)
     padded_mask, _ = pad_to_multiple(net_mask.float()[None, None], model.multiple)
     with torch.inference_mode():
