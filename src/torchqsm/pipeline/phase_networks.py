@@ -48,6 +48,19 @@ def _to_network_grid(phase_rad: torch.Tensor, mask: torch.Tensor, voxel_size_mm,
     return torch.stack(echoes), grid_mask, frame
 
 
+def _lot_pass(chi: torch.Tensor, phase: torch.Tensor, mask: torch.Tensor, record: Acquisition, network: str,
+              grid: str, **options) -> torch.Tensor:
+    """:func:`torchqsm.refine.lot_consistency` of ``chi`` on ``mask``, or ``chi`` with a warning where the mask
+    leaves the LoT no data voxel."""
+    from ..refine.lot import data_region, lot_consistency
+
+    if not bool(data_region(mask).any()):
+        LOG.warning("%s: the mask has no voxel 2 voxels inside its edge on %s; LoT data consistency is skipped "
+                    "there", network, grid)
+        return chi
+    return lot_consistency(chi * mask, phase, mask, record, **options)
+
+
 def weights_for(name: str) -> str:
     """A phase-network method (``iqsm``, ``iqsm+``) → its shipped weights; else ``name`` as weights or a card path."""
     from .learned import shipped_defaults
@@ -142,28 +155,21 @@ def phase_network_inversion(phase_rad: torch.Tensor, mask: torch.Tensor, acquisi
         out = model(padded, padded_mask, echo_times_s=list(record.echo_times_s), b0_tesla=float(record.b0_tesla),
                     b0_dir=list(record.b0_dir))
     chi = crop(loaded.normalization.from_network(out)[0], region)[0]
-    if refine == "lot":
+    seen = stencil_interior(net_mask[None, None].float())[0, 0]  # where the network read its LoT input
+    if refine == "lot":  # first pass on the network's grid, where its χ and the data share one band
         from dataclasses import replace
 
-        from ..refine.lot import lot_consistency
-
         grid_record = record if frame is None else replace(record, voxel_size_mm=trained)
-        interior = stencil_interior(net_mask[None, None].float())[0, 0] > 0
-        if bool((stencil_interior(interior[None, None].float())[0, 0] > 0).any()):
-            chi = lot_consistency(chi * interior, phase, interior, grid_record)
-        else:  # a mask this thin on the network's grid leaves the LoT no voxel to compare
-            LOG.warning("%s: the mask has no voxel 2 voxels inside its edge on the network's grid; LoT data "
-                        "consistency is skipped and χ is the network's alone", network)
+        chi = _lot_pass(chi, phase, seen > 0, grid_record, network, "the network's grid")
     if frame is not None:
-        seen = stencil_interior(net_mask[None, None].float())[0, 0]
         chi = frame.to_original(chi * seen)
         eroded = eroded & (frame.to_original(seen) > 0.5)
         if not bool(eroded.any()):
             raise InputError(f"the mask holds no interior voxel of the network's {trained} mm grid", source=source)
-        if refine == "lot" and bool((stencil_interior(eroded[None, None].float())[0, 0] > 0).any()):
+        if refine == "lot":
             # Second pass on the data's own grid, from the refined χ: the detail finer than the network's
             # grid comes from the data alone, so λ follows the data (GCV), not a constant.
-            chi = lot_consistency(chi * eroded, phase_rad.float(), eroded, record, regularization="auto")
+            chi = _lot_pass(chi, phase_rad.float(), eroded, record, network, "the data's grid", regularization="auto")
     if not bool(torch.isfinite(chi).all()):
         raise InputError(f"the phase network '{network}' produced non-finite values", source=source)
     return chi * eroded, eroded
