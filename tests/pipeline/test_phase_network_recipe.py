@@ -21,6 +21,7 @@ from torchqsm.pipeline import learned, registry
 from torchqsm.pipeline.phase_networks import phase_network_inversion, weights_for
 from torchqsm.pipeline.recipes import RECIPES, get_recipe, with_overrides
 from torchqsm.pipeline.steps import plan
+from torchqsm.refine.lot_tv import DEFAULT_ITERATIONS, TV_KAPPA
 
 TE = (0.004, 0.008, 0.012)
 
@@ -65,32 +66,33 @@ def test_the_phase_network_reads_echo_times_field_strength_and_b0(tiny_phase_net
     torch.testing.assert_close(plain, phase_network_inversion(phase, mask, record, network="iqsm")[0])
 
 
-def test_lot_refinement_runs_on_the_network_grid(tiny_phase_networks, monkeypatch, caplog):
-    """On data finer than the card, the refinement runs on the network's grid at its voxel size, then on the data's."""
-    from torchqsm.refine import lot as lot_module
+def test_lot_refinement_runs_once_on_the_data_grid(tiny_phase_networks, monkeypatch, caplog):
+    """On data finer than the card, the network runs on its grid and the TV refinement on the data's, once."""
+    from torchqsm.refine import lot_tv as lot_tv_module
 
     seen = []
-    original = lot_module.lot_consistency
+    original = lot_tv_module.lot_tv_consistency
 
     def spy(chi, phase, mask, acquisition, **kw):
         seen.append((tuple(chi.shape), tuple(acquisition.voxel_size_mm)))
         return original(chi, phase, mask, acquisition, **kw)
 
-    monkeypatch.setattr(lot_module, "lot_consistency", spy)
+    monkeypatch.setattr(lot_tv_module, "lot_tv_consistency", spy)
     phase, mask = _phase((24, 24, 24))
     record = Acquisition(voxel_size_mm=(0.8, 0.8, 0.8), b0_dir=(0, 0, 1), b0_tesla=3.0, echo_times_s=TE)
     chi, inner = phase_network_inversion(phase, mask, record, network="iqsm+", refine="lot")
-    # first on the network's grid (the tiny cards are 1 mm), then once more on the data's grid
-    assert len(seen) == 2 and seen[0][1] == (1.0, 1.0, 1.0) and seen[0][0] != (24, 24, 24), seen
-    assert seen[1] == ((24, 24, 24), (0.8, 0.8, 0.8)), seen
+    assert seen == [((24, 24, 24), (0.8, 0.8, 0.8))], seen  # the tiny cards are 1 mm: χ came back first
     assert tuple(chi.shape) == (24, 24, 24) and bool(torch.isfinite(chi).all())
+    bare = phase_network_inversion(phase, mask, record, network="iqsm+", refine="none")[0]
+    assert float((chi - bare)[inner].abs().max()) > 1e-4 * float(bare.abs().max())
     with pytest.raises(ParameterError, match="unknown phase refinement"):
         phase_network_inversion(phase, mask, record, network="iqsm+", refine="tv")
-    thin = Acquisition(voxel_size_mm=(0.4, 0.4, 0.4), b0_dir=(0, 0, 1), b0_tesla=3.0, echo_times_s=TE)
+    small = torch.zeros_like(mask)
+    small[10:14, 10:14, 10:14] = True  # 4³: one voxel of LoT interior, none for the data region
     with caplog.at_level(logging.WARNING, logger="torchqsm"):
-        chi = phase_network_inversion(phase, mask, thin, network="iqsm+", refine="lot")[0]
+        chi = phase_network_inversion(phase, small, record.with_values("test", voxel_size_mm=(1, 1, 1)),
+                                      network="iqsm+", refine="lot")[0]
     assert "consistency is skipped" in caplog.text and bool(torch.isfinite(chi).all())
-    assert all(shape == (24, 24, 24) for shape, _ in seen[2:]), seen  # only the data's grid, if at all
 
 
 def test_bad_phase_network_inputs_give_one_clear_error(tiny_phase_networks):
@@ -121,8 +123,8 @@ def test_phase_refinement_follows_only_a_phase_network():
     assert "phase_refine" not in RECIPES["fast"].as_dict()
     planned = plan(RECIPES["iqsm+"], echo_count=3, given_mask=False)
     assert [p.stage for p in planned] == ["mask", "network", "reference"]
-    assert dict(planned[1].values) == {"phase_refine": "lot", "regularization": 0.01,
-                                       "data_grid_regularization": "auto"}
+    assert dict(planned[1].values) == {"phase_refine": "lot", "prior": "tv", "regularization": "auto",
+                                       "kappa": TV_KAPPA, "max_iterations": DEFAULT_ITERATIONS}
     assert "LoT data consistency" in planned[1].detail
     plain = plan(with_overrides(RECIPES["iqsm+"], phase_refine="none"), echo_count=3, given_mask=False)
     assert dict(plain[1].values) == {"phase_refine": "none"} and "LoT" not in plain[1].detail
@@ -153,8 +155,9 @@ def test_run_iqsm_plus_end_to_end_writes_chi_and_no_field_maps(tiny_phase_networ
     mask = nib.load(tmp_path / "phase_desc-eroded_mask.nii.gz").get_fdata() > 0
     assert np.isfinite(chi).all() and mask.any() and np.abs(chi[mask]).max() > 0
     assert record["Parameters"]["phase_refine"] == "lot"
-    assert record["Parameters"]["phase_network_params"] == {"phase_refine": "lot", "regularization": 0.01,
-                                                         "data_grid_regularization": "auto"}
+    assert record["Parameters"]["phase_network_params"] == {"phase_refine": "lot", "prior": "tv",
+                                                         "regularization": "auto", "kappa": TV_KAPPA,
+                                                         "max_iterations": DEFAULT_ITERATIONS}
     assert "LoT data consistency" in err
     refined = chi
     assert main([*args, "--recipe", "iqsm+", "--inversion", "tv", "--overwrite"]) == 2

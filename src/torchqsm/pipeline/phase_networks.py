@@ -48,17 +48,22 @@ def _to_network_grid(phase_rad: torch.Tensor, mask: torch.Tensor, voxel_size_mm,
     return torch.stack(echoes), grid_mask, frame
 
 
-def _lot_pass(chi: torch.Tensor, phase: torch.Tensor, mask: torch.Tensor, record: Acquisition, network: str,
-              grid: str, **options) -> torch.Tensor:
-    """:func:`torchqsm.refine.lot_consistency` of ``chi`` on ``mask``, or ``chi`` with a warning where the mask
-    leaves the LoT no data voxel."""
-    from ..refine.lot import data_region, lot_consistency
+def _lot_pass(chi: torch.Tensor, phase: torch.Tensor, mask: torch.Tensor, record: Acquisition,
+              network: str) -> torch.Tensor:
+    """:func:`torchqsm.refine.lot_tv_consistency` of ``chi`` on ``mask`` with a progress bar, or ``chi`` with a
+    warning where the mask leaves it no data voxel."""
+    from tqdm.auto import tqdm
+
+    from ..refine.lot import data_region
+    from ..refine.lot_tv import DEFAULT_ITERATIONS, lot_tv_consistency
 
     if not bool(data_region(mask).any()):
-        LOG.warning("%s: the mask has no voxel 2 voxels inside its edge on %s; LoT data consistency is skipped "
-                    "there", network, grid)
+        LOG.warning("%s: the mask has no voxel 2 voxels inside its edge; LoT data consistency is skipped", network)
         return chi
-    return lot_consistency(chi * mask, phase, mask, record, **options)
+    # disable=None: no bar when stderr is not a terminal (logs, CI)
+    with tqdm(total=DEFAULT_ITERATIONS, desc=f"{network}: LoT data consistency", unit="it", leave=False,
+              dynamic_ncols=True, disable=None) as bar:
+        return lot_tv_consistency(chi * mask, phase, mask, record, progress=bar.update)
 
 
 def weights_for(name: str) -> str:
@@ -91,11 +96,9 @@ def phase_network_inversion(phase_rad: torch.Tensor, mask: torch.Tensor, acquisi
     source
         Named in error messages.
     refine
-        ``lot``: the network's χ refined by :func:`torchqsm.refine.lot_consistency` against the LoT of
-        the same wrapped phase, first on the network's grid (λ = 0.01: the network's χ holds nothing
-        above that grid's Nyquist frequency, so there prior and data share one band), then, where the
-        data's voxels differ, once more on the data's grid from that result with λ by GCV;
-        ``none``: the bare network.
+        ``lot``: the network's χ, on the data's grid, plus a TV-regularised correction that makes its
+        field's Laplacian match the congruent Laplacian of the same wrapped phase
+        (:func:`torchqsm.refine.lot_tv_consistency`, α by the phase's noise); ``none``: the bare network.
 
     Returns
     -------
@@ -156,20 +159,13 @@ def phase_network_inversion(phase_rad: torch.Tensor, mask: torch.Tensor, acquisi
                     b0_dir=list(record.b0_dir))
     chi = crop(loaded.normalization.from_network(out)[0], region)[0]
     seen = stencil_interior(net_mask[None, None].float())[0, 0]  # where the network read its LoT input
-    if refine == "lot":  # first pass on the network's grid, where its χ and the data share one band
-        from dataclasses import replace
-
-        grid_record = record if frame is None else replace(record, voxel_size_mm=trained)
-        chi = _lot_pass(chi, phase, seen > 0, grid_record, network, "the network's grid")
     if frame is not None:
         chi = frame.to_original(chi * seen)
         eroded = eroded & (frame.to_original(seen) > 0.5)
         if not bool(eroded.any()):
             raise InputError(f"the mask holds no interior voxel of the network's {trained} mm grid", source=source)
-        if refine == "lot":
-            # Second pass on the data's own grid, from the refined χ: the detail finer than the network's
-            # grid comes from the data alone, so λ follows the data (GCV), not a constant.
-            chi = _lot_pass(chi, phase_rad.float(), eroded, record, network, "the data's grid", regularization="auto")
+    if refine == "lot":  # on the data's own grid: the detail finer than the network's comes from the data
+        chi = _lot_pass(chi, phase_rad.float(), eroded, record, network)
     if not bool(torch.isfinite(chi).all()):
         raise InputError(f"the phase network '{network}' produced non-finite values", source=source)
     return chi * eroded, eroded

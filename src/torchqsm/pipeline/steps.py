@@ -402,14 +402,14 @@ def plan(recipe: Recipe, *, echo_count: int, given_mask: bool,
     masking = Planned("mask", mask, MappingProxyType(mask.values({k: v for k, v in cleanup.items()
                                                                   if k in mask.values()})), mask.name)
     if recipe.phase_network:  # the network replaces unwrapping, combination, background removal and inversion
-        from ..refine.lot import DEFAULT_REGULARIZATION
+        from ..refine.lot_tv import DEFAULT_ITERATIONS, TV_KAPPA
 
         network = _phase_network_step(recipe.phase_network, recipe.phase_refine)
-        detail = recipe.phase_network + (f", then LoT data consistency (λ {DEFAULT_REGULARIZATION:g} on its grid, "
-                                         "GCV on the data's)" if recipe.phase_refine == "lot" else "")
+        detail = recipe.phase_network + (", then LoT data consistency (TV correction on the data's grid, α by the "
+                                         "phase's noise)" if recipe.phase_refine == "lot" else "")
         values = {"phase_refine": recipe.phase_refine}
-        if recipe.phase_refine == "lot":  # the second pass runs only where the data's voxels differ from the card's
-            values.update(regularization=DEFAULT_REGULARIZATION, data_grid_regularization="auto")
+        if recipe.phase_refine == "lot":
+            values.update(prior="tv", regularization="auto", kappa=TV_KAPPA, max_iterations=DEFAULT_ITERATIONS)
         return [masking, Planned("network", network, MappingProxyType(values), detail),
                 Planned("reference", REFERENCE[recipe.reference], MappingProxyType({}), recipe.reference)]
     combine_name = recipe.combine
