@@ -42,9 +42,9 @@ def score_one(magnitude: torch.Tensor, phase: torch.Tensor, record: Acquisition,
               truth: torch.Tensor, weights: list[str], lot: list[str] = ()) -> dict[str, float]:
     """NRMSE (demeaned, %) of ``fast`` and each network on one head, in the region all of them cover.
 
-    ``lot``: regularizations (``auto`` or numbers) of :func:`torchqsm.refine.lot_consistency` on the data's
-    grid, each scored after each network as ``NAME+lot(λ)``; ``recipe``: the refinement as the recipes run it
-    (on the network's grid, its default λ).
+    ``lot``: regularizations (``auto`` or numbers) of :func:`torchqsm.refine.lot_consistency` (the L2 pull) on
+    the data's grid, each scored after each network as ``NAME+lot(λ)``; ``recipe``: the refinement as the
+    recipes run it (:func:`torchqsm.refine.lot_tv_consistency` on the data's grid, α by the phase's noise).
     """
     from torchqsm.refine import lot_consistency
 

@@ -69,8 +69,8 @@ def add_run_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentPar
     steps.add_argument("--inversion-param", action="append", default=[], metavar="KEY=VALUE",
                        help="a dipole-inversion parameter (repeatable), e.g. max_iterations=50")
     steps.add_argument("--phase-refine", choices=PHASE_REFINEMENTS,
-                       help="after a phase network (recipes iqsm, iqsm+): lot = data consistency against the "
-                            "Laplacian of the wrapped phase, none = the network's output")
+                       help="after a phase network (recipes iqsm, iqsm+): lot = a TV-regularised correction for "
+                            "data consistency with the Laplacian of the wrapped phase, none = the network's output")
     steps.add_argument("--reference", choices=("mean", "region", "none"),
                        help="χ referencing: mask mean (default), a region's mean (--reference-mask), none")
     other = run.add_argument_group("other")

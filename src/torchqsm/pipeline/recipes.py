@@ -26,7 +26,7 @@ from ..errors import ParameterError
 __all__ = ["Recipe", "RECIPES", "PHASE_NETWORK_SKIPS", "PHASE_REFINEMENTS", "get_recipe", "with_overrides"]
 
 
-#: What may follow a phase network: nothing, or LoT data consistency (:mod:`torchqsm.refine.lot`).
+#: What may follow a phase network: nothing, or LoT data consistency (:mod:`torchqsm.refine.lot_tv`).
 PHASE_REFINEMENTS = ("none", "lot")
 #: The recipe fields a phase-network recipe does not use (its network replaces those steps).
 PHASE_NETWORK_SKIPS = ("unwrap", "unwrap_params", "combine", "background", "background_params", "inversion",
@@ -78,9 +78,10 @@ class Recipe:
         followed by this network, wrapped phase → χ (:mod:`torchqsm.pipeline.phase_networks`), and
         then referencing: unwrapping, echo combination, background removal and inversion do not run.
     phase_refine
-        After a phase network: ``lot`` refines its χ against the Laplacian of the wrapped phase
-        (:func:`torchqsm.refine.lot_consistency`: data consistency without unwrapping or background
-        removal, on the network's grid, λ = 0.01); ``none`` keeps the network's output.
+        After a phase network: ``lot`` corrects its χ so that its field's Laplacian matches the
+        congruent Laplacian of the wrapped phase (:func:`torchqsm.refine.lot_tv_consistency`: a
+        TV-regularised correction on the data's grid, α by the phase's noise; no unwrapping or background
+        removal); ``none`` keeps the network's output.
     """
 
     name: str
