@@ -17,20 +17,20 @@ is the Laplacian of the tissue field, and that is a local operator of χ,
 
    \chi = \arg\min_{\chi = M\chi} \lVert W(L D\chi - \ell)\rVert_2^2 + \lambda\lVert\chi - \chi_0\rVert_2^2,
 
-with :math:`\ell` the LoT of the wrapped phase (27-point stencil, each voxel's echoes weighted by
-their phase steps: :class:`~torchqsm.models.oalfe.LoTLayer` with ``echo_weighting="reliability"``,
-ppm/mm²), :math:`L D` the same 27-point Laplacian times the dipole kernel (one k-space symbol on
-the zero-padded grid), :math:`W` the mask eroded past the stencil's reach (where :math:`\ell`
+with :math:`\ell` the congruent Laplacian of the wrapped phase (:func:`congruent_laplacian`, ppm/mm²)
+or, with ``data_term="lot"``, its LoT (27-point stencil, each voxel's echoes weighted by
+their phase steps: :class:`~torchqsm.models.oalfe.LoTLayer` with ``echo_weighting="reliability"``),
+:math:`L D` the same 27-point Laplacian times the dipole kernel (one k-space symbol on the
+zero-padded grid), :math:`W` the mask eroded past the stencil's reach (where :math:`\ell`
 holds no phase from outside the brain) and :math:`\chi_0` the network's output. λ is
 :data:`DEFAULT_REGULARIZATION` unless given; ``"auto"`` chooses it by generalized cross-validation on
 what :math:`\chi_0` leaves unexplained, as :func:`~torchqsm.refine.dll2` does on the local field. Conjugate gradient on the normal equations
 runs with the k-space preconditioner :math:`1/(|LD|^2 + \lambda)`.
 
-The phase-network recipes run it on the network's own grid (before χ is resampled back to the
-data's voxels: there the prior and the data share one band), then once more on the data's grid with
-λ by GCV (:func:`torchqsm.pipeline.phase_networks.phase_network_inversion`). Measured end to end
-(``docs/refine.md``): the shipped ``iqsm+`` on the 1 mm evaluation suite, 51.4–53.8 % NRMSE over B0
-tilts of 0–90° (bare network 80.5–82.9 %, the ``fast`` recipe 64.2–70.1 %).
+The phase-network recipes ran it twice until session 9 (network grid at λ 0.01, then the data's grid
+with λ by GCV: 51.4–53.8 % NRMSE over B0 tilts of 0–90° on the 1 mm suite, 69.4 % on the haemorrhage).
+They now run :func:`torchqsm.refine.lot_tv_consistency` with the same data term: the L2 pull holds
+a large uniform error of the network in place (``docs/refine.md``).
 """
 
 from __future__ import annotations
