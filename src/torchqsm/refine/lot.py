@@ -114,6 +114,19 @@ def congruent_laplacian(wrapped_phase_rad: torch.Tensor, mask: torch.Tensor, acq
     return laplacian, (mask != 0) & (largest <= max_step_rad)
 
 
+def check_inputs(method: str, chi_ppm: torch.Tensor, wrapped_phase_rad: torch.Tensor, mask: torch.Tensor,
+                 acquisition: Acquisition, max_step_rad: float) -> tuple[int, ...]:
+    """The grid ``(X, Y, Z)`` of a LoT refinement's inputs, or one clear error (shared by both refinements)."""
+    acquisition.require("echo_times_s", "b0_tesla", "b0_dir", "voxel_size_mm", method=method)
+    shape = tuple(mask.shape)
+    if tuple(chi_ppm.shape) != shape or wrapped_phase_rad.ndim != 4 or tuple(wrapped_phase_rad.shape[1:]) != shape:
+        raise InputError(f"{method} needs χ and mask (X, Y, Z) and phase (echoes, X, Y, Z) on one grid; got "
+                         f"{tuple(chi_ppm.shape)}, {shape} and {tuple(wrapped_phase_rad.shape)}")
+    if not 0 < float(max_step_rad) <= math.pi:
+        raise ParameterError(f"max_step_rad must lie in (0, π], got {max_step_rad!r}")
+    return shape
+
+
 def data_region(mask: torch.Tensor, data_erosion_voxels: int = DEFAULT_DATA_EROSION) -> torch.Tensor:
     """Where the LoT is data: ``mask`` eroded by the 3×3×3 stencil's reach (diagonals included) 1 + ``data_erosion_voxels``
     times (:func:`torchqsm.models.iqsm.stencil_interior`). A 6-neighbour erosion keeps voxels whose diagonal neighbours
@@ -193,17 +206,11 @@ def lot_consistency(
     torch.Tensor
         Refined χ (ppm), zero outside ``mask``, dtype of ``chi_ppm``.
     """
-    acquisition.require("echo_times_s", "b0_tesla", "b0_dir", "voxel_size_mm", method="LoT data consistency")
-    shape = tuple(mask.shape)
-    if tuple(chi_ppm.shape) != shape or wrapped_phase_rad.ndim != 4 or tuple(wrapped_phase_rad.shape[1:]) != shape:
-        raise InputError(f"LoT data consistency needs χ and mask (X, Y, Z) and phase (echoes, X, Y, Z) on one grid; got "
-                         f"{tuple(chi_ppm.shape)}, {shape} and {tuple(wrapped_phase_rad.shape)}")
+    shape = check_inputs("LoT data consistency", chi_ppm, wrapped_phase_rad, mask, acquisition, max_step_rad)
     if not isinstance(data_erosion_voxels, int) or data_erosion_voxels < 0:
         raise ParameterError(f"data_erosion_voxels must be a non-negative integer, got {data_erosion_voxels!r}")
     if data_term not in DATA_TERMS:
         raise ParameterError(f"unknown LoT data term '{data_term}'; choose one of {', '.join(DATA_TERMS)}")
-    if not 0 < float(max_step_rad) <= math.pi:
-        raise ParameterError(f"max_step_rad must lie in (0, π], got {max_step_rad!r}")
     limit = check_iterations("max_iterations", max_iterations)
     threshold = check_tolerance("tolerance", tolerance)
     dtype = chi_ppm.dtype if chi_ppm.is_floating_point() else torch.float32

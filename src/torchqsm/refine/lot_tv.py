@@ -32,7 +32,7 @@ from collections.abc import Callable
 import torch
 
 from ..acquisition import Acquisition
-from ..errors import InputError, ParameterError
+from ..errors import InputError
 from ..inversion._common import check_positive
 from ..inversion.regularization import Regularization, RegularizationChoice, is_auto, report
 from ..inversion.tv import _shrink
@@ -40,7 +40,7 @@ from ..physics import GradientOp, gradient_gram_symbol
 from ..physics.units import GAMMA_BAR_MHZ_PER_T
 from ..solvers import SolverStatus, StatusCallback, admm
 from ..validation import check_iterations, check_tolerance
-from .lot import DEFAULT_MAX_STEP_RAD, congruent_laplacian, data_region
+from .lot import DEFAULT_MAX_STEP_RAD, check_inputs, congruent_laplacian, data_region
 
 __all__ = ["DEFAULT_ITERATIONS", "TV_KAPPA", "lot_tv_consistency", "phase_noise_ppm"]
 
@@ -127,13 +127,7 @@ def lot_tv_consistency(
     from ..physics.kernels import laplacian_symbol
     from ..physics.operators import DipoleOp
 
-    acquisition.require("echo_times_s", "b0_tesla", "b0_dir", "voxel_size_mm", method="LoT TV data consistency")
-    shape = tuple(mask.shape)
-    if tuple(chi_ppm.shape) != shape or wrapped_phase_rad.ndim != 4 or tuple(wrapped_phase_rad.shape[1:]) != shape:
-        raise InputError(f"LoT TV data consistency needs χ and mask (X, Y, Z) and phase (echoes, X, Y, Z) on one "
-                         f"grid; got {tuple(chi_ppm.shape)}, {shape} and {tuple(wrapped_phase_rad.shape)}")
-    if not 0 < float(max_step_rad) <= math.pi:
-        raise ParameterError(f"max_step_rad must lie in (0, π], got {max_step_rad!r}")
+    shape = check_inputs("LoT TV data consistency", chi_ppm, wrapped_phase_rad, mask, acquisition, max_step_rad)
     limit = check_iterations("max_iterations", max_iterations)
     threshold = check_tolerance("tolerance", tolerance)
     dtype = chi_ppm.dtype if chi_ppm.is_floating_point() else torch.float32
