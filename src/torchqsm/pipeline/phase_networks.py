@@ -158,8 +158,8 @@ def phase_network_inversion(phase_rad: torch.Tensor, mask: torch.Tensor, acquisi
         out = model(padded, padded_mask, echo_times_s=list(record.echo_times_s), b0_tesla=float(record.b0_tesla),
                     b0_dir=list(record.b0_dir))
     chi = crop(loaded.normalization.from_network(out)[0], region)[0]
-    seen = stencil_interior(net_mask[None, None].float())[0, 0]  # where the network read its LoT input
     if frame is not None:
+        seen = stencil_interior(net_mask[None, None].float())[0, 0]  # where the network read its LoT input
         chi = frame.to_original(chi * seen)
         eroded = eroded & (frame.to_original(seen) > 0.5)
         if not bool(eroded.any()):

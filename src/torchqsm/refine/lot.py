@@ -46,7 +46,7 @@ from ..inversion.regularization import Regularization, RegularizationChoice, gcv
 from ..inversion._common import check_positive
 from ..physics.kernels import laplacian_symbol
 from ..physics.operators import DipoleOp
-from ..solvers import StatusCallback, cg
+from ..solvers import SolverStatus, StatusCallback, cg
 from ..validation import check_iterations, check_tolerance
 
 __all__ = ["DATA_TERMS", "DEFAULT_MAX_STEP_RAD", "DEFAULT_REGULARIZATION", "congruent_laplacian", "data_region",
@@ -125,6 +125,18 @@ def check_inputs(method: str, chi_ppm: torch.Tensor, wrapped_phase_rad: torch.Te
     if not 0 < float(max_step_rad) <= math.pi:
         raise ParameterError(f"max_step_rad must lie in (0, π], got {max_step_rad!r}")
     return shape
+
+
+def iteration_hook(callback: StatusCallback | None,
+                   progress: Callable[[int], None] | None) -> Callable[[SolverStatus], bool]:
+    """A solver callback that advances ``progress`` by one and asks ``callback`` whether to stop."""
+
+    def hook(status: SolverStatus) -> bool:
+        if progress is not None:
+            progress(1)
+        return bool(callback(status)) if callback is not None else False
+
+    return hook
 
 
 def data_region(mask: torch.Tensor, data_erosion_voxels: int = DEFAULT_DATA_EROSION) -> torch.Tensor:
@@ -257,13 +269,9 @@ def lot_consistency(
     def precondition(r: torch.Tensor) -> torch.Tensor:
         return m * dipole.apply_symbol(m * r, preconditioner_symbol)
 
-    def step(status) -> bool:
-        if progress is not None:
-            progress(1)
-        return bool(callback(status)) if callback is not None else False
-
     rhs = m * forward(weight * laplacian) + lam * chi0
-    chi = cg(normal, rhs, initial=chi0, max_iterations=limit, tolerance=threshold, callback=step,
+    chi = cg(normal, rhs, initial=chi0, max_iterations=limit, tolerance=threshold,
+             callback=iteration_hook(callback, progress),
              preconditioner=precondition)
     if not bool(torch.isfinite(chi).all()):
         raise InputError("LoT data consistency produced non-finite values (check the phase and echo times)")

@@ -38,9 +38,9 @@ from ..inversion.regularization import Regularization, RegularizationChoice, is_
 from ..inversion.tv import _shrink
 from ..physics import GradientOp, gradient_gram_symbol
 from ..physics.units import GAMMA_BAR_MHZ_PER_T
-from ..solvers import SolverStatus, StatusCallback, admm
+from ..solvers import StatusCallback, admm
 from ..validation import check_iterations, check_tolerance
-from .lot import DEFAULT_MAX_STEP_RAD, check_inputs, congruent_laplacian, data_region
+from .lot import DEFAULT_MAX_STEP_RAD, check_inputs, congruent_laplacian, data_region, iteration_hook
 
 __all__ = ["DEFAULT_ITERATIONS", "TV_KAPPA", "lot_tv_consistency", "phase_noise_ppm"]
 
@@ -184,13 +184,8 @@ def lot_tv_consistency(
         fitted = (weights * data + mu2 * stacked[..., 3, :, :, :]) / (weights + mu2)
         return torch.cat([_shrink(stacked[..., :3, :, :, :], alpha / mu1), fitted.unsqueeze(-4)], dim=-4)
 
-    def step(status: SolverStatus) -> bool:
-        if progress is not None:
-            progress(1)
-        return bool(callback(status)) if callback is not None else False
-
     delta = admm(x_step=x_step, prox=prox, split=split, initial=torch.zeros_like(data), max_iterations=limit,
-                 tolerance=threshold, callback=step)
+                 tolerance=threshold, callback=iteration_hook(callback, progress))
     chi = (chi0 + padding.adjoint(delta)) * inside
     if not bool(torch.isfinite(chi).all()):
         raise InputError("LoT TV data consistency produced non-finite values (check the phase and echo times)")
